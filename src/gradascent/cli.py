@@ -1,0 +1,59 @@
+"""The command line: a thin shell over the public Python API.
+
+Each command lives in the module that owns it, as ``add_parser(subparsers, common)`` setting ``func`` to a
+function of the parsed arguments; this file only assembles them. User errors (``GradascentError``) print one
+line and exit 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from gradascent import __version__
+from gradascent.errors import GradascentError
+
+# Modules that contribute commands, in the order of `gradascent --help`.
+COMMAND_MODULES: list[str] = [
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser = argparse.ArgumentParser(
+        prog="gradascent",
+        description="Policy optimization from REINFORCE to GRPO.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"gradascent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except GradascentError as exc:
+        if args.debug:
+            raise
+        print(f"gradascent: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gradascent: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

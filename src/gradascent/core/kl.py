@@ -1,0 +1,97 @@
+"""KL divergence: sample estimators, the exact categorical KL, and the two KL-coefficient controllers.
+
+Estimators of KL(pi || pi_ref) from log-probs of tokens sampled from pi (Schulman 2020, "Approximating KL
+divergence"), with log r = logp_ref - logp:
+
+- k1 = -log r: unbiased, high variance, can be negative per sample.
+- k2 = (log r)^2 / 2: biased, low variance, always >= 0.
+- k3 = (r - 1) - log r: unbiased, low variance, always >= 0. Pitfall: as a *loss* term its gradient is not
+  the gradient of the KL (it is biased; see docs/equations.md), which GRPO accepts.
+
+Controllers: ``adaptive_kl_coef`` is PPO-Penalty's (Schulman et al. 2017, sec. 4); ``proportional_kl_coef``
+is the RLHF one (Ziegler et al. 2019, arXiv:1909.08593, sec. 2.2). They are pure functions of floats: the
+trainer holds the coefficient and checkpoints it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+KLEstimator = Literal["k1", "k2", "k3"]
+
+
+def kl_k1(logp: Tensor, logp_ref: Tensor) -> Tensor:
+    """k1 = logp - logp_ref per token. Shapes: (...) each."""
+    return logp - logp_ref
+
+
+def kl_k2(logp: Tensor, logp_ref: Tensor) -> Tensor:
+    """k2 = (logp - logp_ref)^2 / 2 per token. Shapes: (...) each."""
+    return 0.5 * (logp - logp_ref) ** 2
+
+
+def kl_k3(logp: Tensor, logp_ref: Tensor) -> Tensor:
+    """k3 = exp(logp_ref - logp) - (logp_ref - logp) - 1 per token. Shapes: (...) each."""
+    log_r = logp_ref - logp
+    return torch.expm1(log_r) - log_r
+
+
+def kl_estimate(logp: Tensor, logp_ref: Tensor, kind: KLEstimator = "k3") -> Tensor:
+    """Per-token estimate of KL(pi || pi_ref) by the named estimator. Shapes: (...) each."""
+    if kind == "k1":
+        return kl_k1(logp, logp_ref)
+    if kind == "k2":
+        return kl_k2(logp, logp_ref)
+    if kind == "k3":
+        return kl_k3(logp, logp_ref)
+    raise ValueError(f"unknown KL estimator {kind!r}; expected k1, k2 or k3")
+
+
+def categorical_kl(logits_p: Tensor, logits_q: Tensor) -> Tensor:
+    """Exact KL(p || q) = sum_a p(a) (log p(a) - log q(a)) between categoricals given by logits.
+
+    Shapes: (..., V) each -> (...).
+    """
+    logp = torch.log_softmax(logits_p.float(), dim=-1)
+    logq = torch.log_softmax(logits_q.float(), dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def adaptive_kl_coef(
+    kl_coef: float,
+    kl: float,
+    target: float,
+    threshold: float = 2.0,
+    factor: float = 2.0,
+) -> float:
+    """PPO-Penalty's adaptive beta, applied once after each policy update.
+
+    beta / factor if kl < target / threshold;  beta * factor if kl > target * threshold;  else unchanged.
+    Default threshold 2 and factor 2 (ours); the PPO paper uses threshold 1.5 and factor 2.
+    """
+    if target <= 0 or threshold <= 1 or factor <= 1:
+        raise ValueError("adaptive KL needs target > 0, threshold > 1, factor > 1")
+    if kl < target / threshold:
+        return kl_coef / factor
+    if kl > target * threshold:
+        return kl_coef * factor
+    return kl_coef
+
+
+def proportional_kl_coef(
+    kl_coef: float,
+    kl: float,
+    target: float,
+    n_steps: int,
+    horizon: float,
+    clip: float = 0.2,
+) -> float:
+    """Ziegler et al.'s proportional controller: e = clip(KL/target - 1, -clip, clip);
+    beta <- beta * (1 + e * n_steps / horizon), with n_steps the samples of the batch just seen."""
+    if target <= 0 or horizon <= 0:
+        raise ValueError("proportional KL needs target > 0 and horizon > 0")
+    err = min(max(kl / target - 1.0, -clip), clip)
+    return kl_coef * (1.0 + err * n_steps / horizon)

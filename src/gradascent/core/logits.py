@@ -1,0 +1,35 @@
+"""Per-token log-probabilities and entropies from logits.
+
+log pi(a|s) = z_a / tau - logsumexp(z / tau): a gather minus a logsumexp, which never builds the full
+(B, T, V) log-softmax. Pitfall (docs/equations.md): the temperature tau used for sampling must be applied
+here too, or the ratio pi/pi_old compares two different distributions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    """log softmax(logits / temperature)[tokens], computed in float32.
+
+    Shapes: logits (..., V), tokens (...) long -> (...) float32.
+    """
+    z = logits.float()
+    if temperature != 1.0:
+        z = z / temperature
+    picked = z.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(z, dim=-1)
+
+
+def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """H = logsumexp(z) - sum_a softmax(z)_a z_a, with z = logits / temperature, in float32.
+
+    Shapes: (..., V) -> (...).
+    """
+    z = logits.float()
+    if temperature != 1.0:
+        z = z / temperature
+    p = torch.softmax(z, dim=-1)
+    return torch.logsumexp(z, dim=-1) - (p * z).sum(-1)

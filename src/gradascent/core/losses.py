@@ -1,0 +1,188 @@
+"""Policy and value losses. Each returns ``(loss, stats)``: a scalar to minimise and detached diagnostics.
+
+Losses are the negatives of the objectives we ascend: minimising ``loss`` climbs J.
+
+Sources: Williams 1992 (REINFORCE), Mnih et al. 2016 (A2C), Schulman et al. 2017 (PPO: L^CLIP, eq. 7;
+L^KLPEN, eq. 8; clipped value loss from the baselines implementation), Ye et al. 2020 (dual clip,
+arXiv:1912.09729), Yu et al. 2025 (DAPO: clip-higher, separate epsilon_low / epsilon_high).
+
+All per-token tensors share one shape: (B, T) with a bool ``mask`` (True counts) for language models, or
+flat (N,) with ``mask=None`` for environments. ``agg`` names the aggregation of ``core.reduce.aggregate``;
+``agg_kwargs`` passes its divisors (norm_len, num_tokens, num_seqs).
+
+Stats keys: ``approx_kl`` is k3 of pi_old against pi from the sampled tokens, mean((r - 1) - log r); the
+clip fractions count the tokens whose gradient the clip removes (ratio below 1 - eps_low with A < 0, or
+above 1 + eps_high with A > 0).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gradascent.core.reduce import Aggregation, aggregate, masked_mean
+
+Stats = dict[str, Tensor]
+
+
+def _agg(x: Tensor, mask: Tensor | None, agg: Aggregation, agg_kwargs: dict[str, Any] | None) -> Tensor:
+    return aggregate(x, mask, agg, **(agg_kwargs or {}))
+
+
+def _ratio_stats(log_ratio: Tensor, mask: Tensor | None) -> Stats:
+    ratio = log_ratio.exp()
+    return {
+        "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask).detach(),
+        "ratio_mean": masked_mean(ratio, mask).detach(),
+    }
+
+
+def policy_gradient_loss(
+    logp: Tensor,
+    adv: Tensor,
+    mask: Tensor | None = None,
+    agg: Aggregation = "token_mean",
+    agg_kwargs: dict[str, Any] | None = None,
+) -> tuple[Tensor, Stats]:
+    """REINFORCE / A2C: L^PG = -E[log pi(a_t|s_t) * A_t] (eq. 2), A_t = G_t or G_t - V(s_t).
+
+    Args:
+        logp: (B, T) or (N,) log pi(a_t|s_t), with gradient.
+        adv: same shape; the return or advantage (no gradient flows into it).
+        mask: same shape, bool, or None.
+    """
+    loss = _agg(-logp * adv.detach(), mask, agg, agg_kwargs)
+    return loss, {"policy_loss": loss.detach()}
+
+
+def clipped_surrogate_loss(
+    logp: Tensor,
+    logp_old: Tensor,
+    adv: Tensor,
+    mask: Tensor | None = None,
+    clip_eps_low: float = 0.2,
+    clip_eps_high: float | None = None,
+    dual_clip: float | None = None,
+    agg: Aggregation = "token_mean",
+    agg_kwargs: dict[str, Any] | None = None,
+) -> tuple[Tensor, Stats]:
+    """PPO's clipped surrogate, with clip-higher and an optional dual clip.
+
+    r_t = exp(logp - logp_old)
+    L^CLIP = E[min(r_t A_t, clip(r_t, 1 - eps_low, 1 + eps_high) A_t)]        (PPO eq. 7; DAPO eq. 10)
+    dual clip (A_t < 0 only): max(L^CLIP_t, c * A_t), c > 1                   (Ye et al. 2020, eq. 5)
+    loss = -aggregate(objective)
+
+    Args:
+        logp: (B, T) or (N,) log-probs under the current policy, with gradient.
+        logp_old: same shape, from the policy that sampled (no gradient).
+        adv: same shape, advantages (no gradient).
+        mask: same shape, bool, or None.
+        clip_eps_low, clip_eps_high: the clip range; ``clip_eps_high=None`` uses ``clip_eps_low``.
+        dual_clip: the constant c > 1 of the dual clip, or None.
+    """
+    eps_high = clip_eps_low if clip_eps_high is None else clip_eps_high
+    adv = adv.detach()
+    log_ratio = logp - logp_old.detach()
+    ratio = log_ratio.exp()
+    surr1 = ratio * adv
+    surr2 = ratio.clamp(1.0 - clip_eps_low, 1.0 + eps_high) * adv
+    objective = torch.minimum(surr1, surr2)  # L^CLIP per token
+    stats = _ratio_stats(log_ratio, mask)
+    if dual_clip is not None:
+        if dual_clip <= 1.0:
+            raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+        lower = dual_clip * adv
+        dual_active = (adv < 0) & (objective < lower)
+        objective = torch.where(adv < 0, torch.maximum(objective, lower), objective)
+        stats["clipfrac_dual"] = masked_mean(dual_active.to(logp.dtype), mask).detach()
+    loss = -_agg(objective, mask, agg, agg_kwargs)
+    low = ((ratio < 1.0 - clip_eps_low) & (adv < 0)).to(logp.dtype)
+    high = ((ratio > 1.0 + eps_high) & (adv > 0)).to(logp.dtype)
+    stats["clipfrac_low"] = masked_mean(low, mask).detach()
+    stats["clipfrac_high"] = masked_mean(high, mask).detach()
+    stats["clipfrac"] = stats["clipfrac_low"] + stats["clipfrac_high"]
+    stats["policy_loss"] = loss.detach()
+    return loss, stats
+
+
+def kl_penalty_surrogate_loss(
+    logp: Tensor,
+    logp_old: Tensor,
+    adv: Tensor,
+    kl: Tensor,
+    kl_coef: float,
+    mask: Tensor | None = None,
+    agg: Aggregation = "token_mean",
+    agg_kwargs: dict[str, Any] | None = None,
+) -> tuple[Tensor, Stats]:
+    """PPO-Penalty: L^KLPEN = E[r_t A_t - beta * KL(pi_old(.|s_t) || pi(.|s_t))]   (PPO eq. 8).
+
+    Args:
+        logp, logp_old, adv, mask: as in ``clipped_surrogate_loss``.
+        kl: same shape, per-state KL(pi_old || pi) with gradient through pi: exact (e.g.
+            ``torch.distributions.kl_divergence``) or an estimator from ``core.kl``.
+        kl_coef: beta, held by the trainer and adapted with ``core.kl.adaptive_kl_coef``.
+    """
+    log_ratio = logp - logp_old.detach()
+    ratio = log_ratio.exp()
+    objective = ratio * adv.detach() - kl_coef * kl
+    loss = -_agg(objective, mask, agg, agg_kwargs)
+    stats = _ratio_stats(log_ratio, mask)
+    stats["kl"] = masked_mean(kl, mask).detach()
+    stats["policy_loss"] = loss.detach()
+    return loss, stats
+
+
+def value_loss(
+    values: Tensor,
+    returns: Tensor,
+    values_old: Tensor | None = None,
+    clip_eps: float | None = None,
+    mask: Tensor | None = None,
+    agg: Aggregation = "token_mean",
+    agg_kwargs: dict[str, Any] | None = None,
+) -> tuple[Tensor, Stats]:
+    """Critic regression: L^V = 1/2 E[(V(s_t) - G_t)^2]; clipped (PPO baselines):
+
+    V_clip = V_old + clip(V - V_old, -eps, eps);  L^V = 1/2 E[max((V - G)^2, (V_clip - G)^2)]
+
+    Args:
+        values: (B, T) or (N,) predictions, with gradient.
+        returns: same shape, targets (no gradient).
+        values_old: same shape, the predictions at collection time; needed when ``clip_eps`` is set.
+        clip_eps: the value clip range, or None for the unclipped loss.
+        mask: same shape, bool, or None.
+    """
+    returns = returns.detach()
+    err = (values - returns) ** 2
+    stats: Stats = {}
+    if clip_eps is not None:
+        if values_old is None:
+            raise ValueError("the clipped value loss needs values_old")
+        v_old = values_old.detach()
+        v_clip = v_old + (values - v_old).clamp(-clip_eps, clip_eps)
+        err_clip = (v_clip - returns) ** 2
+        stats["value_clipfrac"] = masked_mean((err_clip > err).to(values.dtype), mask).detach()
+        err = torch.maximum(err, err_clip)
+    loss = 0.5 * _agg(err, mask, agg, agg_kwargs)
+    stats["value_loss"] = loss.detach()
+    return loss, stats
+
+
+def entropy_loss(
+    entropy: Tensor,
+    mask: Tensor | None = None,
+    agg: Aggregation = "token_mean",
+    agg_kwargs: dict[str, Any] | None = None,
+) -> tuple[Tensor, Stats]:
+    """Entropy bonus as a loss: -E[H(pi(.|s_t))]; add ``ent_coef * loss`` to climb the entropy.
+
+    Args:
+        entropy: (B, T) or (N,) per-state entropy, with gradient.
+        mask: same shape, bool, or None.
+    """
+    ent = _agg(entropy, mask, agg, agg_kwargs)
+    return -ent, {"entropy": ent.detach()}

@@ -1,0 +1,23 @@
+"""User-facing errors. The command line prints their message on one line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class GradascentError(Exception):
+    """A problem with the user's input (config, data, model files, hyperparameters): never a bug."""
+
+
+class ConfigError(GradascentError, ValueError):
+    """A config key that is unknown, of the wrong type, or out of range."""
+
+
+class DataError(GradascentError, ValueError):
+    """A dataset file or row that cannot be used; the message names the file and line."""
+
+
+class CheckpointError(GradascentError):
+    """A checkpoint or model directory that is missing, truncated or corrupt."""
+
+
+class NonFiniteError(GradascentError):
+    """Training produced NaN or inf too often to continue (or a reward function returned one)."""

@@ -1,0 +1,191 @@
+"""Atomic checkpoints: every tensor in one safetensors file, everything else in JSON; no pickle.
+
+A checkpoint is a directory ``checkpoints/step_XXXXXXXX/`` holding
+
+    tensors.safetensors   every tensor of the state (weights, optimizer moments, RNG states...)
+    state.json            the rest of the state, with {"__tensor__": key} where a tensor was
+
+It is written under a temporary name and renamed into place, so a kill at any moment leaves the newest
+*complete* checkpoint intact; ``latest_checkpoint`` only ever sees complete ones. A state holding a
+non-finite float tensor is refused, so NaN never reaches disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from gradascent.errors import CheckpointError, NonFiniteError
+
+PREFIX = "step_"
+
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = path or "root"
+        tensors[key] = obj.detach().cpu().contiguous().clone()
+        return {"__tensor__": key}
+    if isinstance(obj, np.ndarray):
+        key = path or "root"
+        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj)).clone()
+        return {"__ndarray__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: _encode(v, tensors, f"{path}.{k}" if path else k) for k, v in obj.items()}
+        return {"__items__": [[k, _encode(v, tensors, f"{path}.{k}" if path else str(k))] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} at '{path}'")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__ndarray__" in obj:
+            return tensors[obj["__ndarray__"]].numpy()
+        if "__items__" in obj:
+            return {k: _decode(v, tensors) for k, v in obj["__items__"]}
+        if "__tuple__" in obj:
+            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+        return {k: _decode(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    return obj
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:08d}"
+
+
+def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], keep_last: int | None = None) -> Path:
+    """Write ``state`` (nested dicts/lists of tensors, arrays and JSON values) as checkpoint ``step``.
+
+    Returns the checkpoint's path. Raises NonFiniteError, writing nothing, if a float tensor holds NaN/inf.
+    Keeps only the ``keep_last`` newest checkpoints when given.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    meta = _encode(state, tensors, "")
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(f"refusing to checkpoint step {step}: tensor '{key}' holds NaN or inf")
+    final = directory / checkpoint_name(step)
+    tmp = directory / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(tensors, str(tmp / "tensors.safetensors"))
+    with (tmp / "state.json").open("w", encoding="utf-8") as fh:
+        json.dump({"step": step, "state": meta}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    with (tmp / "tensors.safetensors").open("rb") as fh:
+        os.fsync(fh.fileno())
+    if final.exists():  # the same step saved again (after a resume): swap atomically-enough
+        old = directory / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(directory)
+    if keep_last is not None and keep_last > 0:
+        for old_ckpt in list_checkpoints(directory)[:-keep_last]:
+            shutil.rmtree(old_ckpt, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Complete checkpoints under ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for p in directory.iterdir():
+        if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit():
+            if (p / "state.json").exists() and (p / "tensors.safetensors").exists():
+                found.append(p)
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    ckpts = list_checkpoints(directory)
+    return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(path: str | Path) -> tuple[int, dict[str, Any]]:
+    """Read a checkpoint written by ``save_checkpoint``; returns (step, state). Corruption is a CheckpointError."""
+    path = Path(path)
+    try:
+        with (path / "state.json").open(encoding="utf-8") as fh:
+            meta = json.load(fh)
+        tensors = load_file(str(path / "tensors.safetensors"))
+        return int(meta["step"]), _decode(meta["state"], tensors)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"checkpoint {path} is incomplete: {Path(exc.filename).name} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {type(exc).__name__}: {exc}") from None
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {exc}") from None
+
+
+# --- random number generators ------------------------------------------------------------------------
+
+
+def capture_rng() -> dict[str, Any]:
+    """The global RNG states of python, numpy and torch (and CUDA when present), checkpointable."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of ``capture_rng``."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(tuple(state["numpy"]))  # type: ignore[arg-type]
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

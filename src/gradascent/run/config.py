@@ -1,0 +1,283 @@
+"""Config dataclasses: documented fields, strict loading from YAML files and command-line flags.
+
+Every algorithm has one frozen dataclass. Each field carries its documentation as a string literal right
+under it (the CleanRL/tyro convention); ``field_docs`` reads those strings from the source, so the
+documentation lives in exactly one place and ``gradascent ALGO --help`` shows it.
+
+Loading is strict: an unknown key, a value of the wrong type, or a value out of range is a ``ConfigError``
+naming the key, the value and what is allowed, with a "did you mean" suggestion for misspelt keys.
+Range checks live in each dataclass's ``__post_init__`` through ``require``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import types
+import typing
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+from gradascent.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise a ConfigError for ``key`` unless ``ok``. ``allowed`` says what is accepted, e.g. 'in (0, 1)'."""
+    if not ok:
+        raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {allowed}")
+
+
+@lru_cache(maxsize=None)
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, read from its source (and its bases')."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            src = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = ast.parse(src).body[0].body  # type: ignore[attr-defined]
+        for prev, node in zip(body, body[1:]):
+            if (
+                isinstance(prev, ast.AnnAssign)
+                and isinstance(prev.target, ast.Name)
+                and isinstance(node, ast.Expr)
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+            ):
+                docs[prev.target.id] = " ".join(node.value.value.split())
+    return docs
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    if get_origin(tp) in (tuple, list):
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any, from_string: bool) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert strings when they came from a flag."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None or (from_string and isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg, from_string)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {_type_name(tp)}")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value in allowed:
+            return value
+        hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {_type_name(tp)}{extra}")
+    if origin in (tuple, list):
+        (inner, *_rest) = get_args(tp) or (Any,)
+        if from_string and isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {_type_name(tp)}")
+        items = [_coerce(key, v, inner, from_string) for v in value]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if from_string and isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_string and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-5 as a string; flags are strings
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif tp is Any:
+        return value
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return from_dict(tp, value, prefix=f"{key}.", from_string=from_string)
+        if isinstance(value, tp):
+            return value
+    raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {_type_name(tp)}")
+
+
+def from_dict(cls: type[C], data: dict[str, Any], *, prefix: str = "", from_string: bool = False) -> C:
+    """Build ``cls`` from a mapping, rejecting unknown keys and wrong types (nested dataclasses too)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config{(' ' + prefix.rstrip('.')) if prefix else ''} must be a mapping of keys to "
+                          f"values, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            hint = difflib.get_close_matches(name, list(fields), n=1)
+            extra = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}' for {cls.__name__}{extra}")
+        kwargs[name] = _coerce(prefix + name, value, hints[name], from_string)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field without a value
+        raise ConfigError(f"{cls.__name__}: {exc}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain YAML-able values (tuples become lists)."""
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    return plain(cfg)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load``; any problem is a ConfigError naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {p} cannot be read as text: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {p} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    flag_overrides: dict[str, str] | None = None,
+) -> C:
+    """Resolve a config: dataclass defaults < YAML file < ``overrides`` (typed) < ``flag_overrides`` (strings).
+
+    Dotted keys (``ppo.lr``) reach into nested dataclasses.
+    """
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    cfg = from_dict(cls, data)
+    for values, from_string in ((overrides or {}, False), (flag_overrides or {}, True)):
+        if values:
+            cfg = replace(cfg, values, from_string=from_string)
+    return cfg
+
+
+def replace(cfg: C, changes: dict[str, Any], *, from_string: bool = False) -> C:
+    """A copy of ``cfg`` with ``changes`` applied (dotted keys for nested configs), validated again."""
+    merged = to_dict(cfg)
+    for key, value in changes.items():
+        parts = key.replace("-", "_").split(".")
+        node = merged
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown config key '{key}' for {type(cfg).__name__}")
+            node = node[part]
+        node[parts[-1]] = value
+    # Values already in the config are typed; re-check only the changed ones as strings if needed.
+    return _rebuild(type(cfg), merged, set(changes), from_string)
+
+
+def _rebuild(cls: type[C], merged: dict[str, Any], changed: set[str], from_string: bool, prefix: str = "") -> C:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    for key, value in merged.items():
+        if key not in fields:
+            hint = difflib.get_close_matches(key, list(fields), n=1)
+            extra = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}' for {cls.__name__}{extra}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            kwargs[key] = _rebuild(tp, value, changed, from_string, prefix=f"{prefix}{key}.")  # type: ignore[arg-type]
+        else:
+            fs = from_string and any(c.replace("-", "_") == prefix + key for c in changed)
+            kwargs[key] = _coerce(prefix + key, value, tp, fs)
+    return cls(**kwargs)
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """One ``--field-name VALUE`` flag per field (nested: ``--ppo.lr``), its help the field's docstring."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} fields" if not prefix else f"{prefix.rstrip('.')} fields")
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            add_config_flags(parser, tp, prefix=f"{prefix}{f.name}.")  # type: ignore[arg-type]
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        group.add_argument(
+            flag, dest=f"cfg:{prefix}{f.name}", default=None, metavar=_metavar(tp),
+            help=f"{docs.get(f.name, '')} [default: {default!r}]".replace("%", "%%"),
+        )
+
+
+def _metavar(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "{" + ",".join(str(a) for a in get_args(tp)) + "}"
+    return _type_name(tp).upper().replace(" ", "_")
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, str]:
+    """The config flags the user actually gave, as {dotted_key: string}."""
+    return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None}

@@ -1,0 +1,99 @@
+"""The run directory contract shared by every trainer.
+
+    OUT/config.yaml      the resolved config (every field, defaults included)
+    OUT/metrics.jsonl    one JSON object per logged step: {"step": k, <counters>, <metrics>}
+    OUT/summary.json     the final figures
+    OUT/checkpoints/     step_XXXXXXXX/ directories written atomically (run.checkpoint)
+    OUT/tb/              TensorBoard event files with the same scalars as metrics.jsonl
+
+On resume, ``truncate_metrics(step)`` drops the lines logged after the checkpoint, so that the resumed run's
+log is the log of a run that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from gradascent.errors import GradascentError
+from gradascent.run.config import save_yaml
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item") and callable(v.item):  # torch / numpy scalars
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else (1e308 if v > 0 else -1e308)
+    return v
+
+
+class RunDir:
+    """Writes config.yaml, metrics.jsonl, summary.json, checkpoints/ and TensorBoard events under ``path``."""
+
+    def __init__(self, path: str | Path, tensorboard: bool = True) -> None:
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.checkpoints.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise GradascentError(f"cannot create run directory {self.path}: {exc.strerror}") from None
+        self._tb_enabled = tensorboard
+        self._tb: Any = None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def write_config(self, cfg: Any) -> None:
+        save_yaml(cfg, self.path / "config.yaml")
+
+    def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Append one line {"step": step, **metrics} to metrics.jsonl and the TensorBoard scalars."""
+        row = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
+        with self.metrics_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self._tb_enabled:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(self.path / "tb"))
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, int(step))
+        return row
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a line cut by a kill: everything after it is lost with it
+        return rows
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Keep only the rows with step <= last_step (and drop a half-written last line)."""
+        rows = [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        os.replace(tmp, self.metrics_path)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        tmp = self.path / "summary.json.tmp"
+        tmp.write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path / "summary.json")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
