@@ -43,6 +43,7 @@ def policy_gradient_loss(
     logp: Tensor,
     adv: Tensor,
     mask: Tensor | None = None,
+    *,
     agg: Aggregation = "token_mean",
     agg_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Tensor, Stats]:
@@ -62,6 +63,7 @@ def clipped_surrogate_loss(
     logp_old: Tensor,
     adv: Tensor,
     mask: Tensor | None = None,
+    *,
     clip_eps_low: float = 0.2,
     clip_eps_high: float | None = None,
     dual_clip: float | None = None,
@@ -115,6 +117,7 @@ def kl_penalty_surrogate_loss(
     kl: Tensor,
     kl_coef: float,
     mask: Tensor | None = None,
+    *,
     agg: Aggregation = "token_mean",
     agg_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Tensor, Stats]:
@@ -140,6 +143,7 @@ def value_loss(
     values: Tensor,
     returns: Tensor,
     values_old: Tensor | None = None,
+    *,
     clip_eps: float | None = None,
     mask: Tensor | None = None,
     agg: Aggregation = "token_mean",
@@ -175,6 +179,7 @@ def value_loss(
 def entropy_loss(
     entropy: Tensor,
     mask: Tensor | None = None,
+    *,
     agg: Aggregation = "token_mean",
     agg_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Tensor, Stats]:

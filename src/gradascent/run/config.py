@@ -152,7 +152,7 @@ def from_dict(cls: type[C], data: dict[str, Any], *, prefix: str = "", from_stri
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in fields:
-            hint = difflib.get_close_matches(name, list(fields), n=1)
+            hint = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.5)
             extra = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""
             raise ConfigError(f"unknown config key '{prefix}{key}' for {cls.__name__}{extra}")
         kwargs[name] = _coerce(prefix + name, value, hints[name], from_string)
@@ -235,7 +235,7 @@ def _rebuild(cls: type[C], merged: dict[str, Any], changed: set[str], from_strin
     fields = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     for key, value in merged.items():
         if key not in fields:
-            hint = difflib.get_close_matches(key, list(fields), n=1)
+            hint = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
             extra = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""
             raise ConfigError(f"unknown config key '{prefix}{key}' for {cls.__name__}{extra}")
         tp = hints[key]

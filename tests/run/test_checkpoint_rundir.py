@@ -1,0 +1,111 @@
+"""Atomic checkpoints (no pickle, no NaN on disk, rotation, corruption detected) and the run directory."""
+
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from gradascent.errors import CheckpointError, NonFiniteError
+from gradascent.run import (
+    RunDir,
+    capture_rng,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+
+
+def _model_and_optimizer():
+    torch.manual_seed(0)
+    m = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(m.parameters(), lr=0.1)
+    m(torch.randn(4, 3)).pow(2).sum().backward()
+    opt.step()
+    return m, opt
+
+
+def test_round_trip_restores_weights_optimizer_and_rng(tmp_path):
+    m, opt = _model_and_optimizer()
+    rng = capture_rng()
+    after = (random.random(), np.random.rand(), torch.rand(1).item())
+    save_checkpoint(tmp_path, 7, {"model": m.state_dict(), "opt": opt.state_dict(), "rng": rng,
+                                  "beta": 0.25, "counts": (1, 2), "arr": np.arange(3)})
+    step, state = load_checkpoint(latest_checkpoint(tmp_path))
+    assert step == 7 and state["beta"] == 0.25 and state["counts"] == (1, 2)
+    assert np.array_equal(state["arr"], np.arange(3))
+    for k, v in m.state_dict().items():
+        assert torch.equal(state["model"][k], v)
+    opt2 = torch.optim.Adam(m.parameters(), lr=0.1)
+    opt2.load_state_dict(state["opt"])
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    restore_rng(state["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == after
+
+
+def test_nan_is_never_written_and_old_checkpoints_survive(tmp_path):
+    m, _ = _model_and_optimizer()
+    good = save_checkpoint(tmp_path, 1, {"model": m.state_dict()})
+    before = {p.name: p.read_bytes() for p in good.iterdir()}
+    with torch.no_grad():
+        m.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="weight"):
+        save_checkpoint(tmp_path, 2, {"model": m.state_dict()})
+    assert list_checkpoints(tmp_path) == [good]
+    assert {p.name: p.read_bytes() for p in good.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_keep_last_rotation_and_half_written_checkpoints_are_ignored(tmp_path):
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, {"x": torch.tensor([float(step)])}, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
+    # A kill during a save leaves only a temporary directory: it is not a checkpoint.
+    (tmp_path / ".tmp-step_00000005-123").mkdir()
+    (tmp_path / "step_00000006").mkdir()  # a directory without its files is not complete either
+    assert latest_checkpoint(tmp_path).name == "step_00000004"
+
+
+def test_truncated_and_corrupt_checkpoints_raise_checkpoint_error(tmp_path):
+    path = save_checkpoint(tmp_path, 1, {"x": torch.arange(1000.0)})
+    data = (path / "tensors.safetensors").read_bytes()
+    (path / "tensors.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(path)
+    (path / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+    os.remove(path / "state.json")
+    with pytest.raises(CheckpointError, match="state.json is missing"):
+        load_checkpoint(path)
+
+
+def test_run_dir_contract(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class C:
+        lr: float = 0.1
+
+    run = RunDir(tmp_path / "out")
+    run.write_config(C())
+    for step in range(1, 4):
+        run.log(step, {"env_steps": step * 10, "loss": torch.tensor(0.5), "nan_metric": float("nan")})
+    run.write_summary({"eval_return_mean": 1.5})
+    run.close()
+    out = tmp_path / "out"
+    assert (out / "config.yaml").read_text() == "lr: 0.1\n"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0] == {"step": 1, "env_steps": 10, "loss": 0.5, "nan_metric": None}
+    assert json.loads((out / "summary.json").read_text()) == {"eval_return_mean": 1.5}
+    assert (out / "checkpoints").is_dir()
+    assert any((out / "tb").iterdir())  # TensorBoard events beside metrics.jsonl
+    # Resume: rows after the checkpoint's step are dropped, and so is a half-written last line.
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 4, "env_st')
+    run.truncate_metrics(2)
+    assert [r["step"] for r in run.read_metrics()] == [1, 2]

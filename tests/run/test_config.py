@@ -1,0 +1,102 @@
+"""Config loading: field docs from the source, strict keys and types, ranges, flags."""
+
+import argparse
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from gradascent.errors import ConfigError
+from gradascent.run.config import add_config_flags, field_docs, flag_values, from_dict, load_config, require
+
+
+@dataclass(frozen=True)
+class Inner:
+    lr: float = 1e-3
+    """Adam learning rate."""
+
+
+@dataclass(frozen=True)
+class Cfg:
+    lr: float = 3e-4
+    """Learning rate of the policy."""
+    agg: Literal["token_mean", "seq_mean_token_mean"] = "token_mean"
+    """How token losses are reduced."""
+    hidden: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes."""
+    target_kl: float | None = None
+    """Early-stop KL, or none."""
+    anneal: bool = True
+    """Anneal the learning rate."""
+    inner: Inner = Inner()
+    """A nested section."""
+
+    def __post_init__(self):
+        require(self.lr > 0, "lr", self.lr, "a float > 0")
+
+
+def test_field_docs_come_from_the_source():
+    docs = field_docs(Cfg)
+    assert docs["lr"] == "Learning rate of the policy."
+    assert docs["hidden"] == "Hidden layer sizes."
+    assert set(docs) == {"lr", "agg", "hidden", "target_kl", "anneal", "inner"}
+
+
+def test_yaml_then_overrides_then_flags(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 1e-2\nhidden: [8]\ninner:\n  lr: 0.5\n")  # YAML 1.1 reads 1e-2 as a string
+    cfg = load_config(Cfg, f, overrides={"agg": "seq_mean_token_mean"},
+                      flag_overrides={"target_kl": "0.02", "anneal": "false", "inner.lr": "0.25"})
+    assert cfg == Cfg(lr=0.01, agg="seq_mean_token_mean", hidden=(8,), target_kl=0.02, anneal=False,
+                      inner=Inner(lr=0.25))
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"lrr": 1.0}, "unknown config key 'lrr' for Cfg; did you mean 'lr'?"),
+        ({"lr": -1.0}, "config key 'lr': -1.0 is not allowed; expected a float > 0"),
+        ({"lr": "fast"}, "config key 'lr': 'fast' is not allowed; expected float"),
+        ({"agg": "token_man"}, "expected one of 'token_mean', 'seq_mean_token_mean' (did you mean 'token_mean'?)"),
+        ({"hidden": "wide"}, "config key 'hidden': 'wide' is not allowed; expected a list of int"),
+        ({"anneal": "maybe"}, "config key 'anneal': 'maybe' is not allowed; expected bool"),
+        ({"inner": {"lf": 1}}, "unknown config key 'inner.lf' for Inner; did you mean 'inner.lr'?"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(data, message):
+    with pytest.raises(ConfigError) as exc:
+        from_dict(Cfg, data)
+    assert message in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lr: [1, 2\n", "is not valid YAML at line"),
+        ("- 1\n- 2\n", "must hold a mapping"),
+    ],
+)
+def test_bad_yaml_files(tmp_path, text, message):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(Cfg, f)
+
+
+def test_missing_and_binary_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Cfg, tmp_path / "nope.yaml")
+    f = tmp_path / "b.yaml"
+    f.write_bytes(b"\xff\xfe\x00\x81binary")
+    with pytest.raises(ConfigError, match="cannot be read as text"):
+        load_config(Cfg, f)
+
+
+def test_flags_carry_the_docs_and_only_given_values_come_back():
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, Cfg)
+    help_text = parser.format_help()
+    assert "--target-kl" in help_text and "Early-stop KL, or none." in help_text
+    assert "--inner.lr" in help_text
+    args = parser.parse_args(["--lr", "0.1", "--inner.lr", "2"])
+    assert flag_values(args) == {"lr": "0.1", "inner.lr": "2"}
