@@ -1,0 +1,37 @@
+"""gradascent plot: PNGs from one or several runs; clear errors for what is not a run."""
+
+import json
+
+from gradascent.cli import main
+from gradascent.run import RunDir
+
+
+def _fake_run(path, scale):
+    run = RunDir(path, tensorboard=False)
+    for step in range(1, 6):
+        run.log(step, {"env_steps": step * 100, "episode_return": scale * step, "approx_kl": 0.01 * step,
+                       "entropy": 1.0 / step, "policy_loss": -0.1 * step, "clipfrac": 0.02 * step})
+    return path
+
+
+def test_plot_two_runs_writes_pngs(tmp_path, capsys):
+    a, b = _fake_run(tmp_path / "a", 1.0), _fake_run(tmp_path / "b", 2.0)
+    assert main(["plot", str(a), str(b), "--out", str(tmp_path / "plots")]) == 0
+    names = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert names == ["clip_fraction.png", "entropy.png", "kl.png", "loss.png", "overview.png", "return.png"]
+    for p in (tmp_path / "plots").iterdir():
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+
+
+def test_plot_errors_are_one_line(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "metrics.jsonl is missing" in err
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    assert main(["plot", str(tmp_path / "bad")]) == 2
+    assert "metrics.jsonl:2 is not a JSON object" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
+    assert main(["plot", str(tmp_path / "empty")]) == 2
+    assert "none of the runs logged a metric" in capsys.readouterr().err
