@@ -20,10 +20,12 @@ from gradascent.core.kl import (
     kl_k1,
     kl_k2,
     kl_k3,
+    kl_penalized_rewards,
     proportional_kl_coef,
 )
 from gradascent.core.logits import entropy_from_logits, token_logprobs
 from gradascent.core.losses import (
+    bradley_terry_loss,
     clipped_surrogate_loss,
     entropy_loss,
     kl_penalty_surrogate_loss,
@@ -39,6 +41,7 @@ __all__ = [
     "advantages_from_returns",
     "aggregate",
     "batch_mean_advantages",
+    "bradley_terry_loss",
     "categorical_kl",
     "clipped_surrogate_loss",
     "discounted_returns",
@@ -51,6 +54,7 @@ __all__ = [
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "kl_penalized_rewards",
     "kl_penalty_surrogate_loss",
     "masked_mean",
     "masked_sum",

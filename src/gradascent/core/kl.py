@@ -95,3 +95,33 @@ def proportional_kl_coef(
         raise ValueError("proportional KL needs target > 0 and horizon > 0")
     err = min(max(kl / target - 1.0, -clip), clip)
     return kl_coef * (1.0 + err * n_steps / horizon)
+
+
+def kl_penalized_rewards(
+    score: Tensor,
+    logp: Tensor,
+    logp_ref: Tensor,
+    mask: Tensor,
+    kl_coef: float,
+    kind: KLEstimator = "k1",
+) -> tuple[Tensor, Tensor]:
+    """RLHF per-token reward: r_t = -beta * KL_t for every completion token, plus the sequence score
+    (reward model) on its last counted token (Ziegler et al. 2019, eq. 2; Ouyang et al. 2022).
+
+    The KL estimate enters as a value (no gradient flows through the reward).
+
+    Args:
+        score: (B,) reward-model scores of the completions.
+        logp, logp_ref: (B, T) log-probs of the completion tokens under the sampling policy and the reference.
+        mask: (B, T) bool, True on completion tokens (contiguous from the start of each row).
+        kl_coef: beta.
+        kind: KL estimator of ``kl_estimate`` (k1 as in Ziegler et al.).
+
+    Returns:
+        (rewards, kl): both (B, T), zero where ``mask`` is False.
+    """
+    kl = torch.where(mask, kl_estimate(logp.detach(), logp_ref.detach(), kind), torch.zeros_like(logp))
+    rewards = -kl_coef * kl
+    last = (mask.long().cumsum(-1) == mask.long().sum(-1, keepdim=True)) & mask  # the last counted token
+    rewards = rewards + torch.where(last, score.detach().to(rewards.dtype).unsqueeze(-1), torch.zeros_like(rewards))
+    return rewards, kl

@@ -191,3 +191,33 @@ def entropy_loss(
     """
     ent = _agg(entropy, mask, agg, agg_kwargs)
     return -ent, {"entropy": ent.detach()}
+
+
+def bradley_terry_loss(
+    r_chosen: Tensor,
+    r_rejected: Tensor,
+    margin: Tensor | float | None = None,
+    center_coef: float = 0.0,
+) -> tuple[Tensor, Stats]:
+    """Reward-model loss on preference pairs: -log sigmoid(r_chosen - r_rejected - m), mean over pairs
+    (Bradley & Terry 1952; Ouyang et al. 2022, eq. 1; margin m: Touvron et al. 2023, Llama 2 eq. 2), plus
+    ``center_coef * mean((r_chosen + r_rejected)^2)`` to keep rewards centred (Eisenstein et al. 2023).
+
+    Args:
+        r_chosen, r_rejected: (B,) scalar rewards of the preferred and the other completion.
+        margin: (B,) or scalar margin m, or None.
+        center_coef: weight of the centring term.
+
+    Stats: ``accuracy`` (fraction with r_chosen > r_rejected) and ``margin`` (mean r_chosen - r_rejected).
+    """
+    diff = r_chosen - r_rejected
+    logits = diff if margin is None else diff - margin
+    loss = -torch.nn.functional.logsigmoid(logits).mean()
+    if center_coef:
+        loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
+    stats = {
+        "rm_loss": loss.detach(),
+        "accuracy": (diff > 0).to(diff.dtype).mean().detach(),
+        "margin": diff.mean().detach(),
+    }
+    return loss, stats
