@@ -1,0 +1,168 @@
+"""Reward functions: plain Python callables, combined with weights, checked sample by sample.
+
+A reward function has the signature
+
+    reward(prompts: list[str], completions: list[str], **columns) -> list[float]
+
+where ``columns`` are the dataset's other fields, one list entry per sample (e.g. ``answer``). A function
+that does not need a column simply accepts ``**kwargs``. Several functions are combined with weights:
+total_i = sum_k w_k * reward_k(...)_i. Every function's mean is reported as its own metric.
+
+A function that raises, returns the wrong number of values, a non-number, NaN or inf stops the run with
+a ``RewardError`` naming the function and the sample.
+
+Built-ins, usable by name in configs: ``numeric_match`` (the last number of the completion equals the
+``answer`` column), ``format_number`` (the completion is a bare integer), ``length_penalty`` (minus the
+completion's length over 100 characters). ``regex_reward(pattern)`` and ``length_penalty_fn(max_chars)``
+build others in Python. Users name their own as ``module:function`` or ``path/to/file.py:function``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gradascent.errors import GradascentError
+
+RewardFn = Callable[..., Sequence[float]]
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+class RewardError(GradascentError):
+    """A reward function failed or returned something unusable; the message names it and the sample."""
+
+
+def reward_name(fn: RewardFn) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def last_number(text: str) -> float | None:
+    """The last number written in ``text``, or None."""
+    found = _NUMBER.findall(text)
+    return float(found[-1]) if found else None
+
+
+def numeric_match(prompts: list[str], completions: list[str], answer: Sequence[Any], **_: Any) -> list[float]:
+    """1.0 when the last number in the completion equals the ``answer`` column, else 0.0."""
+    out = []
+    for completion, target in zip(completions, answer):
+        got = last_number(completion)
+        try:
+            want = float(target)
+        except (TypeError, ValueError):
+            want = None
+        out.append(1.0 if got is not None and want is not None and got == want else 0.0)
+    return out
+
+
+def regex_reward(pattern: str, name: str | None = None) -> RewardFn:
+    """A reward of 1.0 when the whole (stripped) completion matches ``pattern``, else 0.0."""
+    rx = re.compile(pattern, re.DOTALL)
+
+    def reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        return [1.0 if rx.fullmatch(c.strip()) else 0.0 for c in completions]
+
+    reward.__name__ = name or f"regex[{pattern}]"
+    return reward
+
+
+format_number = regex_reward(r"-?\d+", name="format_number")
+
+
+def length_penalty_fn(max_chars: int = 100, scale: float = 1.0) -> RewardFn:
+    """-scale * max(0, len(completion) - max_chars) / max_chars: nothing below ``max_chars``."""
+
+    def length_penalty(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        return [-scale * max(0, len(c) - max_chars) / max_chars for c in completions]
+
+    return length_penalty
+
+
+length_penalty = length_penalty_fn()
+
+BUILTIN_REWARDS: dict[str, RewardFn] = {
+    "numeric_match": numeric_match,
+    "format_number": format_number,
+    "length_penalty": length_penalty,
+}
+
+
+def resolve_reward(spec: str | RewardFn) -> RewardFn:
+    """A built-in name, ``module:function``, ``path/to/file.py:function``, or a callable."""
+    if callable(spec):
+        return spec
+    if spec in BUILTIN_REWARDS:
+        return BUILTIN_REWARDS[spec]
+    if ":" not in spec:
+        raise RewardError(f"reward function '{spec}' is neither a built-in ({', '.join(BUILTIN_REWARDS)}) "
+                          "nor of the form module:function")
+    module_name, _, attr = spec.rpartition(":")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise RewardError(f"reward function '{spec}': file {path} does not exist")
+            mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+            assert mod_spec is not None and mod_spec.loader is not None
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except RewardError:
+        raise
+    except Exception as exc:  # the user's module failed to import: say which and why
+        raise RewardError(f"reward function '{spec}': importing {module_name} failed: "
+                          f"{type(exc).__name__}: {exc}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise RewardError(f"reward function '{spec}': {module_name} has no function '{attr}'")
+    return fn
+
+
+def score(
+    reward_fns: Sequence[RewardFn],
+    prompts: list[str],
+    completions: list[str],
+    columns: dict[str, Sequence[Any]] | None = None,
+    weights: Sequence[float] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted total reward of each sample and the mean of each function.
+
+    Returns:
+        (total, metrics): total is (N,) float32; metrics maps ``reward/<name>`` to that function's mean.
+    """
+    n = len(completions)
+    if len(prompts) != n:
+        raise ValueError(f"{len(prompts)} prompts for {n} completions")
+    weights = list(weights) if weights is not None else [1.0] * len(reward_fns)
+    if len(weights) != len(reward_fns):
+        raise RewardError(f"{len(weights)} reward weights for {len(reward_fns)} reward functions")
+    total = torch.zeros(n, dtype=torch.float32)
+    metrics: dict[str, float] = {}
+    for fn, w in zip(reward_fns, weights):
+        name = reward_name(fn)
+        try:
+            values = fn(prompts, completions, **(columns or {}))
+        except Exception as exc:
+            raise RewardError(f"reward function '{name}' raised {type(exc).__name__}: {exc} "
+                              f"(batch of {n}, first prompt {prompts[0]!r:.60})") from None
+        values = list(values) if values is not None else []
+        if len(values) != n:
+            raise RewardError(f"reward function '{name}' returned {len(values)} values for {n} completions")
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+                raise RewardError(f"reward function '{name}' returned {v!r} for sample {i} "
+                                  f"(prompt {prompts[i]!r:.60}, completion {completions[i]!r:.60}); "
+                                  "rewards must be finite numbers")
+        t = torch.tensor([float(v) for v in values], dtype=torch.float32)
+        metrics[f"reward/{name}"] = float(t.mean()) if n else 0.0
+        total += w * t
+    return total, metrics

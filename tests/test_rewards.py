@@ -1,0 +1,62 @@
+"""Reward functions API: weights, per-function metrics, built-ins, and errors naming function and sample."""
+
+import math
+
+import pytest
+import torch
+
+from gradascent.rewards import (
+    RewardError,
+    format_number,
+    length_penalty_fn,
+    numeric_match,
+    regex_reward,
+    resolve_reward,
+    score,
+)
+
+
+def test_builtins_on_canned_strings():
+    comps = ["42", "the answer is 42", "41", "", "4 2", "-7"]
+    assert numeric_match([""] * 6, comps, answer=[42, "42", 42, 42, 42, -7]) == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    assert format_number([""] * 6, comps) == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+    assert length_penalty_fn(max_chars=4)(["", ""], ["abc", "abcdefgh"]) == [0.0, -1.0]
+    assert regex_reward(r"<a>.*</a>")([""], [" <a>x</a> "]) == [1.0]
+
+
+def test_weighted_total_and_per_function_metrics():
+    total, metrics = score([numeric_match, format_number], ["p1", "p2"], ["5", "is 5"],
+                           {"answer": [5, 5]}, weights=[1.0, 0.5])
+    # sample 0: 1 + 0.5*1 = 1.5; sample 1: 1 + 0.5*0 = 1.0
+    assert torch.equal(total, torch.tensor([1.5, 1.0]))
+    assert metrics == {"reward/numeric_match": 1.0, "reward/format_number": 0.5}
+
+
+def test_bad_reward_functions_are_named():
+    def raises(prompts, completions, **kw):
+        raise KeyError("answer")
+
+    def short(prompts, completions, **kw):
+        return [1.0]
+
+    def nan(prompts, completions, **kw):
+        return [0.0, math.nan]
+
+    for fn, message in [(raises, "'raises' raised KeyError"), (short, "'short' returned 1 values for 2"),
+                        (nan, "'nan' returned nan for sample 1")]:
+        with pytest.raises(RewardError, match=message):
+            score([fn], ["a", "b"], ["x", "y"])
+
+
+def test_resolve_reward_specs(tmp_path):
+    assert resolve_reward("numeric_match") is numeric_match
+    f = tmp_path / "my_rewards.py"
+    f.write_text("def shout(prompts, completions, **kw):\n    return [float(c.isupper()) for c in completions]\n")
+    fn = resolve_reward(f"{f}:shout")
+    assert fn(["", ""], ["AB", "ab"]) == [1.0, 0.0]
+    with pytest.raises(RewardError, match="has no function 'whisper'"):
+        resolve_reward(f"{f}:whisper")
+    with pytest.raises(RewardError, match="importing no_such_module_xyz failed"):
+        resolve_reward("no_such_module_xyz:f")
+    with pytest.raises(RewardError, match="neither a built-in"):
+        resolve_reward("exactish")
