@@ -1,0 +1,1 @@
+"""Thin trainers, one frozen config dataclass each, reading top to bottom."""
