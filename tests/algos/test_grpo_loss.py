@@ -77,12 +77,12 @@ def test_clip_higher_widens_the_upper_bound_only():
     # Ratio 1 everywhere: the objective of each token is its row's advantage, +1 (2 tokens) and -0.5 (1 token).
     ("seq_mean_token_mean", -(1.0 + -0.5) / 2),  # row means 1 and -0.5 (GRPO)
     ("token_mean", -(1.0 + 1.0 - 0.5) / 3),  # every token alike (DAPO)
-    ("seq_mean_token_sum_norm", -(2.0 / 4 + -0.5 / 4) / 2),  # row sums over L = max_new_tokens = 4 (Dr. GRPO)
+    ("seq_mean_token_sum_norm", -(2.0 / 4 + -0.5 / 4) / 2),  # row sums over L = 4, the budget (Dr. GRPO)
 ])
 def test_three_aggregations_on_sequences_of_different_length(agg, expected):
     logp, _, adv, mask = _batch()
-    cfg = GRPOConfig(loss_agg=agg, max_new_tokens=4)
-    loss, stats = grpo_loss(logp, logp.detach(), adv, mask, cfg)
+    cfg = GRPOConfig(loss_agg=agg)
+    loss, stats = grpo_loss(logp, logp.detach(), adv, mask, cfg, norm_len=4)
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     assert stats["approx_kl"].item() == 0.0 and stats["clipfrac"].item() == 0.0
 
@@ -127,3 +127,5 @@ def test_config_rejects_values_out_of_range():
         GRPOConfig(prompts_per_step=3, group_size=3, num_minibatches=2)
     with pytest.raises(ConfigError, match="reward_weights"):
         GRPOConfig(rewards=("numeric_match",), reward_weights=(1.0, 2.0))
+    with pytest.raises(ConfigError, match="reward_weights"):
+        GRPOConfig(reward_weights=(1.0,))  # weights without the functions they weigh

@@ -19,7 +19,7 @@ def digit_fraction(prompts, completions, **_):
 
 def _run(tmp_path, monkeypatch=None, **overrides):
     torch.set_num_threads(1)
-    fields = dict(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=4, lr=1e-2, save_every=0)
+    fields = dict(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=4, lr=1e-2, save_every=0, task="rows")
     fields.update(overrides)
     model, tok = load_model("qwen2-micro", seed=0)
     cfg = GRPOConfig(**fields)

@@ -35,10 +35,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -62,12 +61,13 @@ from gradascent.lm import (
     decode_completions,
     encode_prompts,
     eos_token_ids,
-    eval_mode,
     generate,
     load_model,
     save_model,
 )
+from gradascent.lm.models import eval_mode
 from gradascent.rewards import RewardFn, resolve_reward, score
+from gradascent.tasks import load_task
 from gradascent.run import distributed
 from gradascent.run.checkpoint import (
     capture_rng,
@@ -81,6 +81,7 @@ from gradascent.run.config import add_config_flags, flag_values, load_config, re
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.progress import progress_bar
 from gradascent.run.rundir import RunDir
+from gradascent.run.schedule import lr_multiplier
 
 Advantage = Literal["group", "group_no_std", "rloo", "batch_mean"]
 LossAgg = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
@@ -98,11 +99,16 @@ class GRPOConfig:
     task: str = "arithmetic"
     """The prompts: a built-in task name (arithmetic) or a JSONL file with a 'prompt' field per line; other
     fields reach the reward functions as columns (e.g. 'answer')."""
-    rewards: tuple[str, ...] = ("numeric_match",)
-    """Reward functions: built-in names (numeric_match, format_number, length_penalty) or module:function or
-    path/to/file.py:function; the total reward is their weighted sum."""
+    n_train: int | None = None
+    """Training prompts of a built-in task (None: the task's default, 4000 for arithmetic)."""
+    n_eval: int | None = None
+    """Held-out prompts of a built-in task (None: the task's default, 200 for arithmetic)."""
+    rewards: tuple[str, ...] | None = None
+    """Reward functions: built-in names (numeric_match, format_number, length_penalty), module:function or
+    path/to/file.py:function; the total reward is their weighted sum. None: the task's own (arithmetic:
+    exact_match + 0.1 format_number)."""
     reward_weights: tuple[float, ...] | None = None
-    """One weight per reward function; None weighs each 1.0."""
+    """One weight per reward function; None weighs each 1.0 (or the task's weights for the task's rewards)."""
     seed: int = 0
     """Seed of the model initialisation (presets), the prompt order and the sampling generator."""
     steps: int = 100
@@ -111,8 +117,11 @@ class GRPOConfig:
     """Prompts per step over all ranks (the global batch of questions); typical 8-1024."""
     group_size: int = 8
     """G, completions sampled per prompt (GRPO paper: 64; TRL default 8). At least 2."""
-    max_new_tokens: int = 16
-    """Longest completion in tokens; also the constant L of seq_mean_token_sum_norm (Dr. GRPO)."""
+    max_new_tokens: int | None = None
+    """Longest completion in tokens; also the constant L of seq_mean_token_sum_norm (Dr. GRPO). None: the
+    task's budget (arithmetic with operands up to 99: 5)."""
+    stop_at_eos: bool = True
+    """End a completion at the tokenizer's EOS; False samples exactly max_new_tokens tokens (benchmarks)."""
     temperature: float = 1.0
     """Sampling temperature tau; log-probs are taken at the same tau (docs/equations.md, eq. 19). Typical 0.7-1.0."""
     lr: float = 1e-4
@@ -171,7 +180,8 @@ class GRPOConfig:
         require(self.steps >= 1, "steps", self.steps, ">= 1")
         require(self.prompts_per_step >= 1, "prompts_per_step", self.prompts_per_step, ">= 1")
         require(self.group_size >= 2, "group_size", self.group_size, ">= 2 (a group of one has no baseline)")
-        require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, ">= 1")
+        require(self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens,
+                ">= 1 or null")
         require(self.temperature > 0, "temperature", self.temperature, "> 0")
         require(self.lr > 0, "lr", self.lr, "> 0")
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
@@ -187,9 +197,11 @@ class GRPOConfig:
         require(self.beta >= 0, "beta", self.beta, ">= 0")
         require(self.adv_eps > 0, "adv_eps", self.adv_eps, "> 0")
         require(self.ent_coef >= 0, "ent_coef", self.ent_coef, ">= 0")
-        require(len(self.rewards) >= 1, "rewards", self.rewards, "at least one reward function")
-        require(self.reward_weights is None or len(self.reward_weights) == len(self.rewards), "reward_weights",
-                self.reward_weights, f"one weight per reward function ({len(self.rewards)})")
+        require(self.rewards is None or len(self.rewards) >= 1, "rewards", self.rewards,
+                "at least one reward function, or null for the task's")
+        require(self.reward_weights is None or self.rewards is not None
+                and len(self.reward_weights) == len(self.rewards), "reward_weights", self.reward_weights,
+                "one weight per reward function in 'rewards'")
         require(self.eval_every >= 0, "eval_every", self.eval_every, ">= 0")
         require(self.eval_prompts >= 1, "eval_prompts", self.eval_prompts, ">= 1")
         require(self.save_every >= 0, "save_every", self.save_every, ">= 0")
@@ -237,6 +249,7 @@ def grpo_loss(
     entropy: Tensor | None = None,
     num_tokens: Tensor | float | None = None,
     num_seqs: Tensor | float | None = None,
+    norm_len: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The GRPO loss of one minibatch: -agg[min(r A, clip(r) A)] + beta agg[k3] - ent_coef agg[H].
 
@@ -245,15 +258,16 @@ def grpo_loss(
         logp_old: (B, T) log pi_old (no gradient); ``logp.detach()`` when on-policy.
         adv: (B,) per-completion advantage, broadcast to every token of the completion.
         mask: (B, T) bool, True on the tokens that count.
-        cfg: supplies clip_eps_low/high, beta, kl_estimator, ent_coef, loss_agg, max_new_tokens (Dr. GRPO's L).
+        cfg: supplies clip_eps_low/high, beta, kl_estimator, ent_coef and loss_agg.
         logp_ref: (B, T) log pi_ref, needed when beta > 0.
         entropy: (B, T) per-token entropy; with gradient when ent_coef > 0.
         num_tokens, num_seqs: global divisors (``run.distributed.loss_divisor``); None: this batch's counts.
+        norm_len: L of seq_mean_token_sum_norm, the completion budget max_new_tokens (default: T).
 
     Returns:
         (loss, stats): stats hold policy_loss, approx_kl, clipfrac(_low/_high), and kl / entropy when given.
     """
-    agg_kwargs = {"norm_len": float(cfg.max_new_tokens), "num_tokens": num_tokens, "num_seqs": num_seqs}
+    agg_kwargs = {"norm_len": norm_len, "num_tokens": num_tokens, "num_seqs": num_seqs}
     adv_t = adv.detach().unsqueeze(-1).expand_as(logp)  # every token of completion i gets A_i
     # (10): L^CLIP with clip-higher, aggregated by (R1)-(R3)
     loss, stats = clipped_surrogate_loss(
@@ -282,13 +296,6 @@ def zero_std_groups(rewards: Tensor, group_size: int) -> Tensor:
 
 
 
-def load_prompts(task: str, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train rows, held-out rows) of a built-in task or a JSONL file; each row has a 'prompt' field."""
-    from gradascent import tasks
-
-    return tasks.load_prompt_rows(task, seed=seed)
-
-
 def load_reference(cfg: GRPOConfig, policy: nn.Module) -> nn.Module:
     """The frozen reference pi_ref: the policy as it was before training (called only when beta > 0)."""
     ref = copy.deepcopy(policy)
@@ -306,20 +313,6 @@ def prompt_index(position: int, n: int, seed: int) -> int:
     epoch, k = divmod(position, n)
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return int(torch.randperm(n, generator=g)[k])
-
-
-def lr_factor(cfg: GRPOConfig, total_updates: int) -> Callable[[int], float]:
-    """Multiplier of ``cfg.lr`` at optimizer update u: linear warm-up, then constant / linear / cosine decay."""
-
-    def factor(update: int) -> float:
-        if cfg.warmup_steps and update < cfg.warmup_steps:
-            return (update + 1) / cfg.warmup_steps
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        frac = min(max((update - cfg.warmup_steps) / max(1, total_updates - cfg.warmup_steps), 0.0), 1.0)
-        return 1.0 - frac if cfg.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
-
-    return factor
 
 
 @torch.no_grad()
@@ -369,6 +362,11 @@ def train_grpo(
     columns) and ``reward_fns`` (callables) replace what ``cfg.model``, ``cfg.task`` and ``cfg.rewards`` name.
     ``resume=True`` continues from the newest checkpoint in ``out/checkpoints`` (a fresh start if none).
     The final policy is saved with ``save_pretrained`` to ``out/model``.
+
+    Raises:
+        RewardError: a reward function raised or returned something unusable (it and the sample are named).
+        ConfigError, DataError, CheckpointError: bad settings, prompts, model directory or checkpoint.
+        NonFiniteError: ``max_nonfinite`` consecutive updates had a NaN/inf loss or gradient.
     """
     dist_info = distributed.init(cfg.device)
     device = torch.device(f"cuda:{dist_info.local_rank}" if cfg.device == "cuda" else cfg.device)
@@ -382,20 +380,29 @@ def train_grpo(
         raise ConfigError("train_grpo: a model passed from Python needs its tokenizer")
     model.to(device).train()
     ref_model = load_reference(cfg, model) if cfg.beta > 0 else None  # beta = 0: no reference at all
-    if train_rows is None:
-        train_rows, task_eval = load_prompts(cfg.task, cfg.seed)
-        eval_rows = task_eval if eval_rows is None else eval_rows
-    if len(train_rows) == 0:
-        raise DataError(f"task {cfg.task!r} has no prompts")
-    eval_rows = list(eval_rows or [])[:cfg.eval_prompts]
-    reward_fns = list(reward_fns) if reward_fns is not None else [resolve_reward(r) for r in cfg.rewards]
-    eos = eos_token_ids(tokenizer, model)
+    task = load_task(cfg.task, n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed) if train_rows is None else None
+    train_rows = list(task.train if task is not None else train_rows)  # type: ignore[union-attr]
+    eval_rows = list((task.eval if task is not None else eval_rows) or [])[:cfg.eval_prompts]
+    if not train_rows:
+        raise DataError(f"task {cfg.task!r} has no training prompts")
+    reward_weights = cfg.reward_weights
+    if reward_fns is None and cfg.rewards is not None:
+        reward_fns = [resolve_reward(r) for r in cfg.rewards]
+    elif reward_fns is None and task is not None and task.reward_fns:
+        reward_fns, reward_weights = list(task.reward_fns), list(task.reward_weights)
+    if not reward_fns:
+        raise ConfigError(f"no reward functions: task {cfg.task!r} has none of its own; set 'rewards'")
+    max_new = cfg.max_new_tokens or (task.max_new_tokens if task is not None else 0)
+    if not max_new:
+        raise ConfigError("config key 'max_new_tokens': set it when the prompts are not a task's")
+    eos = eos_token_ids(tokenizer, model) if cfg.stop_at_eos else []
     policy = model  # what the loss differentiates through: DDP averages the gradients over ranks
     if dist_info.enabled:
         policy = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     updates_per_step = cfg.num_iterations * cfg.num_minibatches
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, cfg.steps * updates_per_step))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_multiplier(
+        u, cfg.steps * updates_per_step, cfg.warmup_steps, cfg.lr_schedule))
     guard = NonFiniteGuard(cfg.max_nonfinite)
     # Sampling draws from its own generator, one stream per rank; its state is in every checkpoint.
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + 104729 * dist_info.rank + 1)
@@ -447,7 +454,7 @@ def train_grpo(
             prompt_ids, prompt_mask = encode_prompts(tokenizer, [r["prompt"] for r in batch], device=device)
 
             # ---- 2. sample G completions per prompt from pi_old, the current policy; B = prompts x G rows
-            roll = generate(model, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens, eos_token_ids=eos,
+            roll = generate(model, prompt_ids, prompt_mask, max_new_tokens=max_new, eos_token_ids=eos,
                             pad_token_id=tokenizer.pad_token_id, num_samples=G, temperature=cfg.temperature,
                             generator=gen)
             completions = decode_completions(tokenizer, roll.completion_ids.cpu(), roll.completion_mask.cpu(),
@@ -457,7 +464,7 @@ def train_grpo(
             # ---- 3. score: prompts and columns repeated G times, completions of one prompt contiguous
             prompts = [r["prompt"] for r in batch for _ in range(G)]
             columns = {k: [r[k] for r in batch for _ in range(G)] for k in batch[0] if k != "prompt"}
-            rewards, reward_means = score(reward_fns, prompts, completions, columns, cfg.reward_weights)  # (B,)
+            rewards, reward_means = score(reward_fns, prompts, completions, columns, reward_weights)  # (B,)
 
             # ---- 4. advantages (eq. 7/8/9) and the tokens that count
             if cfg.advantage == "batch_mean" and dist_info.enabled:  # the baseline is the mean over all ranks
@@ -474,17 +481,19 @@ def train_grpo(
             rows = torch.arange(len(rewards), device=device)
             if not dist_info.enabled:  # rows that count for nothing need no forward (under DDP all ranks must step)
                 rows = rows[mask.any(-1)]
-            ids, attn = roll.input_ids[rows], roll.attention_mask[rows]  # (B', P + T)
-            n_completion = roll.completion_ids.shape[1]
+            # the rows that train: (B', P) prompts and (B', T) completions as generate laid them out
+            p_ids, p_mask = roll.prompt_ids[rows], roll.prompt_mask[rows]
+            c_ids, c_mask = roll.completion_ids[rows], roll.completion_mask[rows]
 
             # ---- 5. log-probs fixed during the update: pi_old (only for off-policy updates), pi_ref (beta > 0)
             logp_old = logp_ref = None
             if cfg.needs_old_logprobs and len(rows):
                 with torch.no_grad(), eval_mode(model):
-                    logp_old = completion_logprobs(model, ids, attn, n_completion, temperature=cfg.temperature).logp
+                    logp_old = completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, temperature=cfg.temperature)
             if ref_model is not None and len(rows):
                 with torch.no_grad():
-                    logp_ref = completion_logprobs(ref_model, ids, attn, n_completion, temperature=cfg.temperature).logp
+                    logp_ref = completion_logprobs(ref_model, p_ids, p_mask, c_ids, c_mask,
+                                                   temperature=cfg.temperature)
 
             # ---- 6. epochs of minibatches
             t_train = time.perf_counter()
@@ -494,13 +503,14 @@ def train_grpo(
                     else torch.arange(len(rows), device=device)
                 for mb in order.chunk(cfg.num_minibatches) if len(rows) else ():
                     m = mask[rows[mb]]
-                    lp = completion_logprobs(policy, ids[mb], attn[mb], n_completion, temperature=cfg.temperature,
-                                             with_entropy=True, entropy_grad=cfg.ent_coef > 0)
+                    logp, entropy = completion_logprobs(policy, p_ids[mb], p_mask[mb], c_ids[mb], c_mask[mb],
+                                                        temperature=cfg.temperature, with_entropy=True)
                     loss, stats = grpo_loss(
-                        lp.logp, logp_old[mb] if logp_old is not None else lp.logp.detach(), adv[rows[mb]], m, cfg,
-                        logp_ref=logp_ref[mb] if logp_ref is not None else None, entropy=lp.entropy,
+                        logp, logp_old[mb] if logp_old is not None else logp.detach(), adv[rows[mb]], m, cfg,
+                        logp_ref=logp_ref[mb] if logp_ref is not None else None,
+                        entropy=entropy if cfg.ent_coef > 0 else entropy.detach(),
                         num_tokens=distributed.loss_divisor(m.sum()),
-                        num_seqs=distributed.loss_divisor(m.any(-1).sum()))
+                        num_seqs=distributed.loss_divisor(m.any(-1).sum()), norm_len=max_new)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     stats["lr"] = torch.tensor(scheduler.get_last_lr()[0])
@@ -531,7 +541,7 @@ def train_grpo(
             metrics = distributed.reduce_metrics(metrics)
             if eval_rows and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 with eval_mode(model):
-                    last_eval = evaluate(model, tokenizer, eval_rows, reward_fns, cfg.max_new_tokens)
+                    last_eval = evaluate(model, tokenizer, eval_rows, reward_fns, max_new)
                 metrics.update(last_eval)
             metrics.update({"time/step_s": t_end - t0, "time/sample_s": t_sample, "time/train_s": t_end - t_train,
                             "time/elapsed_s": elapsed})
