@@ -8,8 +8,7 @@ import torch
 from gradascent.algos import grpo
 from gradascent.algos.grpo import GRPOConfig, train_grpo
 from gradascent.lm import load_model
-
-ROWS = [{"prompt": p} for p in ("ab", "cd", "ef", "gh", "ij", "kl", "mn", "op")]
+from gradascent.tasks import Task
 
 
 def digit_fraction(prompts, completions, **_):
@@ -17,14 +16,17 @@ def digit_fraction(prompts, completions, **_):
     return [sum(c.isdigit() for c in s) / len(s) if s else 0.0 for s in completions]
 
 
+ROWS = [{"prompt": p} for p in ("ab", "cd", "ef", "gh", "ij", "kl", "mn", "op")]
+DIGITS = Task("digits", "completion", ROWS, [], (digit_fraction,), (1.0,), max_new_tokens=4)
+
+
 def _run(tmp_path, monkeypatch=None, **overrides):
     torch.set_num_threads(1)
-    fields = dict(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=4, lr=1e-2, save_every=0, task="rows")
+    fields = dict(steps=2, prompts_per_step=2, group_size=4, lr=1e-2, save_every=0)
     fields.update(overrides)
     model, tok = load_model("qwen2-micro", seed=0)
     cfg = GRPOConfig(**fields)
-    summary = train_grpo(cfg, tmp_path, model=model, tokenizer=tok, train_rows=ROWS, reward_fns=[digit_fraction],
-                         progress=False)
+    summary = train_grpo(cfg, tmp_path, model=model, tokenizer=tok, task=DIGITS, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     return summary, rows
 

@@ -67,7 +67,7 @@ from gradascent.lm import (
 )
 from gradascent.lm.models import eval_mode
 from gradascent.rewards import RewardFn, resolve_reward, score
-from gradascent.tasks import load_task
+from gradascent.tasks import Task, load_task
 from gradascent.run import distributed
 from gradascent.run.checkpoint import (
     capture_rng,
@@ -350,16 +350,15 @@ def train_grpo(
     *,
     model: nn.Module | None = None,
     tokenizer: Any = None,
-    train_rows: Sequence[dict[str, Any]] | None = None,
-    eval_rows: Sequence[dict[str, Any]] | None = None,
-    reward_fns: Sequence[RewardFn] | None = None,
+    task: Task | None = None,
     resume: bool = False,
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train a policy with GRPO, writing the run directory ``out``; returns the summary.
 
-    From Python, ``model``+``tokenizer``, ``train_rows``/``eval_rows`` (dicts with a 'prompt' and the reward
-    columns) and ``reward_fns`` (callables) replace what ``cfg.model``, ``cfg.task`` and ``cfg.rewards`` name.
+    From Python, ``model`` + ``tokenizer`` replace what ``cfg.model`` names, and a ``gradascent.tasks.Task``
+    (train/eval rows with a 'prompt' and the reward columns, reward callables and weights, a completion
+    budget) replaces what ``cfg.task`` names; ``cfg.rewards``, when set, still overrides the task's rewards.
     ``resume=True`` continues from the newest checkpoint in ``out/checkpoints`` (a fresh start if none).
     The final policy is saved with ``save_pretrained`` to ``out/model``.
 
@@ -380,21 +379,18 @@ def train_grpo(
         raise ConfigError("train_grpo: a model passed from Python needs its tokenizer")
     model.to(device).train()
     ref_model = load_reference(cfg, model) if cfg.beta > 0 else None  # beta = 0: no reference at all
-    task = load_task(cfg.task, n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed) if train_rows is None else None
-    train_rows = list(task.train if task is not None else train_rows)  # type: ignore[union-attr]
-    eval_rows = list((task.eval if task is not None else eval_rows) or [])[:cfg.eval_prompts]
+    if task is None:
+        task = load_task(cfg.task, n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed)
+    train_rows, eval_rows = list(task.train), list(task.eval)[:cfg.eval_prompts]
     if not train_rows:
-        raise DataError(f"task {cfg.task!r} has no training prompts")
-    reward_weights = cfg.reward_weights
-    if reward_fns is None and cfg.rewards is not None:
-        reward_fns = [resolve_reward(r) for r in cfg.rewards]
-    elif reward_fns is None and task is not None and task.reward_fns:
-        reward_fns, reward_weights = list(task.reward_fns), list(task.reward_weights)
+        raise DataError(f"task {task.name!r} has no training prompts")
+    if cfg.rewards is not None:
+        reward_fns, reward_weights = [resolve_reward(r) for r in cfg.rewards], cfg.reward_weights
+    else:
+        reward_fns, reward_weights = list(task.reward_fns), list(task.reward_weights) or None
     if not reward_fns:
-        raise ConfigError(f"no reward functions: task {cfg.task!r} has none of its own; set 'rewards'")
-    max_new = cfg.max_new_tokens or (task.max_new_tokens if task is not None else 0)
-    if not max_new:
-        raise ConfigError("config key 'max_new_tokens': set it when the prompts are not a task's")
+        raise ConfigError(f"no reward functions: task {task.name!r} has none of its own; set 'rewards'")
+    max_new = cfg.max_new_tokens or task.max_new_tokens
     eos = eos_token_ids(tokenizer, model) if cfg.stop_at_eos else []
     policy = model  # what the loss differentiates through: DDP averages the gradients over ranks
     if dist_info.enabled:
