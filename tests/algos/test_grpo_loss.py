@@ -124,7 +124,7 @@ def test_config_rejects_values_out_of_range():
     with pytest.raises(ConfigError, match="group_size"):
         GRPOConfig(group_size=1)
     with pytest.raises(ConfigError, match="num_minibatches"):
-        GRPOConfig(prompts_per_step=3, group_size=3, num_minibatches=2)
+        GRPOConfig(prompts_per_step=3, group_size=4, num_minibatches=2)
     with pytest.raises(ConfigError, match="reward_weights"):
         GRPOConfig(rewards=("numeric_match",), reward_weights=(1.0, 2.0))
     with pytest.raises(ConfigError, match="reward_weights"):

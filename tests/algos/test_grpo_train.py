@@ -78,8 +78,8 @@ def test_two_iterations_reuse_the_stored_old_logprobs(tmp_path, monkeypatch):
 def test_one_iteration_takes_old_logprobs_from_the_same_forward(tmp_path, monkeypatch):
     seen = _spy_losses(monkeypatch)
     calls = []
-    real = grpo.completion_logprobs
-    monkeypatch.setattr(grpo, "completion_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = grpo.grouped_completion_logprobs
+    monkeypatch.setattr(grpo, "grouped_completion_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
     _run(tmp_path, steps=1, num_iterations=1)
     (logp, old), = seen
     assert not old.requires_grad and torch.equal(old, logp.detach())
@@ -95,3 +95,15 @@ def test_filtering_and_truncation_masks_take_tokens_out(tmp_path):
     assert plain[0]["tokens_in_loss"] == pytest.approx(plain[0]["completion_len"] * 8)
     kept_rows = 8 * (1 - masked[0]["truncated_frac"])
     assert masked[0]["tokens_in_loss"] <= 2 * kept_rows
+
+
+def test_minibatches_pair_each_group_with_its_own_old_logprobs(tmp_path, monkeypatch):
+    # Two minibatches of whole groups, shuffled: the first update sees an unchanged policy, so its ratio is
+    # 1 only if every row is paired with its own stored old log-prob; the second comes after one update.
+    seen = _spy_losses(monkeypatch)
+    _run(tmp_path, steps=1, prompts_per_step=4, num_minibatches=2)
+    assert len(seen) == 2
+    (logp1, old1), (logp2, old2) = seen
+    assert logp1.shape == old1.shape == (8, logp1.shape[1])  # 2 groups of G=4
+    assert torch.allclose(logp1.detach(), old1, atol=1e-5)
+    assert (logp2.detach() - old2).abs().max() > 1e-3

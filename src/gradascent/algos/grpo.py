@@ -57,7 +57,6 @@ from gradascent.core import (
 )
 from gradascent.errors import CheckpointError, ConfigError, DataError
 from gradascent.lm import (
-    completion_logprobs,
     decode_completions,
     encode_prompts,
     eos_token_ids,
@@ -65,6 +64,7 @@ from gradascent.lm import (
     load_model,
     save_model,
 )
+from gradascent.lm.grouped import grouped_completion_logprobs
 from gradascent.lm.models import eval_mode
 from gradascent.rewards import RewardFn, resolve_reward, score
 from gradascent.tasks import Task, load_task
@@ -137,7 +137,7 @@ class GRPOConfig:
     num_iterations: int = 1
     """mu: passes over each rollout (GRPO paper, Algorithm 1). 1 is strictly on-policy and needs no old log-probs."""
     num_minibatches: int = 1
-    """Optimizer updates per pass: each rank's completions are split into this many minibatches."""
+    """Optimizer updates per pass: each rank's groups are split into this many minibatches of whole groups."""
     clip_eps_low: float = 0.2
     """epsilon_low of the clipped ratio, 1 - eps_low below (PPO; GRPO paper 0.2)."""
     clip_eps_high: float = 0.2
@@ -190,8 +190,8 @@ class GRPOConfig:
                 "> 0 or null")
         require(self.num_iterations >= 1, "num_iterations", self.num_iterations, ">= 1")
         require(self.num_minibatches >= 1, "num_minibatches", self.num_minibatches, ">= 1")
-        require(self.prompts_per_step * self.group_size % self.num_minibatches == 0, "num_minibatches",
-                self.num_minibatches, "a divisor of prompts_per_step * group_size")
+        require(self.prompts_per_step % self.num_minibatches == 0, "num_minibatches", self.num_minibatches,
+                "a divisor of prompts_per_step (minibatches hold whole groups)")
         require(0 <= self.clip_eps_low < 1, "clip_eps_low", self.clip_eps_low, "in [0, 1)")
         require(self.clip_eps_high >= 0, "clip_eps_high", self.clip_eps_high, ">= 0")
         require(self.beta >= 0, "beta", self.beta, ">= 0")
@@ -474,36 +474,43 @@ def train_grpo(
                 mask &= ~flat.unsqueeze(-1)
             if cfg.mask_truncated:
                 mask &= roll.finished.unsqueeze(-1)
-            rows = torch.arange(len(rewards), device=device)
-            if not dist_info.enabled:  # rows that count for nothing need no forward (under DDP all ranks must step)
-                rows = rows[mask.any(-1)]
-            # the rows that train: (B', P) prompts and (B', T) completions as generate laid them out
-            p_ids, p_mask = roll.prompt_ids[rows], roll.prompt_mask[rows]
-            c_ids, c_mask = roll.completion_ids[rows], roll.completion_mask[rows]
+            # Training runs whole groups, each prompt once for its G completions (lm.grouped). Groups that
+            # count for nothing need no forward, except under DDP, where every rank must make the same passes.
+            groups = torch.arange(len(batch), device=device)  # (P,)
+            if not dist_info.enabled:
+                groups = groups[mask.view(len(batch), G, -1).any(-1).any(-1)]
+
+            def rows_of(g: Tensor) -> Tensor:  # (n,) group indices -> (n * G,) row indices
+                return (g.unsqueeze(-1) * G + torch.arange(G, device=device)).flatten()
+
+            def logprobs(net: nn.Module, g: Tensor, with_entropy: bool = False) -> Any:
+                r = rows_of(g)
+                return grouped_completion_logprobs(net, prompt_ids[g], prompt_mask[g], roll.completion_ids[r],
+                                                   roll.completion_mask[r], G, temperature=cfg.temperature,
+                                                   with_entropy=with_entropy)
 
             # ---- 5. log-probs fixed during the update: pi_old (only for off-policy updates), pi_ref (beta > 0)
-            logp_old = logp_ref = None
-            if cfg.needs_old_logprobs and len(rows):
+            logp_old = logp_ref = None  # (len(groups) * G, T)
+            if cfg.needs_old_logprobs and len(groups):
                 with torch.no_grad(), eval_mode(model):
-                    logp_old = completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, temperature=cfg.temperature)
-            if ref_model is not None and len(rows):
+                    logp_old = logprobs(model, groups)
+            if ref_model is not None and len(groups):
                 with torch.no_grad():
-                    logp_ref = completion_logprobs(ref_model, p_ids, p_mask, c_ids, c_mask,
-                                                   temperature=cfg.temperature)
+                    logp_ref = logprobs(ref_model, groups)
 
-            # ---- 6. epochs of minibatches
+            # ---- 6. epochs of minibatches of whole groups
             t_train = time.perf_counter()
             stats_rows: list[dict[str, Tensor]] = []
             for _ in range(cfg.num_iterations):
-                order = torch.randperm(len(rows), generator=gen, device=device) if cfg.num_minibatches > 1 \
-                    else torch.arange(len(rows), device=device)
-                for mb in order.chunk(cfg.num_minibatches) if len(rows) else ():
-                    m = mask[rows[mb]]
-                    logp, entropy = completion_logprobs(policy, p_ids[mb], p_mask[mb], c_ids[mb], c_mask[mb],
-                                                        temperature=cfg.temperature, with_entropy=True)
+                order = torch.randperm(len(groups), generator=gen, device=device) if cfg.num_minibatches > 1 \
+                    else torch.arange(len(groups), device=device)
+                for mb in order.chunk(cfg.num_minibatches) if len(groups) else ():
+                    rows, kept = rows_of(groups[mb]), rows_of(mb)  # rows of the batch / of the kept groups
+                    m = mask[rows]  # (b, T)
+                    logp, entropy = logprobs(policy, groups[mb], with_entropy=True)
                     loss, stats = grpo_loss(
-                        logp, logp_old[mb] if logp_old is not None else logp.detach(), adv[rows[mb]], m, cfg,
-                        logp_ref=logp_ref[mb] if logp_ref is not None else None,
+                        logp, logp_old[kept] if logp_old is not None else logp.detach(), adv[rows], m, cfg,
+                        logp_ref=logp_ref[kept] if logp_ref is not None else None,
                         entropy=entropy if cfg.ent_coef > 0 else entropy.detach(),
                         num_tokens=distributed.loss_divisor(m.sum()),
                         num_seqs=distributed.loss_divisor(m.any(-1).sum()), norm_len=max_new)
