@@ -17,7 +17,8 @@ Figures per model size:
                (forward + backward over 64 x (6 + 32) tokens), N = parameters
     of_floor   our s/step over that floor (1.0 would be matmul-bound with no overhead)
 
-Ours runs first, so any memory the allocator keeps afterwards can only lower TRL's delta, never ours.
+Before each run the heap is collected and trimmed (``gc.collect``, glibc ``malloc_trim``), so that neither
+run starts with free memory the allocator kept from the other; ours runs first.
 The last line is one JSON object with ``speedup`` (TRL s/step / ours) per model size.
 
     PYTHONPATH=src python bench/grpo_vs_trl.py            # both sizes, 12 steps each
@@ -27,6 +28,8 @@ The last line is one JSON object with ``speedup`` (TRL s/step / ours) per model 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import logging
 import os
@@ -62,12 +65,22 @@ def prompts() -> list[str]:
     return [f"{a}+{b}=" for a, b in ab]
 
 
+def release_memory() -> None:
+    """Return freed heap pages to the system, so the next run's RSS delta counts its own allocations."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+
+
 def run_ours(model_dir: Path, steps: int, warmup: int, out: Path) -> dict[str, float]:
     cfg = GRPOConfig(model=str(model_dir), steps=steps, prompts_per_step=PROMPTS_PER_STEP, group_size=G,
                      max_new_tokens=NEW, stop_at_eos=False, temperature=1.0, lr=LR, beta=0.0, num_iterations=1,
                      save_every=0, max_grad_norm=1.0)
     task = Task("sevens", "completion", [{"prompt": p} for p in prompts()], [], (reward_sevens,), (1.0,), NEW)
     model, tok = load_model(model_dir)
+    release_memory()
     with PeakRSS() as mem:
         train_grpo(cfg, out, model=model, tokenizer=tok, task=task, progress=False)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -108,6 +121,7 @@ def run_trl(model_dir: Path, steps: int, warmup: int, out: Path) -> dict[str, fl
     timer = StepTimer()
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
+    release_memory()
     with PeakRSS() as mem:
         trainer = GRPOTrainer(model=model, reward_funcs=reward_sevens, args=args, processing_class=tok,
                               train_dataset=Dataset.from_dict({"prompt": prompts()}), callbacks=[timer])

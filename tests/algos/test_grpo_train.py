@@ -78,8 +78,8 @@ def test_two_iterations_reuse_the_stored_old_logprobs(tmp_path, monkeypatch):
 def test_one_iteration_takes_old_logprobs_from_the_same_forward(tmp_path, monkeypatch):
     seen = _spy_losses(monkeypatch)
     calls = []
-    real = grpo.grouped_completion_logprobs
-    monkeypatch.setattr(grpo, "grouped_completion_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = grpo.GroupedLogprobs.forward
+    monkeypatch.setattr(grpo.GroupedLogprobs, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
     _run(tmp_path, steps=1, num_iterations=1)
     (logp, old), = seen
     assert not old.requires_grad and torch.equal(old, logp.detach())

@@ -64,7 +64,7 @@ from gradascent.lm import (
     load_model,
     save_model,
 )
-from gradascent.lm.grouped import grouped_completion_logprobs
+from gradascent.lm.grouped import GroupedLogprobs
 from gradascent.lm.models import eval_mode
 from gradascent.rewards import RewardFn, resolve_reward, score
 from gradascent.tasks import Task, load_task
@@ -392,9 +392,9 @@ def train_grpo(
         raise ConfigError(f"no reward functions: task {task.name!r} has none of its own; set 'rewards'")
     max_new = cfg.max_new_tokens or task.max_new_tokens
     eos = eos_token_ids(tokenizer, model) if cfg.stop_at_eos else []
-    policy = model  # what the loss differentiates through: DDP averages the gradients over ranks
+    policy: nn.Module = GroupedLogprobs(model)  # the training forward; under DDP, gradients averaged over ranks
     if dist_info.enabled:
-        policy = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        policy = nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     updates_per_step = cfg.num_iterations * cfg.num_minibatches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_multiplier(
@@ -485,18 +485,17 @@ def train_grpo(
 
             def logprobs(net: nn.Module, g: Tensor, with_entropy: bool = False) -> Any:
                 r = rows_of(g)
-                return grouped_completion_logprobs(net, prompt_ids[g], prompt_mask[g], roll.completion_ids[r],
-                                                   roll.completion_mask[r], G, temperature=cfg.temperature,
-                                                   with_entropy=with_entropy)
+                return net(prompt_ids[g], prompt_mask[g], roll.completion_ids[r], roll.completion_mask[r], G,
+                           temperature=cfg.temperature, with_entropy=with_entropy)
 
             # ---- 5. log-probs fixed during the update: pi_old (only for off-policy updates), pi_ref (beta > 0)
             logp_old = logp_ref = None  # (len(groups) * G, T)
             if cfg.needs_old_logprobs and len(groups):
                 with torch.no_grad(), eval_mode(model):
-                    logp_old = logprobs(model, groups)
+                    logp_old = logprobs(GroupedLogprobs(model), groups)
             if ref_model is not None and len(groups):
                 with torch.no_grad():
-                    logp_ref = logprobs(ref_model, groups)
+                    logp_ref = logprobs(GroupedLogprobs(ref_model), groups)
 
             # ---- 6. epochs of minibatches of whole groups
             t_train = time.perf_counter()

@@ -93,3 +93,18 @@ def grouped_completion_logprobs(
     if not with_entropy:
         return logp
     return logp, hidden.new_zeros((N, T), dtype=torch.float32).index_put((rows, cols), flat[1])
+
+
+class GroupedLogprobs(nn.Module):
+    """``grouped_completion_logprobs`` of ``model`` as a module's forward, so that DistributedDataParallel can
+    wrap it (DDP synchronises gradients only of passes made through its own forward)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor,
+                group_size: int, *, temperature: float = 1.0,
+                with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        return grouped_completion_logprobs(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                           group_size, temperature=temperature, with_entropy=with_entropy)
