@@ -17,7 +17,9 @@ from gradascent.errors import GradascentError
 
 # Modules that contribute commands, in the order of `gradascent --help`.
 COMMAND_MODULES: list[str] = [
+    "gradascent.demo",
     "gradascent.algos.sft",
+    "gradascent.algos.grpo",
     "gradascent.run.plot",
     "gradascent.run.resume",
 ]

@@ -1,0 +1,58 @@
+"""GRPO under DistributedDataParallel (2 gloo processes): ranks sample different completions of their own
+prompts, yet after every update they hold the same weights, and rank 0 alone writes the run directory."""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+pytestmark = pytest.mark.xdist_group("dist")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def digit_fraction(prompts, completions, **_):
+    return [sum(c.isdigit() for c in s) / len(s) if s else 0.0 for s in completions]
+
+
+def _rank(rank: int, world: int, port: int, out: str, result: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from gradascent.algos.grpo import GRPOConfig, train_grpo
+    from gradascent.lm import load_model
+    from gradascent.tasks import Task
+
+    rows = [{"prompt": p} for p in ("ab", "cd", "ef", "gh", "ij", "kl", "mn", "op")]
+    task = Task("digits", "completion", rows, [], (digit_fraction,), (1.0,), max_new_tokens=4)
+    model, tok = load_model("qwen2-micro", seed=0)
+    cfg = GRPOConfig(steps=3, prompts_per_step=4, group_size=4, lr=1e-2, save_every=2, loss_agg="token_mean")
+    train_grpo(cfg, out, model=model, tokenizer=tok, task=task, progress=False)
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    parts = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(parts, flat)
+    result[rank] = {"same_weights": all(torch.equal(parts[0], p) for p in parts),
+                    "moved": not torch.equal(flat, torch.cat([p.detach().flatten() for p in
+                                                              load_model("qwen2-micro", seed=0)[0].parameters()]))}
+    dist.destroy_process_group()
+
+
+def test_ddp_ranks_stay_in_step_and_rank0_writes(tmp_path):
+    out = str(tmp_path / "run")
+    with mp.Manager() as manager:
+        result = manager.dict()
+        mp.spawn(_rank, args=(2, _free_port(), out, result), nprocs=2, join=True)
+        result = dict(result)
+    assert result[0] == result[1] == {"same_weights": True, "moved": True}
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # one row per step, written once (rank 0)
+    assert rows[-1]["samples"] == 3 * 4 * 4
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
