@@ -1,0 +1,1 @@
+"""Thin trainers, one config dataclass each: collect -> advantages -> epochs of minibatches -> log."""
