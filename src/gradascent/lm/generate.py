@@ -1,0 +1,432 @@
+"""Batched sampling of completions with a pre-allocated KV cache.
+
+``generate`` samples ``num_samples`` completions for each of B left-padded prompts and returns the tokens, a
+completion mask and the sampling log-probs. Two engines share one sampling loop:
+
+- ``fused`` (Qwen2 and Llama architectures): a minimal decoder written against the HF modules' own weights
+  (embedding, RMSNorm, q/k/v/o, SwiGLU MLP, RoPE table taken from the model's rotary module). The KV cache
+  is one tensor per layer allocated once at full length; each step runs one matmul per projection, attends
+  over the filled prefix, and computes logits for the last position only. There is no logits-processor
+  chain, no per-step cache bookkeeping and no host sync except an all-finished check every 8 steps.
+- ``hf``: any other causal LM, through its own ``forward`` with a ``transformers.StaticCache`` and
+  ``logits_to_keep=1``.
+
+``engine="auto"`` takes ``fused`` when the architecture allows it. Greedy decoding of both engines equals
+``model.generate`` token for token on the built-in presets (tests/lm/test_generate.py).
+
+Log-probs returned (``Generation.logp``): log softmax(logits / temperature)[token], in float32, the same
+quantity ``lm.logprobs.completion_logprobs`` recomputes at the same temperature. Top-k and top-p only restrict
+*which* tokens may be drawn: they are not folded into ``logp``. So with top-k/top-p the returned log-prob of a
+token is below the log-prob under the truncated distribution it was drawn from (by the log of the kept mass),
+and the ratio pi/pi_old of a later update compares the two temperature-scaled distributions, as PPO expects.
+With ``greedy=True`` ``logp`` is likewise log softmax(logits / temperature) of the argmax token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gradascent.core.logits import token_logprobs
+from gradascent.errors import ConfigError, DataError
+from gradascent.lm.models import eval_mode, position_ids_from_mask, resolve_dtype
+from gradascent.lm.tokenizers import decode_completions, encode_prompts, eos_token_ids
+
+Engine = Literal["auto", "fused", "hf"]
+_CHECK_EVERY = 8  # steps between two all-finished checks (each one a host sync on a GPU)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The result of ``generate``. N = B * num_samples rows; the samples of one prompt are contiguous.
+
+    Attributes:
+        prompt_ids: (N, P) long, left-padded prompts.
+        prompt_mask: (N, P) bool, True on real prompt tokens.
+        completion_ids: (N, T) long, T <= max_new_tokens (the loop stops once every row has ended);
+            ``pad_token_id`` after a row's end.
+        completion_mask: (N, T) bool, True on sampled tokens up to and including the EOS that ended the row.
+        logp: (N, T) float32 log softmax(logits / temperature) of each sampled token; 0 where the mask is False.
+        finished: (N,) bool, True where the row ended with an EOS (False: cut at max_new_tokens).
+        prompt_index: (N,) long, the input prompt each row continues.
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    completion_ids: Tensor
+    completion_mask: Tensor
+    logp: Tensor
+    finished: Tensor
+    prompt_index: Tensor
+
+    @property
+    def input_ids(self) -> Tensor:
+        """(N, P + T) prompt and completion side by side."""
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> Tensor:
+        """(N, P + T) bool mask of ``input_ids``."""
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+    @property
+    def lengths(self) -> Tensor:
+        """(N,) long, number of completion tokens of each row (EOS included)."""
+        return self.completion_mask.sum(-1)
+
+
+# --- sampling one step -------------------------------------------------------------------------------
+
+
+def filter_logits(z: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Set to -inf every logit outside the top-k and outside the nucleus of mass top_p.
+
+    Nucleus: tokens sorted by probability are kept while the mass *before* them is below ``top_p``, so the
+    most likely token is always kept and the kept set is the smallest whose mass reaches ``top_p``.
+    ``top_k=0`` and ``top_p=1`` switch the filters off. Shapes: (N, V) -> (N, V).
+    """
+    if top_k > 0 and top_k < z.shape[-1]:
+        kth = torch.topk(z, top_k, dim=-1).values[..., -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_z, order = torch.sort(z, dim=-1, descending=True)
+        probs = torch.softmax(sorted_z, dim=-1)
+        mass_before = probs.cumsum(-1) - probs
+        drop_sorted = mass_before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        z = z.masked_fill(drop, float("-inf"))
+    return z
+
+
+def sample_tokens(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Draw one token per row from softmax(logits / temperature) restricted by top-k / top-p.
+
+    Returns (tokens (N,) long, logp (N,) float32 = log softmax(logits / temperature)[token]).
+    """
+    z = logits.float()
+    if greedy:
+        tok = z.argmax(-1)
+    else:
+        zf = filter_logits(z / temperature, top_k, top_p)
+        probs = torch.softmax(zf, dim=-1)
+        tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return tok, token_logprobs(z, tok, temperature)
+
+
+# --- decoders: prefill the prompt, then one token at a time ------------------------------------------
+
+
+class _FusedDecoder:
+    """Qwen2 / Llama forward over the model's own weights with a pre-allocated cache (see module docstring).
+
+    Weights are prepared once per call: stored transposed (in, out) for plain ``x @ W`` matmuls, q/k/v and
+    gate/up concatenated into one matmul each, and each RMSNorm's weight folded into the projection that
+    follows it (RMSNorm(x) * w @ W^T = RMSNorm_unit(x) @ (W * w)^T), which leaves the forward four matmuls
+    per layer. Cache per layer: k, v of shape (N, H_kv, T_max, D); column j holds token j of the sequence
+    (prompt padding included) and ``valid`` (N, T_max) says which columns may be attended to.
+    """
+
+    def __init__(self, model: nn.Module, n_rows: int, max_len: int, device: torch.device, dtype: torch.dtype) -> None:
+        cfg = model.config
+        base = model.base_model
+
+        def prep(weight: Tensor, norm: Tensor | None = None) -> Tensor:
+            w = weight.detach().to(device=device, dtype=torch.float32)
+            if norm is not None:
+                w = w * norm.detach().to(device=device, dtype=torch.float32)[None, :]
+            return w.t().contiguous().to(dtype)  # (in, out)
+
+        def bias(b: Tensor | None) -> Tensor | None:
+            return None if b is None else b.detach().to(device=device, dtype=dtype)
+
+        self.n_heads = int(cfg.num_attention_heads)
+        self.n_kv = int(cfg.num_key_value_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.eps = float(cfg.rms_norm_eps)
+        self.scale = self.head_dim ** -0.5
+        self.dtype = dtype
+        self.embed = base.embed_tokens.weight.detach().to(device=device, dtype=dtype)
+        self.lm_head = prep(model.get_output_embeddings().weight, base.norm.weight)  # (H, V)
+        self.layers = []
+        for layer in base.layers:
+            att, mlp = layer.self_attn, layer.mlp
+            ln1, ln2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+            qkv_b = None
+            if att.q_proj.bias is not None:
+                qkv_b = torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias])
+            self.layers.append(dict(
+                qkv=prep(torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]), ln1),
+                qkv_b=bias(qkv_b),
+                o=prep(att.o_proj.weight), o_b=bias(att.o_proj.bias),
+                gate_up=prep(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), ln2),
+                down=prep(mlp.down_proj.weight),
+            ))
+        # RoPE table from the model's own rotary module: (T_max, D) each.
+        positions = torch.arange(max_len, device=device)[None]
+        probe = torch.zeros(1, 1, device=device, dtype=torch.float32)
+        cos, sin = base.rotary_emb(probe, positions)
+        self.cos, self.sin = cos[0].to(dtype), sin[0].to(dtype)
+        shape = (n_rows, self.n_kv, max_len, self.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in base.layers]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in base.layers]
+        self.valid = torch.zeros(n_rows, max_len, dtype=torch.bool, device=device)
+        self.filled = 0
+
+    def _norm(self, x: Tensor) -> Tensor:
+        """RMSNorm without its weight (folded into the next matmul), computed in float32 as HF does."""
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(self.dtype)
+
+    @staticmethod
+    def _matmul(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+        return x @ w if b is None else torch.addmm(b, x, w)
+
+    def _forward(self, ids: Tensor, pos: Tensor) -> Tensor:
+        """Feed ids (N, T) at positions pos (N, T) into cache columns [filled, filled + T); logits of the last."""
+        N, T = ids.shape
+        Hq, Hkv, D = self.n_heads, self.n_kv, self.head_dim
+        half = D // 2
+        start, end = self.filled, self.filled + T
+        cos, sin = self.cos[pos].unsqueeze(2), self.sin[pos].unsqueeze(2)  # (N, T, 1, D)
+        if T == 1:  # decode: one query per row over the filled prefix, (N, 1, 1, end) additive bias
+            bias = torch.zeros(N, 1, 1, end, dtype=self.dtype, device=ids.device)
+            bias.masked_fill_(~self.valid[:, None, None, :end], float("-inf"))
+        else:  # prefill: causal over the prompt, padding hidden, each token always sees itself
+            causal = torch.ones(T, end, dtype=torch.bool, device=ids.device).tril(diagonal=start)
+            eye = torch.zeros_like(causal)
+            eye[:, start:end] = torch.eye(T, dtype=torch.bool, device=ids.device)
+            prefill_mask = ((causal[None] & self.valid[:, None, :end]) | eye[None])[:, None]  # (N, 1, T, end)
+        x = F.embedding(ids, self.embed).view(N * T, -1)  # (N T, H)
+        for i, p in enumerate(self.layers):
+            qkv = self._matmul(self._norm(x), p["qkv"], p["qkv_b"]).view(N, T, Hq + 2 * Hkv, D)
+            qk = qkv[:, :, : Hq + Hkv]  # rotate q and k together: (N, T, Hq + Hkv, D)
+            qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
+            q = qk[:, :, :Hq].transpose(1, 2)  # (N, Hq, T, D)
+            self.k[i][:, :, start:end] = qk[:, :, Hq:].transpose(1, 2)
+            self.v[i][:, :, start:end] = qkv[:, :, Hq + Hkv:].transpose(1, 2)
+            k, v = self.k[i][:, :, :end], self.v[i][:, :, :end]  # (N, Hkv, end, D)
+            if T == 1:  # grouped-query attention without repeating k/v: (N, Hkv, Hq/Hkv, D) queries
+                qg = q.reshape(N, Hkv, Hq // Hkv, D)
+                scores = (qg @ k.transpose(-1, -2)) * self.scale + bias  # (N, Hkv, Hq/Hkv, end)
+                att = torch.softmax(scores.float(), dim=-1).to(self.dtype) @ v  # (N, Hkv, Hq/Hkv, D)
+                att = att.reshape(N, Hq * D)
+            else:
+                att = F.scaled_dot_product_attention(q, k, v, attn_mask=prefill_mask, enable_gqa=Hq != Hkv)
+                att = att.transpose(1, 2).reshape(N * T, Hq * D)
+            x = x + self._matmul(att, p["o"], p["o_b"])
+            gate, up = (self._norm(x) @ p["gate_up"]).chunk(2, dim=-1)
+            x = x + (F.silu(gate) * up) @ p["down"]
+        self.filled = end
+        last = x.view(N, T, -1)[:, -1]  # (N, H)
+        return self._norm(last) @ self.lm_head  # (N, V)
+
+    def prefill(self, ids: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
+        self.valid[:, : ids.shape[1]] = mask
+        return self._forward(ids, pos)
+
+    def step(self, tok: Tensor, pos: Tensor) -> Tensor:
+        self.valid[:, self.filled] = True
+        return self._forward(tok[:, None], pos[:, None])
+
+
+class _HFDecoder:
+    """Any causal LM through its own forward, with a ``transformers.StaticCache`` of the full length."""
+
+    def __init__(self, model: nn.Module, n_rows: int, max_len: int, device: torch.device) -> None:
+        from transformers import StaticCache
+
+        self.model = model
+        self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        self.mask = torch.zeros(n_rows, max_len, dtype=torch.long, device=device)
+        self.filled = 0
+
+    def _forward(self, ids: Tensor, pos: Tensor) -> Tensor:
+        end = self.filled + ids.shape[1]
+        out = self.model(input_ids=ids, attention_mask=self.mask[:, :end], position_ids=pos, cache=self.cache,
+                         use_cache=True, logits_to_keep=1)
+        self.filled = end
+        return out.logits[:, -1]
+
+    def prefill(self, ids: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
+        self.mask[:, : ids.shape[1]] = mask.long()
+        return self._forward(ids, pos)
+
+    def step(self, tok: Tensor, pos: Tensor) -> Tensor:
+        self.mask[:, self.filled] = 1
+        return self._forward(tok[:, None], pos[:, None])
+
+
+def fused_supported(model: nn.Module) -> bool:
+    """Whether the fused engine can run ``model``: Qwen2 / Llama, SiLU MLP without bias, full attention,
+    a RoPE whose frequencies do not depend on the sequence length."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in ("qwen2", "llama"):
+        return False
+    if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "mlp_bias", False):
+        return False
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+        return False
+    if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
+        return False
+    rotary = getattr(model.base_model, "rotary_emb", None)
+    rope_type = getattr(rotary, "rope_type", None)
+    return isinstance(rope_type, str) and rope_type in ("default", "linear", "llama3")
+
+
+# --- the sampling loop -------------------------------------------------------------------------------
+
+
+def _check_args(max_new_tokens: int, num_samples: int, temperature: float, top_k: int, top_p: float) -> None:
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    if not temperature > 0:
+        raise ConfigError(f"temperature must be > 0 (use greedy=True for argmax decoding), got {temperature}")
+    if top_k < 0:
+        raise ConfigError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+
+
+def generate(
+    model: nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    engine: Engine = "auto",
+) -> Generation:
+    """Sample ``num_samples`` completions of each prompt.
+
+    Args:
+        model: a causal LM (``transformers``); it is put in eval mode for the call and restored after.
+        prompt_ids: (B, P) long, left-padded (see ``lm.tokenizers.encode_prompts``).
+        prompt_mask: (B, P) bool, True on real tokens. Every row needs at least one.
+        max_new_tokens: the most tokens sampled per completion.
+        eos_token_ids: ids that end a completion (any of them; may be empty: always max_new_tokens).
+        pad_token_id: id written after a completion's end (may equal an EOS id: the mask tells them apart).
+        num_samples: completions per prompt (GRPO's group size G); rows of one prompt are contiguous.
+        temperature: > 0; logits are divided by it before sampling and for ``logp``.
+        top_k: sample among the k most likely tokens only (0 = off).
+        top_p: sample among the smallest set of tokens whose mass reaches top_p (1 = off).
+        greedy: argmax instead of sampling (top-k/top-p ignored).
+        generator: torch.Generator for reproducible draws (on the sampling device).
+        device: where to run (default: the model's device). The fused engine copies the weights there.
+        dtype: compute dtype of the fused engine (default: the model's); e.g. bfloat16 sampling of a
+            float32 policy. The hf engine runs the model as it is.
+        engine: 'auto' | 'fused' | 'hf' (see module docstring).
+
+    Returns:
+        ``Generation`` with N = B * num_samples rows.
+
+    Raises:
+        DataError: an empty prompt row, or prompt + max_new_tokens beyond the model's context.
+        ConfigError: an argument out of range, or engine='fused' on an unsupported architecture.
+    """
+    _check_args(max_new_tokens, num_samples, temperature, top_k, top_p)
+    if prompt_ids.dim() != 2 or prompt_ids.shape != prompt_mask.shape:
+        raise DataError(f"prompt_ids {tuple(prompt_ids.shape)} and prompt_mask {tuple(prompt_mask.shape)} must be "
+                        "two (B, P) tensors of one shape")
+    prompt_mask = prompt_mask.bool()
+    if prompt_ids.shape[0] == 0:
+        raise DataError("no prompts to generate from")
+    if not bool(prompt_mask.any(-1).all()):
+        raise DataError("a prompt is empty (all padding); every prompt needs at least one token")
+    B, P = prompt_ids.shape
+    ctx = getattr(model.config, "max_position_embeddings", None)
+    longest = int(prompt_mask.sum(-1).max())
+    if ctx is not None and longest + max_new_tokens > ctx:
+        raise DataError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the model's "
+                        f"context of {ctx} tokens")
+    param = next(model.parameters())
+    run_device = torch.device(device) if device is not None else param.device
+    run_dtype = resolve_dtype(dtype) or param.dtype
+    if engine == "auto":
+        engine = "fused" if fused_supported(model) else "hf"
+    if engine == "fused" and not fused_supported(model):
+        raise ConfigError(f"engine 'fused' does not support {type(model).__name__}; use engine='hf' or 'auto'")
+    if engine == "hf" and (run_device != param.device or run_dtype != param.dtype):
+        raise ConfigError("engine 'hf' runs the model where it is: move or cast the model instead of passing "
+                          "device/dtype")
+
+    with torch.inference_mode(), eval_mode(model):
+        ids = prompt_ids.to(run_device).repeat_interleave(num_samples, dim=0)  # (N, P)
+        mask = prompt_mask.to(run_device).repeat_interleave(num_samples, dim=0)
+        N = ids.shape[0]
+        max_len = P + max_new_tokens - 1
+        if engine == "fused":
+            dec: Any = _FusedDecoder(model, N, max_len, run_device, run_dtype)
+        else:
+            dec = _HFDecoder(model, N, max_len, run_device)
+        eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=run_device)
+        out_ids = torch.full((N, max_new_tokens), pad_token_id, dtype=torch.long, device=run_device)
+        out_logp = torch.zeros(N, max_new_tokens, dtype=torch.float32, device=run_device)
+        out_mask = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=run_device)
+        done = torch.zeros(N, dtype=torch.bool, device=run_device)
+        next_pos = mask.sum(-1)  # position of the first completion token: prompts count from 0
+        logits = dec.prefill(ids, mask, position_ids_from_mask(mask))
+        steps = max_new_tokens
+        for t in range(max_new_tokens):
+            tok, logp = sample_tokens(logits, temperature, top_k, top_p, greedy, generator)
+            alive = ~done
+            out_ids[:, t] = torch.where(alive, tok, torch.full_like(tok, pad_token_id))
+            out_logp[:, t] = torch.where(alive, logp, torch.zeros_like(logp))
+            out_mask[:, t] = alive
+            done = done | (alive & torch.isin(tok, eos))
+            if t == max_new_tokens - 1:
+                break
+            if t % _CHECK_EVERY == _CHECK_EVERY - 1 and bool(done.all()):
+                steps = t + 1
+                break
+            logits = dec.step(tok, next_pos + t)
+        if bool(done.all()):  # trim the columns after the longest completion
+            steps = min(steps, int(out_mask.sum(-1).max()))
+        prompt_index = torch.arange(B, device=run_device).repeat_interleave(num_samples)
+    # Clone out of inference mode so that callers may feed these tensors to autograd.
+    return Generation(
+        prompt_ids=ids.clone(), prompt_mask=mask.clone(),
+        completion_ids=out_ids[:, :steps].clone(), completion_mask=out_mask[:, :steps].clone(),
+        logp=out_logp[:, :steps].clone(), finished=done.clone(), prompt_index=prompt_index.clone(),
+    )
+
+
+def generate_text(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    **kwargs: Any,
+) -> tuple[Generation, list[str]]:
+    """Encode ``prompts``, ``generate`` (keyword arguments as there; EOS and pad ids from the tokenizer and the
+    model unless given), and decode each completion without its EOS. Returns (generation, texts)."""
+    ids, mask = encode_prompts(tokenizer, prompts)
+    eos = kwargs.pop("eos_token_ids", None)
+    eos = list(eos) if eos is not None else eos_token_ids(tokenizer, model)
+    pad = kwargs.pop("pad_token_id", tokenizer.pad_token_id)
+    gen = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_token_ids=eos, pad_token_id=pad, **kwargs)
+    texts = decode_completions(tokenizer, gen.completion_ids.cpu(), gen.completion_mask.cpu(), strip_eos=eos)
+    return gen, texts

@@ -1,0 +1,169 @@
+"""Scalar heads over a causal-LM backbone: a value head (critic) and a reward head.
+
+Both are ``Linear(hidden, 1)`` on the backbone's last hidden states (after its final norm):
+
+- ``ValueModel``: one value per token, V(s_t) for the prefix ending at token t (PPO's critic for RLHF).
+- ``RewardModel``: one scalar per sequence, read at the last real token (Ziegler et al. 2019,
+  arXiv:1909.08593; Ouyang et al. 2022), trained on preference pairs with a Bradley-Terry loss.
+
+A saved head model is a directory holding the backbone exactly as ``save_model`` writes it (so the same
+directory also loads as a plain causal LM, e.g. to start a policy from a reward model's backbone), plus
+
+    head.safetensors   the head's weight (1, hidden) and bias (1,)
+    head.json          {"format": 1, "kind": "value" | "reward", "hidden_size": H}
+
+The head is initialised with N(0, 1/(H+1)) weights and a zero bias (as in Ziegler et al.'s reward models), so
+initial outputs are of order one whatever the hidden size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from gradascent.errors import CheckpointError
+from gradascent.lm.models import load_model, position_ids_from_mask, read_json, save_model
+
+HEAD_FORMAT = 1
+H = TypeVar("H", bound="ScalarHeadModel")
+
+
+def backbone_hidden_states(model: nn.Module, input_ids: Tensor, mask: Tensor,
+                           position_ids: Tensor | None = None) -> Tensor:
+    """Last hidden states of a causal LM's decoder (no LM head), with positions counted from the real tokens.
+
+    ``position_ids=None``: one sequence per row, padding anywhere, positions from ``mask``. Given
+    ``position_ids``: packed rows, each example's positions restarting at 0; attention then stays within
+    each example (``transformers`` reads the example boundaries from the positions) and ``mask`` is unused.
+
+    Shapes: input_ids, mask, position_ids (B, T) -> (B, T, H) in the model's dtype.
+    """
+    if position_ids is None:
+        out = model.base_model(  # type: ignore[operator]
+            input_ids=input_ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask),
+            use_cache=False,
+        )
+    else:
+        out = model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False)  # type: ignore[operator]
+    return out.last_hidden_state
+
+
+class ScalarHeadModel(nn.Module):
+    """A causal-LM ``backbone`` and a ``Linear(hidden, 1)`` head; subclasses choose where the scalar is read."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        hidden = int(backbone.config.hidden_size)  # type: ignore[union-attr]
+        if head is None:
+            head = nn.Linear(hidden, 1)
+            nn.init.normal_(head.weight, std=1.0 / (hidden + 1) ** 0.5)
+            nn.init.zeros_(head.bias)
+            p = next(backbone.parameters())
+            head = head.to(device=p.device, dtype=p.dtype)
+        self.head = head
+
+    @property
+    def config(self) -> Any:
+        return self.backbone.config
+
+    def token_scores(self, input_ids: Tensor, mask: Tensor) -> Tensor:
+        """The head applied at every position, float32. Shapes: (B, T) -> (B, T)."""
+        h = backbone_hidden_states(self.backbone, input_ids, mask)
+        return self.head(h).squeeze(-1).float()
+
+    def save_pretrained(self, path: str | os.PathLike[str], tokenizer: Any = None) -> Path:
+        """Write backbone (+ tokenizer) with ``save_model`` and the head beside it."""
+        p = save_model(self.backbone, tokenizer, path)
+        save_file({"weight": self.head.weight.detach().cpu().contiguous(),
+                   "bias": self.head.bias.detach().cpu().contiguous()}, str(p / "head.safetensors"))
+        meta = {"format": HEAD_FORMAT, "kind": self.kind, "hidden_size": int(self.head.in_features)}
+        (p / "head.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return p
+
+    @classmethod
+    def from_pretrained(
+        cls: type[H],
+        path: str | os.PathLike[str],
+        *,
+        new_head: bool = False,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        tokenizer: Any = None,
+    ) -> tuple[H, Any]:
+        """Load ``(model, tokenizer)`` from a directory written by ``save_pretrained``.
+
+        ``new_head=True`` accepts a directory without a head (a plain causal LM, e.g. the SFT policy) and
+        initialises a fresh one; otherwise a missing head is a CheckpointError. A head of the other kind
+        (a value head loaded as a reward model) is refused.
+        """
+        p = Path(path)
+        backbone, tokenizer = load_model(p, tokenizer, dtype=dtype, device=device)
+        if not (p / "head.json").exists():
+            if new_head:
+                return cls(backbone), tokenizer
+            raise CheckpointError(f"no {cls.kind} head in {p}: head.json is missing "
+                                  "(pass new_head=True to start a fresh head on this backbone)")
+        meta = read_json(p / "head.json")
+        if meta.get("kind") != cls.kind:
+            raise CheckpointError(f"{p} holds a {meta.get('kind')!r} head, not a {cls.kind!r} head")
+        hidden = int(backbone.config.hidden_size)
+        if int(meta.get("hidden_size", -1)) != hidden:
+            raise CheckpointError(f"the head in {p} expects hidden size {meta.get('hidden_size')}, "
+                                  f"the backbone has {hidden}")
+        try:
+            weights = load_file(str(p / "head.safetensors"))
+        except FileNotFoundError:
+            raise CheckpointError(f"{p / 'head.safetensors'} is missing") from None
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{p / 'head.safetensors'} is corrupt: {exc}") from None
+        if set(weights) != {"weight", "bias"} or tuple(weights["weight"].shape) != (1, hidden):
+            raise CheckpointError(f"{p / 'head.safetensors'} does not hold a (1, {hidden}) head")
+        head = nn.Linear(hidden, 1)
+        head.load_state_dict(weights)
+        pb = next(backbone.parameters())
+        return cls(backbone, head.to(device=pb.device, dtype=pb.dtype)), tokenizer
+
+
+class ValueModel(ScalarHeadModel):
+    """Critic: V(s_t) at every token. ``forward(input_ids, mask) -> (B, T)`` float32 values.
+
+    ``values[:, t]`` is the value of the state after reading tokens 0..t; for a completion token the state
+    *before* it is at t - 1 (PPO's per-token values for completions are ``values[:, P-1 : P+T_c-1]``).
+    """
+
+    kind: ClassVar[str] = "value"
+
+    def forward(self, input_ids: Tensor, mask: Tensor) -> Tensor:
+        return self.token_scores(input_ids, mask)
+
+
+def last_token_index(mask: Tensor) -> Tensor:
+    """Index of the last True of each row (left or right padding alike); 0 for an all-False row.
+
+    Shapes: (B, T) bool -> (B,) long.
+    """
+    T = mask.shape[-1]
+    idx = torch.arange(T, device=mask.device).expand_as(mask)
+    return torch.where(mask, idx, torch.zeros_like(idx)).amax(-1)
+
+
+class RewardModel(ScalarHeadModel):
+    """Reward model: r(x, y) read at the last real token. ``forward(input_ids, mask) -> (B,)`` float32."""
+
+    kind: ClassVar[str] = "reward"
+
+    def forward(self, input_ids: Tensor, mask: Tensor) -> Tensor:
+        h = backbone_hidden_states(self.backbone, input_ids, mask)  # (B, T, H)
+        last = last_token_index(mask)  # (B,)
+        h_last = h[torch.arange(h.shape[0], device=h.device), last]  # (B, H)
+        return self.head(h_last).squeeze(-1).float()

@@ -1,0 +1,238 @@
+"""Causal language models: built-in presets, loading from a local directory, saving in the same format.
+
+A model is any ``transformers`` causal LM (``AutoModelForCausalLM``); a saved model is a directory written by
+``save_pretrained`` (config.json, model.safetensors, generation_config.json) plus the tokenizer's files, so
+it loads back with ``load_model(dir)`` or with plain ``transformers``. Nothing is downloaded: a model is
+either a preset built from a config with random weights, or a directory on disk.
+
+Presets (parameter counts with the 99-token character vocabulary of ``char_tokenizer``, embeddings tied;
+``head_dim`` is hidden / heads, RoPE theta 10,000, context 512 tokens):
+
+    name         arch    hidden  layers  heads  kv-heads  mlp    params
+    qwen2-micro  qwen2       32       2      4         2     64    ~22 k   (tests)
+    llama-micro  llama       32       2      4         2     64    ~22 k   (tests)
+    qwen2-1m     qwen2      128       4      4         2    512    ~1.0 M
+    llama-1m     llama      128       4      4         2    512    ~1.0 M
+    qwen2-5m     qwen2      256       7      4         2    768    ~5.5 M
+    llama-5m     llama      256       7      4         2    768    ~5.5 M
+    qwen2-14m    qwen2      384       8      6         2   1152    ~13.8 M
+
+With a 32k vocabulary the tied embedding adds 32,000 x hidden parameters (8.2 M for hidden 256).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from torch import Tensor, nn
+
+from gradascent.errors import CheckpointError, ConfigError
+from gradascent.lm.tokenizers import char_tokenizer, ensure_pad_token
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "qwen2-micro": dict(arch="qwen2", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=64),
+    "llama-micro": dict(arch="llama", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=64),
+    "qwen2-1m": dict(arch="qwen2", hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, intermediate_size=512),
+    "llama-1m": dict(arch="llama", hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, intermediate_size=512),
+    "qwen2-5m": dict(arch="qwen2", hidden_size=256, num_hidden_layers=7, num_attention_heads=4,
+                     num_key_value_heads=2, intermediate_size=768),
+    "llama-5m": dict(arch="llama", hidden_size=256, num_hidden_layers=7, num_attention_heads=4,
+                     num_key_value_heads=2, intermediate_size=768),
+    "qwen2-14m": dict(arch="qwen2", hidden_size=384, num_hidden_layers=8, num_attention_heads=6,
+                      num_key_value_heads=2, intermediate_size=1152),
+}
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """'float32' | 'bfloat16' | 'float16' | a torch dtype | None (keep the model's own)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is not allowed; expected one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def preset_config(name: str, vocab_size: int, pad_token_id: int | None = None,
+                  eos_token_id: int | list[int] | None = None, max_position_embeddings: int = 512) -> Any:
+    """The ``transformers`` config of preset ``name`` for a vocabulary of ``vocab_size`` tokens."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; expected a local model directory or one of "
+                          f"{', '.join(PRESETS)}")
+    spec = dict(PRESETS[name])
+    arch = spec.pop("arch")
+    common = dict(vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
+                  tie_word_embeddings=True, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+                  bos_token_id=None, rms_norm_eps=1e-6, initializer_range=0.02, **spec)
+    if arch == "qwen2":
+        from transformers import Qwen2Config
+
+        return Qwen2Config(**common)
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**common)
+
+
+def build_model(name: str, tokenizer: Any = None, seed: int = 0, max_position_embeddings: int = 512) -> nn.Module:
+    """A randomly initialised preset model sized to ``tokenizer`` (default: ``char_tokenizer()``).
+
+    The initialisation draws from its own generator seeded by ``seed``; the global torch RNG is untouched.
+    """
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = ensure_pad_token(tokenizer if tokenizer is not None else char_tokenizer())
+    cfg = preset_config(name, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id,
+                        max_position_embeddings)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _check_model_dir(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"model directory {path} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory; a model is a directory written by save_pretrained")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"no model in {path}: config.json is missing (expected a directory written by "
+                              "save_pretrained, or a preset name)")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise CheckpointError(f"no model weights in {path}: no *.safetensors file")
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json",
+                                              "tokenizer.model"))
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> Any:
+    """The tokenizer saved in directory ``path`` (``AutoTokenizer``), with a pad token ensured."""
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if not p.is_dir() or not _has_tokenizer(p):
+        raise CheckpointError(f"no tokenizer in {p}: tokenizer.json / tokenizer_config.json is missing")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot load the tokenizer in {p}: {exc}") from None
+    return ensure_pad_token(tok)
+
+
+def check_vocab(model: nn.Module, tokenizer: Any) -> None:
+    """Raise CheckpointError if the tokenizer can produce ids the model's embedding has no row for."""
+    n_rows = model.get_input_embeddings().num_embeddings  # type: ignore[operator]
+    if len(tokenizer) > n_rows:
+        raise CheckpointError(f"tokenizer/model vocabulary mismatch: the tokenizer has {len(tokenizer)} tokens but "
+                              f"the model's embedding has only {n_rows} rows")
+
+
+def load_model(
+    spec: str | os.PathLike[str],
+    tokenizer: Any = None,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+) -> tuple[nn.Module, Any]:
+    """Load ``(model, tokenizer)`` from a local model directory, or build preset ``spec`` with random weights.
+
+    Args:
+        spec: a directory written by ``save_model`` / ``save_pretrained``, or a name in ``PRESETS``.
+        tokenizer: use this tokenizer instead of the directory's (or instead of ``char_tokenizer`` for a preset).
+        dtype: 'float32' | 'bfloat16' | 'float16' | None (as saved; presets are float32).
+        device: where to put the model (default CPU).
+        seed: initialisation seed of a preset.
+        trust_remote_code: passed to ``transformers``; off unless asked, so a directory cannot run code.
+
+    Raises:
+        CheckpointError: no model in the directory, no tokenizer, or a tokenizer larger than the embedding.
+        ConfigError: ``spec`` is neither a directory nor a preset.
+    """
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = resolve_dtype(dtype)
+    path = Path(spec)
+    if str(spec) in PRESETS and not path.exists():
+        model = build_model(str(spec), tokenizer, seed=seed)
+        tokenizer = ensure_pad_token(tokenizer if tokenizer is not None else char_tokenizer())
+    else:
+        if not path.exists() and os.sep not in str(spec) and "/" not in str(spec):
+            raise ConfigError(f"model {str(spec)!r} is neither a local directory nor a preset "
+                              f"({', '.join(PRESETS)})")
+        _check_model_dir(path)
+        tokenizer = ensure_pad_token(tokenizer) if tokenizer is not None else load_tokenizer(path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code,
+                                                         dtype=torch_dtype)
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+            raise CheckpointError(f"cannot load the model in {path}: {type(exc).__name__}: {exc}") from None
+    check_vocab(model, tokenizer)
+    if torch_dtype is not None:
+        model = model.to(torch_dtype)
+    if device is not None:
+        model = model.to(device)
+    return model, tokenizer
+
+
+def save_model(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``model`` (safetensors) and ``tokenizer`` to directory ``path``; ``load_model(path)`` reads them back."""
+    from transformers.utils import logging as hf_logging
+
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar in a trainer's output
+    model.save_pretrained(str(p), safe_serialization=True)  # type: ignore[operator]
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(p))
+    return p
+
+
+def position_ids_from_mask(mask: Tensor) -> Tensor:
+    """Position of each token among the real ones of its row: cumsum(mask) - 1, 0 on padding.
+
+    Left padding must not shift positions: a prompt's first real token is position 0 whatever its padding.
+    Shapes: (B, T) bool -> (B, T) long.
+    """
+    pos = mask.long().cumsum(-1) - 1
+    return pos.clamp(min=0)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):  # type: ignore[no-untyped-def]
+    """Temporarily put ``model`` in eval mode (no dropout), restoring its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is corrupt: {exc}") from None

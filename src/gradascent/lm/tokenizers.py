@@ -1,0 +1,134 @@
+"""Tokenizers: the built-in character tokenizer, pad/EOS conventions, and left-padded prompt batches.
+
+The built-in tasks use a character-level tokenizer built deterministically in code with the ``tokenizers``
+library and wrapped as an ordinary ``transformers.PreTrainedTokenizerFast``: it saves with
+``save_pretrained`` and loads back with ``AutoTokenizer``, and nothing downstream special-cases it.
+
+Conventions shared by generation, log-probs and the trainers:
+
+- A tokenizer without a pad token gets its EOS token as pad (``ensure_pad_token``). Masks are therefore
+  never derived from ``ids != pad_token_id``: they are carried explicitly (the tokenizer's
+  ``attention_mask`` for prompts, the sampler's ``completion_mask`` for completions), which stays correct
+  when pad == eos.
+- A model may stop on several EOS ids (e.g. ``<|endoftext|>`` and ``<|im_end|>``); ``eos_token_ids``
+  gathers them from the tokenizer and the model's generation config.
+- Prompts are left-padded, so every prompt's last token sits at the same position and generation appends
+  at one column for the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gradascent.errors import DataError
+
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+# Printable ASCII (space to tilde) and newline: enough for every built-in task.
+CHARS: tuple[str, ...] = tuple(chr(c) for c in range(32, 127)) + ("\n",)
+
+
+def char_tokenizer() -> Any:
+    """The built-in character-level tokenizer: ids 0-2 are <pad>, <eos>, <unk>, then one id per character.
+
+    Vocabulary: printable ASCII and newline, 99 tokens in all; any other character encodes as <unk>.
+    No BOS token is added. Returns a ``PreTrainedTokenizerFast`` with ``padding_side='left'``.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate((PAD, EOS, UNK) + CHARS)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    # Every character is its own piece ("isolated"); Fuse joins them back without separators.
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token=PAD, eos_token=EOS, unk_token=UNK, padding_side="left",
+        model_max_length=1 << 16,
+    )
+    return tok
+
+
+def ensure_pad_token(tokenizer: Any) -> Any:
+    """Give ``tokenizer`` a pad token if it has none: its EOS token. Returns the tokenizer (changed in place).
+
+    Safe because nothing in gradascent reads padding from token ids; masks are explicit.
+    """
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise DataError("the tokenizer has neither a pad token nor an EOS token; set one of them")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def eos_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS plus the model's ``generation_config.eos_token_id``
+    (an int or a list). Sorted, without duplicates."""
+    ids: set[int] = set()
+
+    def add(x: Any) -> None:
+        if x is None:
+            return
+        if isinstance(x, Iterable) and not isinstance(x, (str, bytes)):
+            for y in x:
+                add(y)
+        else:
+            ids.add(int(x))
+
+    add(getattr(tokenizer, "eos_token_id", None))
+    gen = getattr(model, "generation_config", None) if model is not None else None
+    add(getattr(gen, "eos_token_id", None))
+    return sorted(ids)
+
+
+def encode_prompts(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_length: int | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Tokenize ``prompts`` into a left-padded batch without special tokens added.
+
+    Returns:
+        (ids, mask): (B, P) long token ids and (B, P) bool mask (True = real prompt token).
+
+    Raises DataError for an empty prompt list, or a prompt longer than ``max_length`` tokens (never truncated
+    silently: a cut prompt changes the task).
+    """
+    if len(prompts) == 0:
+        raise DataError("no prompts to encode")
+    ensure_pad_token(tokenizer)
+    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    P = max(len(r) for r in rows)
+    if max_length is not None:
+        for i, r in enumerate(rows):
+            if len(r) > max_length:
+                raise DataError(f"prompt {i} is {len(r)} tokens long, more than the {max_length} allowed: "
+                                f"{prompts[i]!r:.80}")
+    P = max(P, 1)
+    ids = torch.full((len(rows), P), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), P), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, P - len(r):] = True
+    if device is not None:
+        ids, mask = ids.to(device), mask.to(device)
+    return ids, mask
+
+
+def decode_completions(tokenizer: Any, ids: Tensor, mask: Tensor, strip_eos: Sequence[int] = ()) -> list[str]:
+    """Text of each completion row: the tokens where ``mask`` is True, minus the ids in ``strip_eos``.
+
+    Shapes: ids, mask (B, T) -> B strings. Special tokens other than ``strip_eos`` are kept, so a completion
+    that wrote <unk> or <pad> in the middle is judged as written.
+    """
+    drop = set(int(i) for i in strip_eos)
+    out = []
+    for row, m in zip(ids.tolist(), mask.tolist()):
+        toks = [t for t, keep in zip(row, m) if keep and t not in drop]
+        out.append(tokenizer.decode(toks, skip_special_tokens=False))
+    return out

@@ -1,0 +1,146 @@
+"""Built-in tasks and task files: datasets of text rows plus the reward functions that judge completions.
+
+``load_task(spec)`` returns a ``Task`` for a built-in name or a JSONL file:
+
+    arithmetic   rows {"prompt": "47+38=", "answer": "85"}; rewards exact_match (1.0) + format_number (0.1)
+    preference   rows {"prompt", "chosen", "rejected"} from a hidden rule; reward preference_reward (the rule)
+    FILE.jsonl   rows as in ``tasks.data``; an answer file gets the arithmetic rewards, the others none
+
+Reward functions are plain callables ``(prompts, completions, **columns) -> list[float]`` (see
+``gradascent.rewards``); a row's other fields are the columns. ``sft_example`` turns any row into the
+(prompt, completion) pair SFT trains on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gradascent.errors import ConfigError, DataError
+from gradascent.tasks.arithmetic import arithmetic_dataset, exact_match, format_number
+from gradascent.tasks.data import FORMATS, load_rows, read_jsonl
+from gradascent.tasks.preference import preference_pairs, preference_prompts, preference_reward, preference_score
+
+RewardFn = Callable[..., Sequence[float]]
+TaskKind = Literal["answer", "completion", "preference"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A dataset split in train/eval rows, with the reward functions that score its completions.
+
+    Attributes:
+        name: the built-in name or the file path.
+        kind: 'answer' | 'completion' | 'preference' (the row format, ``tasks.data.FORMATS``).
+        train, eval: rows (dicts with at least "prompt").
+        reward_fns, reward_weights: the task's rewards and their weights (empty for plain demonstrations).
+        max_new_tokens: a completion budget, in characters of the built-in tokenizer, that fits the task.
+    """
+
+    name: str
+    kind: TaskKind
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    reward_fns: tuple[RewardFn, ...] = ()
+    reward_weights: tuple[float, ...] = ()
+    max_new_tokens: int = 64
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def sft_example(row: dict[str, Any]) -> tuple[str, str]:
+    """(prompt, completion) of a row: its 'completion', else its 'answer', else its 'chosen' text."""
+    for key in ("completion", "answer", "chosen"):
+        if key in row:
+            return str(row["prompt"]), str(row[key])
+    raise DataError(f"row {row!r:.80} has no completion, answer or chosen field to train on")
+
+
+def arithmetic_task(n_train: int = 4000, n_eval: int = 200, seed: int = 0, max_operand: int = 99,
+                    ops: str = "+-") -> Task:
+    """The built-in arithmetic task; eval rows are drawn from another seed and never repeat a train prompt."""
+    train = arithmetic_dataset(n_train, seed=seed, max_operand=max_operand, ops=ops)
+    seen = {r["prompt"] for r in train}
+    pool = arithmetic_dataset(4 * n_eval + 100, seed=seed + 1_000_003, max_operand=max_operand, ops=ops)
+    evals = [r for r in pool if r["prompt"] not in seen][:n_eval]
+    digits = len(str(max_operand * max_operand if "*" in ops else 2 * max_operand))
+    return Task("arithmetic", "answer", train, evals, (exact_match, format_number), (1.0, 0.1),
+                max_new_tokens=digits + 2, info={"max_operand": max_operand, "ops": ops})
+
+
+def preference_task(n_train: int = 4000, n_eval: int = 200, seed: int = 0) -> Task:
+    """The built-in preference task: pairs for reward modelling and SFT, scored by the hidden rule."""
+    train = preference_pairs(n_train, seed=seed)
+    evals = preference_pairs(n_eval, seed=seed + 1_000_003)
+    return Task("preference", "preference", train, evals, (preference_reward,), (1.0,), max_new_tokens=48)
+
+
+BUILTIN_TASKS: dict[str, Callable[..., Task]] = {"arithmetic": arithmetic_task, "preference": preference_task}
+
+
+def split_rows(rows: list[dict[str, Any]], eval_fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded shuffle-free split: every row goes to eval with probability ``eval_fraction``; at least one
+    row stays in train, and eval gets one row when there are two or more."""
+    rng = random.Random(seed)
+    flags = [rng.random() < eval_fraction for _ in rows]
+    if eval_fraction > 0 and len(rows) >= 2 and not any(flags):
+        flags[-1] = True
+    if all(flags):
+        flags[0] = False
+    train = [r for r, f in zip(rows, flags) if not f]
+    evals = [r for r, f in zip(rows, flags) if f]
+    return train, evals
+
+
+def load_task(
+    spec: str,
+    *,
+    n_train: int | None = None,
+    n_eval: int | None = None,
+    seed: int = 0,
+    eval_file: str | None = None,
+    eval_fraction: float = 0.1,
+) -> Task:
+    """A built-in task by name, or a JSONL file.
+
+    Args:
+        spec: 'arithmetic', 'preference', or a path to a JSONL file.
+        n_train, n_eval: sizes of a built-in task (defaults: 4000 and 200); ignored for files.
+        seed: data seed of a built-in task, or of the train/eval split of a file.
+        eval_file: a JSONL file of eval rows (same format) instead of splitting ``spec``.
+        eval_fraction: share of a file's rows held out for eval when ``eval_file`` is not given.
+    """
+    if spec in BUILTIN_TASKS:
+        sizes = {k: v for k, v in (("n_train", n_train), ("n_eval", n_eval)) if v is not None}
+        return BUILTIN_TASKS[spec](seed=seed, **sizes)
+    if not (spec.endswith(".jsonl") or spec.endswith(".json") or Path(spec).exists()):
+        raise ConfigError(f"task {spec!r} is neither a built-in task ({', '.join(BUILTIN_TASKS)}) nor a JSONL file")
+    kind, rows = load_rows(spec)
+    if eval_file is not None:
+        train, evals = rows, read_jsonl(eval_file, required=FORMATS[kind])
+    else:
+        train, evals = split_rows(rows, eval_fraction, seed)
+    fns: tuple[RewardFn, ...] = (exact_match, format_number) if kind == "answer" else ()
+    weights: tuple[float, ...] = (1.0, 0.1) if kind == "answer" else ()
+    longest = max(len(sft_example(r)[1]) for r in rows)
+    return Task(spec, kind, train, evals, fns, weights, max_new_tokens=max(8, 2 * longest))  # type: ignore[arg-type]
+
+
+__all__ = [
+    "BUILTIN_TASKS",
+    "Task",
+    "arithmetic_dataset",
+    "arithmetic_task",
+    "exact_match",
+    "format_number",
+    "load_task",
+    "preference_pairs",
+    "preference_prompts",
+    "preference_reward",
+    "preference_score",
+    "preference_task",
+    "sft_example",
+    "split_rows",
+]

@@ -1,0 +1,87 @@
+"""Reading task data from JSONL files: one JSON object per line, strict, errors naming file and line.
+
+Three row formats, told apart by their fields:
+
+    {"prompt": ..., "answer": ...}                  a task with a verifiable answer
+    {"prompt": ..., "completion": ...}              demonstrations for SFT
+    {"prompt": ..., "chosen": ..., "rejected": ...} preference pairs
+
+Blank lines are skipped. Extra fields are kept (reward functions receive them as columns). A line that is not
+JSON, not an object, or lacks a field is a ``DataError`` naming ``file:line``; so is a binary file, a file
+that is not UTF-8, and a file with no rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gradascent.errors import DataError
+
+Row = dict[str, Any]
+
+FORMATS: dict[str, tuple[str, ...]] = {
+    "preference": ("prompt", "chosen", "rejected"),
+    "completion": ("prompt", "completion"),
+    "answer": ("prompt", "answer"),
+}
+
+
+def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",)) -> list[Row]:
+    """Rows of a JSONL file, each an object holding every field of ``required`` as text.
+
+    Numbers in a required field (``"answer": 19``) are turned into their text; any other type is an error.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data file {p} does not exist")
+    if p.is_dir():
+        raise DataError(f"data file {p} is a directory, not a JSONL file")
+    raw = p.read_bytes()
+    if b"\x00" in raw[:8192]:
+        raise DataError(f"{p} is a binary file, not JSONL text (one JSON object per line)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{p}:{line}: not UTF-8 text ({exc.reason}); is this a JSONL file?") from None
+    rows: list[Row] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{p}:{lineno}: expected a JSON object with fields {', '.join(required)}, "
+                            f"got {type(obj).__name__}")
+        for key in required:
+            if key not in obj:
+                raise DataError(f"{p}:{lineno}: missing field '{key}' (each line needs {', '.join(required)})")
+            value = obj[key]
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise DataError(f"{p}:{lineno}: field '{key}' must be text, got {type(value).__name__}")
+            obj[key] = value if isinstance(value, str) else str(value)
+        rows.append(obj)
+    if not rows:
+        raise DataError(f"{p} holds no examples (an empty dataset)")
+    return rows
+
+
+def detect_format(path: str | Path) -> str:
+    """'preference', 'completion' or 'answer': the first format whose fields the first row has."""
+    first = read_jsonl(path, required=("prompt",))[0]
+    for name, fields in FORMATS.items():
+        if all(f in first for f in fields):
+            return name
+    raise DataError(f"{path}:1: a row needs 'answer', 'completion', or 'chosen' and 'rejected' beside 'prompt'; "
+                    f"found fields {', '.join(sorted(first))}")
+
+
+def load_rows(path: str | Path) -> tuple[str, list[Row]]:
+    """(format, rows) of a JSONL task file; every row is checked against the first row's format."""
+    fmt = detect_format(path)
+    return fmt, read_jsonl(path, required=FORMATS[fmt])

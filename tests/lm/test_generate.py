@@ -1,0 +1,215 @@
+"""The sampler: equivalence with transformers' generate, log-probs, masks, stopping, and the sampling filters."""
+
+import pytest
+import torch
+
+from gradascent.errors import ConfigError, DataError
+from gradascent.lm import (
+    build_model,
+    char_tokenizer,
+    completion_logprobs,
+    encode_prompts,
+    filter_logits,
+    generate,
+    generate_text,
+    position_ids_from_mask,
+)
+
+PROMPTS = ["12+7=", "1+1=", "Describe the cat:", "x"]  # lengths 5, 4, 17, 1: three rows are left-padded
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return char_tokenizer()
+
+
+def _hf_greedy(model, ids, mask, new, eos, pad):
+    out = model.generate(input_ids=ids, attention_mask=mask.long(), max_new_tokens=new, do_sample=False,
+                         eos_token_id=eos, pad_token_id=pad)
+    return out[:, ids.shape[1]:]
+
+
+def _step_logits(model, gen):
+    """Logits (N, T, V) that predicted each completion token, from one full forward of prompt + completion."""
+    mask = gen.attention_mask
+    with torch.no_grad():
+        logits = model(input_ids=gen.input_ids, attention_mask=mask.long(),
+                       position_ids=position_ids_from_mask(mask)).logits
+    P = gen.prompt_ids.shape[1]
+    return logits[:, P - 1:-1]
+
+
+@pytest.mark.parametrize("preset", ["qwen2-micro", "llama-micro", "qwen2-1m"])
+@pytest.mark.parametrize("engine", ["fused", "hf"])
+def test_greedy_equals_transformers_generate(tok, preset, engine):
+    model = build_model(preset, tok, seed=11).eval()
+    ids, mask = encode_prompts(tok, PROMPTS)
+    ref = _hf_greedy(model, ids, mask, 12, eos=None, pad=0)
+    ours = generate(model, ids, mask, max_new_tokens=12, eos_token_ids=[], pad_token_id=0, greedy=True, engine=engine)
+    assert torch.equal(ours.completion_ids, ref)
+    assert ours.completion_mask.all() and not ours.finished.any()
+    # Now let rows stop: make the token row 0 emits at step 3 an EOS id. HF pads finished rows with pad_token_id.
+    eos = int(ref[0, 3])
+    ref = _hf_greedy(model, ids, mask, 12, eos=eos, pad=0)
+    ours = generate(model, ids, mask, max_new_tokens=12, eos_token_ids=[eos], pad_token_id=0, greedy=True,
+                    engine=engine)
+    assert torch.equal(ours.completion_ids, ref)
+    ended = (ours.completion_ids == eos) & ours.completion_mask
+    assert ended[0].nonzero().flatten().tolist()[:1] == [int((ref[0] == eos).nonzero()[0])]
+    # The mask covers the tokens up to and including the first EOS, and nothing after it.
+    for row, m in zip(ours.completion_ids.tolist(), ours.completion_mask.tolist()):
+        n = row.index(eos) + 1 if eos in row else len(row)
+        assert m == [True] * n + [False] * (len(row) - n)
+
+
+def test_sampled_logprobs_equal_recomputed_logprobs(tok):
+    model = build_model("qwen2-micro", tok, seed=12)
+    ids, mask = encode_prompts(tok, PROMPTS)
+    for temperature in (1.0, 0.7):
+        g = generate(model, ids, mask, max_new_tokens=10, eos_token_ids=[1], pad_token_id=0, num_samples=3,
+                     temperature=temperature, generator=torch.Generator().manual_seed(0))
+        assert g.completion_ids.shape[0] == 12 and g.prompt_index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+        with torch.no_grad():
+            lp = completion_logprobs(model, g.prompt_ids, g.prompt_mask, g.completion_ids, g.completion_mask,
+                                     temperature=temperature)
+        assert torch.allclose(lp, g.logp, atol=1e-5)
+        assert (g.logp[~g.completion_mask] == 0).all()
+        # And they are the log-probs of the tempered distribution: log_softmax(logits / T)[token].
+        direct = torch.log_softmax(_step_logits(model, g) / temperature, -1)
+        direct = direct.gather(-1, g.completion_ids[..., None]).squeeze(-1)
+        assert torch.allclose(direct[g.completion_mask], g.logp[g.completion_mask], atol=1e-5)
+
+
+def test_temperature_scales_the_sampling_distribution(tok):
+    # One prompt, 20000 one-token samples at T = 0.5: the empirical distribution of the first token must match
+    # softmax(logits / 0.5) (total variation below 0.03; the sampling noise of 20000 draws is ~0.01), and must not
+    # match softmax(logits) (T = 1), from which it is far.
+    model = build_model("qwen2-micro", tok, seed=13)
+    ids, mask = encode_prompts(tok, ["12+7="])
+    with torch.no_grad():  # spread the logits to a std of 1.5 so that the temperature visibly matters
+        model.lm_head.weight.mul_(1.5 / model(input_ids=ids).logits[0, -1].std())
+    g = generate(model, ids, mask, max_new_tokens=1, eos_token_ids=[], pad_token_id=0, num_samples=20000,
+                 temperature=0.5, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, -1]
+    counts = torch.bincount(g.completion_ids[:, 0], minlength=logits.shape[0]).float() / 20000
+    tv_tempered = 0.5 * (counts - torch.softmax(logits / 0.5, -1)).abs().sum()
+    tv_plain = 0.5 * (counts - torch.softmax(logits, -1)).abs().sum()
+    assert tv_tempered < 0.03 < tv_plain
+
+
+def test_top_k_and_top_p_are_respected(tok):
+    model = build_model("qwen2-micro", tok, seed=14)
+    ids, mask = encode_prompts(tok, PROMPTS)
+    with torch.no_grad():  # logits with a std of about 1: peaked enough for top-p to cut, not degenerate
+        model.lm_head.weight.mul_(1.0 / model(input_ids=ids).logits[:, -1].std())
+    gen = torch.Generator().manual_seed(2)
+    g = generate(model, ids, mask, max_new_tokens=8, eos_token_ids=[], pad_token_id=0, num_samples=8, top_k=3,
+                 generator=gen)
+    logits = _step_logits(model, g)
+    top3 = logits.topk(3, dim=-1).indices
+    assert (top3 == g.completion_ids[..., None]).any(-1).all()
+    # top-p = 0.6: every sampled token lies in the nucleus, i.e. the mass of the tokens strictly more likely
+    # than it is below 0.6.
+    g = generate(model, ids, mask, max_new_tokens=8, eos_token_ids=[], pad_token_id=0, num_samples=8, top_p=0.6,
+                 generator=gen)
+    probs = torch.softmax(_step_logits(model, g), -1)
+    p_tok = probs.gather(-1, g.completion_ids[..., None])
+    mass_above = (probs * (probs > p_tok)).sum(-1)
+    assert (mass_above < 0.6).all()
+    # The check has teeth: tokens outside the nucleus carried real mass, and draws did not all take the top-1.
+    sorted_p = probs.sort(-1, descending=True).values
+    outside = (sorted_p * ((sorted_p.cumsum(-1) - sorted_p) >= 0.6)).sum(-1)
+    assert outside.mean() > 0.2
+    assert (g.completion_ids != probs.argmax(-1)).any()
+
+
+def test_filter_logits_by_hand():
+    z = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    inf = float("-inf")
+    assert filter_logits(z, top_k=2).isinf().tolist() == [[False, False, True, True]]
+    # Nucleus 0.8: masses before each token are 0, 0.5, 0.8, 0.95 -> keep those below 0.8: the first two.
+    assert filter_logits(z, top_p=0.8).isinf().tolist() == [[False, False, True, True]]
+    # Nucleus 0.81: the third token's mass-before (0.8) is below 0.81 -> kept.
+    assert filter_logits(z, top_p=0.81).isinf().tolist() == [[False, False, False, True]]
+    assert filter_logits(z, top_p=0.1)[0, 0] != inf  # the most likely token always survives
+
+
+def test_pad_equal_to_eos_and_several_eos_ids(tok):
+    model = build_model("qwen2-micro", tok, seed=15).eval()
+    ids, mask = encode_prompts(tok, PROMPTS)
+    free = generate(model, ids, mask, max_new_tokens=10, eos_token_ids=[], pad_token_id=0, greedy=True)
+    # Two EOS ids, taken from what rows 0 and 1 emit at steps 2 and 4; pad == the first of them.
+    e1, e2 = int(free.completion_ids[0, 2]), int(free.completion_ids[1, 4])
+    g = generate(model, ids, mask, max_new_tokens=10, eos_token_ids=[e1, e2], pad_token_id=e1, greedy=True)
+    for i, (row, m) in enumerate(zip(g.completion_ids.tolist(), g.completion_mask.tolist())):
+        stops = [t for t, tokn in enumerate(free.completion_ids[i].tolist()) if tokn in (e1, e2)]
+        n = stops[0] + 1 if stops else 10
+        assert m[:n] == [True] * n and not any(m[n:])
+        assert row[:n] == free.completion_ids[i, :n].tolist()
+        assert all(t == e1 for t in row[n:])  # padding after the end is the pad id, here equal to an EOS id
+        assert bool(g.finished[i]) == bool(stops)
+    assert g.lengths.tolist() == g.completion_mask.sum(-1).tolist()
+    # Log-probs recomputed from the explicit masks agree even though pad == eos.
+    with torch.no_grad():
+        lp = completion_logprobs(model, g.prompt_ids, g.prompt_mask, g.completion_ids, g.completion_mask)
+    assert torch.allclose(lp, g.logp, atol=1e-5)
+
+
+def test_all_finished_rows_trim_the_output(tok):
+    model = build_model("qwen2-micro", tok, seed=16).eval()
+    ids, mask = encode_prompts(tok, ["1+1="])
+    free = generate(model, ids, mask, max_new_tokens=20, eos_token_ids=[], pad_token_id=0, greedy=True)
+    eos = int(free.completion_ids[0, 1])
+    first = free.completion_ids[0].tolist().index(eos)  # the first occurrence (at step 0 or 1)
+    g = generate(model, ids, mask, max_new_tokens=20, eos_token_ids=[eos], pad_token_id=0, greedy=True)
+    assert g.completion_ids.shape == (1, first + 1) and g.finished.all()
+
+
+def test_seeded_generator_reproduces_samples(tok):
+    model = build_model("qwen2-micro", tok, seed=17)
+    ids, mask = encode_prompts(tok, PROMPTS)
+    a, b, c = (generate(model, ids, mask, max_new_tokens=6, eos_token_ids=[1], pad_token_id=0, num_samples=2,
+                        generator=torch.Generator().manual_seed(s)) for s in (5, 5, 6))
+    assert torch.equal(a.completion_ids, b.completion_ids) and not torch.equal(a.completion_ids, c.completion_ids)
+
+
+def test_bfloat16_sampling_stays_close_to_float32(tok):
+    model = build_model("qwen2-micro", tok, seed=18).eval()
+    ids, mask = encode_prompts(tok, PROMPTS)
+    g = generate(model, ids, mask, max_new_tokens=6, eos_token_ids=[], pad_token_id=0, dtype="bfloat16",
+                 generator=torch.Generator().manual_seed(0))
+    assert g.completion_ids.dtype == torch.long and g.logp.dtype == torch.float32
+    with torch.no_grad():
+        lp = completion_logprobs(model, g.prompt_ids, g.prompt_mask, g.completion_ids, g.completion_mask)
+    # bfloat16 keeps 8 bits of mantissa: log-probs near -4.6 (uniform over 99) agree to a few hundredths.
+    assert (lp - g.logp).abs().max() < 0.1
+    with pytest.raises(ConfigError, match="engine 'hf' runs the model where it is"):
+        generate(model, ids, mask, max_new_tokens=2, eos_token_ids=[], pad_token_id=0, dtype="bfloat16", engine="hf")
+
+
+def test_bad_inputs(tok):
+    model = build_model("qwen2-micro", tok, max_position_embeddings=16)
+    ids, mask = encode_prompts(tok, ["12+7=", "Describe the cat:"])  # 17 tokens > context of 16
+    with pytest.raises(DataError, match="exceeds the model's context of 16"):
+        generate(model, ids, mask, max_new_tokens=4, eos_token_ids=[1], pad_token_id=0)
+    ids, mask = encode_prompts(tok, ["12+7=", "1+1="])
+    with pytest.raises(DataError, match="exceeds"):
+        generate(model, ids, mask, max_new_tokens=12, eos_token_ids=[1], pad_token_id=0)  # 5 + 12 > 16
+    mask[1] = False
+    with pytest.raises(DataError, match="a prompt is empty"):
+        generate(model, ids, mask, max_new_tokens=2, eos_token_ids=[1], pad_token_id=0)
+    mask[1] = True
+    for kw, msg in (({"temperature": 0.0}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_k": -1}, "top_k"),
+                    ({"num_samples": 0}, "num_samples")):
+        with pytest.raises(ConfigError, match=msg):
+            generate(model, ids, mask, max_new_tokens=2, eos_token_ids=[1], pad_token_id=0, **kw)
+
+
+def test_generate_text_decodes_without_eos(tok):
+    model = build_model("qwen2-micro", tok, seed=19)
+    gen, texts = generate_text(model, tok, ["12+7=", "hi"], max_new_tokens=5, greedy=True)
+    assert len(texts) == 2
+    for text, row, m in zip(texts, gen.completion_ids.tolist(), gen.completion_mask.tolist()):
+        kept = [t for t, k in zip(row, m) if k and t != tok.eos_token_id]
+        assert text == tok.decode(kept)

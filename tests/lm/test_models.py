@@ -1,0 +1,177 @@
+"""Presets, save/load round trips of policies and heads, tokenizer conventions, and bad model directories."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from gradascent.errors import CheckpointError, ConfigError, DataError
+from gradascent.lm import (
+    RewardModel,
+    ValueModel,
+    build_model,
+    char_tokenizer,
+    count_parameters,
+    encode_prompts,
+    ensure_pad_token,
+    eos_token_ids,
+    last_token_index,
+    load_model,
+    load_tokenizer,
+    preset_config,
+    save_model,
+)
+
+
+def test_micro_preset_parameter_count_by_hand():
+    # qwen2-micro: V=99, H=32, 2 layers, 4 heads of 8, 2 kv heads (16 wide), MLP 64, tied embeddings.
+    # embedding 99*32 = 3168; per layer: q 32*32+32 = 1056, k and v 32*16+16 = 528 each, o 32*32 = 1024,
+    # MLP 3*32*64 = 6144, two norms 64 -> 9344; 2 layers 18688; final norm 32. Total 21888.
+    assert count_parameters(build_model("qwen2-micro")) == 21888
+    # Llama has no q/k/v biases: 21888 - 2 * (32 + 16 + 16) = 21760.
+    assert count_parameters(build_model("llama-micro")) == 21760
+
+
+def test_benchmark_presets_are_near_their_names():
+    for name, target in (("qwen2-5m", 5.5e6), ("qwen2-14m", 13.8e6)):
+        with torch.device("meta"):  # count without allocating or initialising
+            model = AutoModelForCausalLM.from_config(preset_config(name, vocab_size=99))
+        assert abs(count_parameters(model) - target) < 0.1e6
+
+
+def test_build_is_seeded_and_leaves_global_rng_alone():
+    state = torch.get_rng_state()
+    a, b, c = build_model("qwen2-micro", seed=1), build_model("qwen2-micro", seed=1), build_model("qwen2-micro", seed=2)
+    assert torch.equal(torch.get_rng_state(), state)
+    wa, wb, wc = (m.model.layers[0].mlp.up_proj.weight for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_save_load_round_trip_with_plain_transformers_too(tmp_path):
+    model, tok = load_model("llama-micro", seed=3)
+    save_model(model, tok, tmp_path / "m")
+    again, tok2 = load_model(tmp_path / "m")
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"))
+    ids, mask = encode_prompts(tok, ["12+7=", "hello"])
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask.long()).logits
+        assert torch.equal(again(input_ids=ids, attention_mask=mask.long()).logits, ref)
+        assert torch.equal(plain(input_ids=ids, attention_mask=mask.long()).logits, ref)
+    assert tok2("a+b")["input_ids"] == tok("a+b")["input_ids"]
+    assert tok2.pad_token_id == 0 and tok2.eos_token_id == 1
+
+
+def test_missing_directory_and_directory_without_model(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no model in"):
+        load_model(tmp_path / "empty")
+    with pytest.raises(ConfigError, match="neither a local directory nor a preset"):
+        load_model("qwen2-huge")
+
+
+def test_model_without_tokenizer_and_vocab_mismatch(tmp_path):
+    model, tok = load_model("qwen2-micro")
+    model.save_pretrained(str(tmp_path / "m"))
+    with pytest.raises(CheckpointError, match="no tokenizer"):
+        load_model(tmp_path / "m")
+    bigger = char_tokenizer()
+    bigger.add_tokens([f"<extra{i}>" for i in range(5)])  # 104 tokens for a 99-row embedding
+    with pytest.raises(CheckpointError, match="vocabulary mismatch.*104.*99"):
+        load_model(tmp_path / "m", tokenizer=bigger)
+
+
+def test_corrupt_weights_are_a_checkpoint_error(tmp_path):
+    model, tok = load_model("qwen2-micro")
+    save_model(model, tok, tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path / "m")
+
+
+def test_pad_falls_back_to_eos_and_eos_ids_are_gathered(tmp_path):
+    tok = char_tokenizer()
+    tok.pad_token = None
+    assert tok.pad_token_id is None
+    ensure_pad_token(tok)
+    assert tok.pad_token_id == tok.eos_token_id == 1
+    model = build_model("qwen2-micro")
+    model.generation_config.eos_token_id = [5, 1, 7]  # an int or a list in HF configs
+    assert eos_token_ids(tok, model) == [1, 5, 7]
+    # A saved tokenizer without pad loads with pad == eos.
+    tok.save_pretrained(str(tmp_path / "t"))
+    assert load_tokenizer(tmp_path / "t").pad_token_id == 1
+
+
+def test_encode_prompts_left_pads_and_refuses_long_prompts():
+    tok = char_tokenizer()
+    ids, mask = encode_prompts(tok, ["1+1=", "12+34="])
+    # "1+1=" is 4 characters, "12+34=" 6: the first row gets 2 pads on the left.
+    assert mask.tolist() == [[False, False, True, True, True, True], [True] * 6]
+    assert ids[0, :2].tolist() == [tok.pad_token_id] * 2
+    assert tok.decode(ids[0, 2:].tolist()) == "1+1="
+    with pytest.raises(DataError, match="prompt 1 is 6 tokens long"):
+        encode_prompts(tok, ["1+1=", "12+34="], max_length=5)
+    with pytest.raises(DataError, match="no prompts"):
+        encode_prompts(tok, [])
+
+
+def test_char_tokenizer_round_trips_text_and_maps_unknown_characters():
+    tok = char_tokenizer()
+    assert len(tok) == 99
+    text = "Describe the cat: good\n\n  -35"
+    assert tok.decode(tok(text)["input_ids"]) == text
+    assert tok("a\té")["input_ids"] == [tok.convert_tokens_to_ids("a"), 2, 2]  # tab and é are <unk> (id 2)
+
+
+def test_last_token_index_left_and_right_padding():
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    assert last_token_index(mask).tolist() == [3, 1, 3]
+
+
+@pytest.mark.parametrize("cls", [ValueModel, RewardModel])
+def test_head_round_trip(tmp_path, cls):
+    backbone, tok = load_model("qwen2-micro", seed=4)
+    model = cls(backbone)
+    ids, mask = encode_prompts(tok, ["12+7=19", "hi"])
+    with torch.no_grad():
+        before = model(ids, mask)
+    model.save_pretrained(tmp_path / "h", tok)
+    meta = json.loads((tmp_path / "h" / "head.json").read_text())
+    assert meta == {"format": 1, "kind": cls.kind, "hidden_size": 32}
+    again, tok2 = cls.from_pretrained(tmp_path / "h")
+    with torch.no_grad():
+        assert torch.equal(again(ids, mask), before)
+    # The directory is also a plain causal LM: the backbone with its LM head.
+    lm, _ = load_model(tmp_path / "h")
+    assert torch.equal(lm.lm_head.weight, backbone.lm_head.weight)
+
+
+def test_head_kind_and_presence_are_checked(tmp_path):
+    backbone, tok = load_model("qwen2-micro")
+    ValueModel(backbone).save_pretrained(tmp_path / "v", tok)
+    with pytest.raises(CheckpointError, match="'value' head, not a 'reward' head"):
+        RewardModel.from_pretrained(tmp_path / "v")
+    save_model(backbone, tok, tmp_path / "plain")
+    with pytest.raises(CheckpointError, match="no value head"):
+        ValueModel.from_pretrained(tmp_path / "plain")
+    fresh, _ = ValueModel.from_pretrained(tmp_path / "plain", new_head=True)
+    assert fresh.head.weight.shape == (1, 32)
+
+
+def test_value_and_reward_shapes_and_padding_invariance():
+    backbone, tok = load_model("qwen2-micro", seed=5)
+    rm, vm = RewardModel(backbone), ValueModel(backbone)
+    seq = tok("12+7=19")["input_ids"]
+    n = len(seq)
+    left = torch.tensor([[0, 0] + seq]), torch.tensor([[False, False] + [True] * n])
+    right = torch.tensor([seq + [0, 0]]), torch.tensor([[True] * n + [False, False]])
+    with torch.no_grad():
+        r_left, r_right = rm(*left), rm(*right)
+        v_left, v_right = vm(*left), vm(*right)
+    assert r_left.shape == (1,) and v_left.shape == (1, n + 2)
+    # The same tokens at the same positions score the same whatever the padding side.
+    assert torch.allclose(r_left, r_right, atol=1e-5)
+    assert torch.allclose(v_left[0, 2:], v_right[0, :n], atol=1e-5)

@@ -1,0 +1,158 @@
+"""Built-in tasks, their reward functions on canned strings, and JSONL task files (good and bad)."""
+
+import json
+import re
+
+import pytest
+
+from gradascent.errors import ConfigError, DataError
+from gradascent.rewards import score
+from gradascent.tasks import (
+    arithmetic_dataset,
+    exact_match,
+    format_number,
+    load_task,
+    preference_pairs,
+    preference_reward,
+    preference_score,
+    sft_example,
+    split_rows,
+)
+from gradascent.tasks.arithmetic import solve
+from gradascent.tasks.data import detect_format, read_jsonl
+
+
+def test_arithmetic_rows_are_correct_and_seeded():
+    rows = arithmetic_dataset(300, seed=3)
+    assert rows == arithmetic_dataset(300, seed=3) and rows != arithmetic_dataset(300, seed=4)
+    for r in rows:
+        m = re.fullmatch(r"(\d+)([+-])(\d+)=", r["prompt"])
+        a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+        assert 0 <= a <= 99 and 0 <= b <= 99
+        assert r["answer"] == str(a + b if op == "+" else a - b)
+    assert {r["prompt"][-1] for r in rows} == {"="}
+    assert any(r["answer"].startswith("-") for r in rows)  # subtraction below zero occurs
+    assert solve(12, "-", 47) == -35 and solve(6, "*", 7) == 42
+
+
+def test_exact_match_on_canned_strings():
+    completions = ["19", " 19\n", "19.", "", "019", "-35", "35", "19 19", "<unk>"]
+    answers = ["19", "19", "19", "19", "19", "-35", "-35", "19", "19"]
+    # Reasoning: surrounding whitespace is stripped (rows 0-1 match); anything else must be identical:
+    # a trailing dot, an empty string, a leading zero, a lost sign, a repetition and garbage all score 0.
+    assert exact_match([""] * 9, completions, answer=answers) == [1, 1, 0, 0, 0, 1, 0, 0, 0]
+
+
+def test_format_number_on_canned_strings():
+    completions = ["19", "-3", " 7 ", "abc", "", "1 2", "1.5", "--1"]
+    assert format_number([""] * 8, completions) == [1, 1, 1, 0, 0, 0, 0, 0]
+
+
+def test_task_rewards_combine_through_the_rewards_api():
+    task = load_task("arithmetic", n_train=10, n_eval=5)
+    total, metrics = score(task.reward_fns, ["1+1=", "2+2="], ["2", "five"], {"answer": ["2", "4"]},
+                           task.reward_weights)
+    # Row 0: exact (1.0) + format (0.1 * 1); row 1: neither.
+    assert total.tolist() == pytest.approx([1.1, 0.0])
+    assert metrics == {"reward/exact_match": 0.5, "reward/format_number": 0.5}
+
+
+def test_preference_score_by_hand():
+    # (distinct positive - negative - unknown) / words; empty -> -1.
+    assert preference_score("good great bad") == pytest.approx((2 - 1) / 3)
+    assert preference_score("good good good") == pytest.approx(1 / 3)  # a repeated positive word counts once
+    assert preference_score(" Good GREAT ") == 1.0  # case-insensitive, whitespace-split
+    assert preference_score("the cat") == 0.0
+    assert preference_score("xyz") == -1.0  # unknown words count against
+    assert preference_score("bad sad") == -1.0
+    assert preference_score("") == -1.0 and preference_score("   \n") == -1.0
+    assert preference_score("good, great") == 0.0  # "good," is not a task word: (1 - 1) / 2
+    assert preference_reward(["p"] * 3, ["", "kind calm", "!!"]) == [-1.0, 1.0, -1.0]
+
+
+def test_preference_pairs_prefer_the_higher_score():
+    rows = preference_pairs(200, seed=1, min_gap=0.2)
+    assert rows == preference_pairs(200, seed=1)
+    for r in rows:
+        assert r["prompt"].startswith("Describe the ") and r["prompt"].endswith(":")
+        assert preference_score(r["chosen"]) >= preference_score(r["rejected"]) + 0.2 - 1e-12
+    assert sft_example(rows[0]) == (rows[0]["prompt"], rows[0]["chosen"])
+
+
+def test_builtin_tasks():
+    task = load_task("arithmetic", n_train=50, n_eval=20, seed=2)
+    assert task.kind == "answer" and len(task.train) == 50 and len(task.eval) == 20
+    assert not {r["prompt"] for r in task.eval} & {r["prompt"] for r in task.train}
+    assert task.max_new_tokens == 5  # at most 3 characters (198, -99) plus the EOS token and one spare
+    pref = load_task("preference", n_train=30, n_eval=10)
+    assert pref.kind == "preference" and pref.reward_fns == (preference_reward,)
+    with pytest.raises(ConfigError, match="neither a built-in task"):
+        load_task("arithmatic")
+
+
+def _write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_jsonl_formats_and_split(tmp_path):
+    f = _write(tmp_path / "a.jsonl", [json.dumps({"prompt": f"{i}+1=", "answer": i + 1}) for i in range(20)] + [""])
+    assert detect_format(f) == "answer"
+    task = load_task(str(f), seed=0, eval_fraction=0.25)
+    assert task.kind == "answer" and len(task.train) + len(task.eval) == 20 and task.eval
+    assert task.train[0]["answer"] == str(int(task.train[0]["prompt"].split("+")[0]) + 1)  # numbers become text
+    assert task.reward_fns == (exact_match, format_number)
+    p = _write(tmp_path / "p.jsonl", [json.dumps({"prompt": "x", "chosen": "a", "rejected": "b", "id": 7})])
+    task = load_task(str(p))
+    assert task.kind == "preference" and task.train[0]["id"] == 7 and task.eval == []
+    c = _write(tmp_path / "c.jsonl", [json.dumps({"prompt": "x", "completion": "y"})])
+    assert load_task(str(c)).kind == "completion" and load_task(str(c)).reward_fns == ()
+    ev = _write(tmp_path / "ev.jsonl", [json.dumps({"prompt": "1+1=", "answer": "2"})])
+    assert load_task(str(f), eval_file=str(ev)).eval == [{"prompt": "1+1=", "answer": "2"}]
+
+
+def test_split_rows_by_hand():
+    rows = [{"prompt": str(i)} for i in range(3)]
+    train, evals = split_rows(rows, 0.0, seed=0)
+    assert len(train) == 3 and evals == []
+    train, evals = split_rows(rows, 1.0, seed=0)  # everything drawn for eval: one row is kept for training
+    assert train == [rows[0]] and evals == rows[1:]
+    train, evals = split_rows(rows[:1], 0.5, seed=0)
+    assert train == rows[:1] and evals == []
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    good = json.dumps({"prompt": "1+1=", "answer": "2"})
+    f = _write(tmp_path / "bad.jsonl", [good, "", '{"prompt": "2+2=", "answer": }'])
+    with pytest.raises(DataError, match=r"bad\.jsonl:3: not valid JSON"):
+        read_jsonl(f, ("prompt", "answer"))
+    f = _write(tmp_path / "missing.jsonl", [good, json.dumps({"prompt": "2+2="})])
+    with pytest.raises(DataError, match=r"missing\.jsonl:2: missing field 'answer'"):
+        load_task(str(f))
+    f = _write(tmp_path / "list.jsonl", [good, "[1, 2]"])
+    with pytest.raises(DataError, match=r"list\.jsonl:2: expected a JSON object"):
+        load_task(str(f))
+    f = _write(tmp_path / "type.jsonl", [json.dumps({"prompt": ["a"], "answer": "2"})])
+    with pytest.raises(DataError, match=r"type\.jsonl:1: field 'prompt' must be text"):
+        load_task(str(f))
+    f = _write(tmp_path / "fields.jsonl", [json.dumps({"prompt": "a", "output": "b"})])
+    with pytest.raises(DataError, match=r"fields\.jsonl:1: a row needs 'answer', 'completion'"):
+        load_task(str(f))
+
+
+def test_empty_binary_and_missing_files(tmp_path):
+    empty = _write(tmp_path / "empty.jsonl", ["", "  "])
+    with pytest.raises(DataError, match="holds no examples"):
+        load_task(str(empty))
+    binary = tmp_path / "model.jsonl"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(DataError, match="binary file"):
+        load_task(str(binary))
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"prompt": "a", "answer": "1"}\n{"prompt": "caf\xe9", "answer": "2"}\n')
+    with pytest.raises(DataError, match=r"latin\.jsonl:2: not UTF-8"):
+        load_task(str(latin))
+    with pytest.raises(DataError, match="does not exist"):
+        load_task(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(DataError, match="is a directory"):
+        read_jsonl(tmp_path)
