@@ -17,6 +17,9 @@ from gradascent.errors import GradascentError
 
 # Modules that contribute commands, in the order of `gradascent --help`.
 COMMAND_MODULES: list[str] = [
+    "gradascent.algos.reward_model",
+    "gradascent.algos.ppo_rlhf",
+    "gradascent.algos.rlhf",
     "gradascent.run.plot",
 ]
 

@@ -491,10 +491,13 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None) -> dict[str, Any]:
+def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
+                   models: Models | None = None) -> dict[str, Any]:
     """Run PPO-RLHF as configured; returns the summary (also written to ``out/summary.json``).
 
-    ``prompt_set`` overrides ``cfg.prompts`` (the Python API's way to pass prompts and a hidden score).
+    ``prompt_set`` replaces ``cfg.prompts`` (the Python API's way to pass prompts and a hidden score), and
+    ``models`` replaces loading them from ``cfg.policy`` / ``cfg.reward_model`` (``load_models(cfg)``
+    builds one; the policy and critic are trained in place).
     """
     dist_info = distributed.init(cfg.device)
     world, is_main = dist_info.world_size, dist_info.is_main
@@ -512,7 +515,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None) -> d
         run.write_config(cfg)
 
     prompt_set = prompt_set or load_prompt_set(cfg.prompts, cfg.eval_prompts, cfg.seed)
-    models = load_models(cfg)
+    models = models or load_models(cfg)
     policy, critic = models.policy, models.critic
     policy.train()
     critic.train()
