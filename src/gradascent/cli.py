@@ -17,6 +17,7 @@ from gradascent.errors import GradascentError
 
 # Modules that contribute commands, in the order of `gradascent --help`.
 COMMAND_MODULES: list[str] = [
+    "gradascent.algos.sft",
     "gradascent.algos.reward_model",
     "gradascent.algos.ppo_rlhf",
     "gradascent.algos.rlhf",

@@ -18,6 +18,7 @@ from gradascent.lm import (
     eos_token_ids,
     last_token_index,
     load_model,
+    previous_token_index,
     load_tokenizer,
     preset_config,
     save_model,
@@ -129,6 +130,26 @@ def test_char_tokenizer_round_trips_text_and_maps_unknown_characters():
 def test_last_token_index_left_and_right_padding():
     mask = torch.tensor([[0, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
     assert last_token_index(mask).tolist() == [3, 1, 3]
+
+
+def test_previous_token_index_by_hand():
+    # Row 0: left padding; row 1: a right-padded prompt [a, b, pad] followed by completion [c, d].
+    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 0, 1, 1]], dtype=torch.bool)
+    assert previous_token_index(mask).tolist() == [[-1, -1, 1, 2, 3], [-1, 0, 1, 1, 3]]
+
+
+def test_completion_values_read_the_state_before_each_token():
+    backbone, tok = load_model("qwen2-micro", seed=6)
+    vm = ValueModel(backbone)
+    prompt, comp = tok("12+7=")["input_ids"], tok("19")["input_ids"]
+    # Left-padded prompt, completion padded on the right with one unused slot.
+    pi, pm = torch.tensor([[0] + prompt]), torch.tensor([[False] + [True] * 5])
+    ci, cm = torch.tensor([comp + [0]]), torch.tensor([[True, True, False]])
+    with torch.no_grad():
+        v = vm.completion_values(pi, pm, ci, cm)
+        full = vm(torch.tensor([prompt + comp]), torch.ones(1, 7, dtype=torch.bool))
+    # Token "1" is sampled from the state after "=" (column 4 unpadded), "9" from the state after "1" (column 5).
+    assert torch.allclose(v[0, :2], full[0, 4:6], atol=1e-5) and v[0, 2] == 0
 
 
 @pytest.mark.parametrize("cls", [ValueModel, RewardModel])

@@ -1,1 +1,1 @@
-"""Thin trainers, one config dataclass each: collect -> advantages -> epochs of minibatches -> log."""
+"""Thin trainers, one frozen config dataclass each, reading top to bottom."""

@@ -22,6 +22,7 @@ from gradascent.lm.models import (
     load_tokenizer,
     position_ids_from_mask,
     preset_config,
+    previous_token_index,
     save_model,
 )
 from gradascent.lm.tokenizers import (
@@ -57,6 +58,7 @@ __all__ = [
     "load_tokenizer",
     "position_ids_from_mask",
     "preset_config",
+    "previous_token_index",
     "sample_tokens",
     "save_model",
     "sequence_logprobs",

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from gradascent.errors import CheckpointError
-from gradascent.lm.models import load_model, position_ids_from_mask, read_json, save_model
+from gradascent.lm.models import load_model, position_ids_from_mask, previous_token_index, read_json, save_model
 
 HEAD_FORMAT = 1
 H = TypeVar("H", bound="ScalarHeadModel")
@@ -137,14 +137,27 @@ class ScalarHeadModel(nn.Module):
 class ValueModel(ScalarHeadModel):
     """Critic: V(s_t) at every token. ``forward(input_ids, mask) -> (B, T)`` float32 values.
 
-    ``values[:, t]`` is the value of the state after reading tokens 0..t; for a completion token the state
-    *before* it is at t - 1 (PPO's per-token values for completions are ``values[:, P-1 : P+T_c-1]``).
+    ``values[:, t]`` is the value of the state after reading tokens 0..t; ``completion_values`` returns, for each
+    completion token, the value of the state it was sampled from (PPO's per-token values).
     """
 
     kind: ClassVar[str] = "value"
 
     def forward(self, input_ids: Tensor, mask: Tensor) -> Tensor:
         return self.token_scores(input_ids, mask)
+
+    def completion_values(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                          completion_mask: Tensor) -> Tensor:
+        """V(s_t) for each completion token: the value at the last real token before it (the layout of
+        ``generate`` and ``completion_logprobs``). Shapes: (B, P), (B, P), (B, T), (B, T) -> (B, T) float32,
+        0 where ``completion_mask`` is False."""
+        P = prompt_ids.shape[1]
+        ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        cmask = completion_mask.bool()
+        mask = torch.cat([prompt_mask.bool(), cmask], dim=1)
+        values = self.token_scores(ids, mask)  # (B, P + T)
+        prev = previous_token_index(mask)[:, P:].clamp(min=0)  # (B, T)
+        return torch.where(cmask, values.gather(1, prev), torch.zeros_like(values[:, P:]))
 
 
 def last_token_index(mask: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from gradascent.core.logits import entropy_from_logits, token_logprobs
 from gradascent.errors import ConfigError, DataError
 from gradascent.lm.heads import backbone_hidden_states
+from gradascent.lm.models import previous_token_index
 
 # Logits elements per chunk when ``chunk_tokens`` is not given: 2**23 float32 = 32 MiB.
 _CHUNK_ELEMENTS = 1 << 23
@@ -92,11 +93,7 @@ def sequence_logprobs(
         raise DataError("target_mask marks a padding token (mask is False there)")
     head = _check_model(model)
     B, L = input_ids.shape
-    # The logits predicting a token live at the previous *real* token, which padding in the middle (a
-    # right-padded prompt followed by its completion) moves away from column t - 1.
-    col = torch.arange(L, device=mask.device).expand(B, L)
-    last_real = torch.where(mask, col, torch.full_like(col, -1)).cummax(dim=1).values  # (B, L), inclusive
-    prev = torch.cat([torch.full_like(last_real[:, :1], -1), last_real[:, :-1]], dim=1)  # (B, L)
+    prev = previous_token_index(mask)  # (B, L): the logits predicting a token live there
     if bool((target_mask & (prev < 0)).any()):
         raise DataError("target_mask marks a row's first real token, which has no preceding token to condition on")
     hidden = backbone_hidden_states(model, input_ids, mask, position_ids)  # (B, L, H)

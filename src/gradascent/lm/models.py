@@ -218,6 +218,18 @@ def position_ids_from_mask(mask: Tensor) -> Tensor:
     return pos.clamp(min=0)
 
 
+def previous_token_index(mask: Tensor) -> Tensor:
+    """For each column, the column of the last real token strictly before it; -1 where there is none.
+
+    The state that predicts token t (its logits, its value) lives there; padding in the middle of a row (a
+    right-padded prompt followed by its completion) moves it away from t - 1. Shapes: (B, T) bool -> (B, T) long.
+    """
+    B, T = mask.shape
+    col = torch.arange(T, device=mask.device).expand(B, T)
+    last_real = torch.where(mask, col, torch.full_like(col, -1)).cummax(dim=1).values  # inclusive
+    return torch.cat([torch.full_like(last_real[:, :1], -1), last_real[:, :-1]], dim=1)
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):  # type: ignore[no-untyped-def]
     """Temporarily put ``model`` in eval mode (no dropout), restoring its previous mode afterwards."""

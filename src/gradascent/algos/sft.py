@@ -1,0 +1,429 @@
+"""Supervised fine-tuning (SFT): maximise log pi(y | x) of demonstrated completions, loss on completion tokens only.
+
+L^SFT = - (1 / |y-tokens|) sum_t log pi(y_t | x, y_<t)       (token mean over the batch's completion tokens)
+
+The first stage of RLHF (Ouyang et al. 2022, "Training language models to follow instructions with human
+feedback", sec. 3.5) and the starting policy of GRPO. Each example is prompt + completion + EOS; the prompt
+tokens are context only. Deliberate choices:
+
+- The EOS token is part of the completion and is trained, so the model learns to stop.
+- Packing (``packing: true``) concatenates whole examples into rows of ``max_length`` tokens with positions
+  restarting at each example and attention confined to it, so a packed batch trains exactly the
+  same per-example losses as an unpacked one, with fewer padding tokens.
+- Data order: each epoch is a permutation drawn from a generator seeded by (seed, epoch); the position
+  (epoch, offset) is checkpointed, so a resumed run sees the same batches in the same order.
+- A step whose loss or gradient is NaN/inf is skipped (``run.guard.NonFiniteGuard``); ``max_nonfinite`` in
+  a row abort the run.
+
+Run directory: config.yaml, metrics.jsonl, summary.json, checkpoints/, tb/ and model/ (the final model and
+tokenizer, loadable with ``lm.load_model``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from gradascent.core.reduce import aggregate
+from gradascent.errors import ConfigError, DataError
+from gradascent.lm.generate import generate
+from gradascent.lm.logprobs import sequence_logprobs
+from gradascent.lm.models import count_parameters, eval_mode, load_model, save_model
+from gradascent.lm.tokenizers import decode_completions, encode_prompts, eos_token_ids
+from gradascent.rewards import score
+from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from gradascent.run.checkpoint import seed_everything
+from gradascent.run.config import add_config_flags, flag_values, load_config, require
+from gradascent.run.guard import NonFiniteGuard, StopOnSignal
+from gradascent.run.progress import progress_bar
+from gradascent.run.rundir import RunDir
+from gradascent.run.schedule import lr_multiplier
+from gradascent.tasks import Task, load_task, sft_example
+
+# Metrics that measure the clock, not the run: they differ between a resumed run and an uninterrupted one.
+WALL_CLOCK_METRICS = ("time_s", "tokens_per_s")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    model: str = "qwen2-1m"
+    """Model to train: a preset (lm.models.PRESETS, random init, built-in character tokenizer) or a local
+    model directory (with its tokenizer)."""
+    task: str = "arithmetic"
+    """Data: a built-in task (arithmetic, preference) or a JSONL file of prompt + completion/answer/chosen rows."""
+    eval_file: str | None = None
+    """Optional JSONL file of eval rows; by default a seeded 10% of a JSONL task file is held out."""
+    n_train: int = 4000
+    """Training examples drawn for a built-in task (ignored for files)."""
+    n_eval: int = 200
+    """Eval examples drawn for a built-in task (ignored for files)."""
+    out: str = "runs/sft"
+    """Run directory (config.yaml, metrics.jsonl, summary.json, checkpoints/, model/)."""
+    seed: int = 0
+    """Seed of the model initialisation, the data and the data order."""
+    steps: int = 1000
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Examples per step (packed rows per step with packing)."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate; ~1e-3 for the small presets from scratch, ~1e-5 to 2e-5 for a pretrained model."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    """Decay after warm-up (run.schedule.lr_multiplier), down to 10% of the peak for linear and cosine."""
+    warmup_steps: int = 50
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay (Loshchilov & Hutter 2019)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 = off)."""
+    max_length: int = 128
+    """Most tokens of one example (prompt + completion + EOS), and the row length with packing; a longer
+    example is an error, never silently cut."""
+    packing: bool = False
+    """Pack whole examples into rows of max_length tokens, attention confined to each example."""
+    log_every: int = 10
+    """Steps between two metrics rows (the loss is averaged over them)."""
+    eval_every: int = 200
+    """Steps between evaluations (eval loss, and the task reward of greedy completions); 0 = only at the end."""
+    eval_generate: int = 100
+    """Eval prompts completed greedily to report the task's rewards (0 = off; tasks without rewards skip it)."""
+    save_every: int = 200
+    """Steps between checkpoints (0 = only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept on disk."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in out/checkpoints (bitwise as if never stopped)."""
+    max_nonfinite: int = 5
+    """Consecutive steps with a NaN/inf loss or gradient that abort the run (each one is skipped)."""
+    device: str = "cpu"
+    """Torch device: cpu, cuda, cuda:1..."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Parameter dtype during training."""
+    progress: bool | None = None
+    """Show a progress bar (None: only on a terminal)."""
+
+    def __post_init__(self) -> None:
+        require(self.steps >= 1, "steps", self.steps, ">= 1")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        require(self.lr > 0, "lr", self.lr, "> 0")
+        require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
+        require(self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0")
+        require(self.max_length >= 2, "max_length", self.max_length, ">= 2")
+        require(self.n_train >= 1, "n_train", self.n_train, ">= 1")
+        require(self.n_eval >= 0, "n_eval", self.n_eval, ">= 0")
+        require(self.log_every >= 1, "log_every", self.log_every, ">= 1")
+        require(self.eval_every >= 0, "eval_every", self.eval_every, ">= 0")
+        require(self.eval_generate >= 0, "eval_generate", self.eval_generate, ">= 0")
+        require(self.save_every >= 0, "save_every", self.save_every, ">= 0")
+        require(self.keep_last >= 1, "keep_last", self.keep_last, ">= 1")
+        require(self.max_nonfinite >= 1, "max_nonfinite", self.max_nonfinite, ">= 1")
+
+
+# --- data ----------------------------------------------------------------------------------------------
+
+
+def encode_examples(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> list[tuple[list[int], int]]:
+    """Each row as (prompt + completion + EOS token ids, number of prompt tokens).
+
+    Prompt and completion are tokenized separately, so the boundary never merges across them.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("the tokenizer has no EOS token; SFT appends one to every completion")
+    out = []
+    for i, row in enumerate(rows):
+        prompt, completion = sft_example(row)
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        ids = p + c + [eos]
+        if len(ids) > max_length:
+            raise DataError(f"example {i} is {len(ids)} tokens long (prompt {len(p)}, completion {len(c)}, EOS 1), "
+                            f"more than max_length={max_length}: {prompt!r:.60}")
+        out.append((ids, len(p)))
+    return out
+
+
+def collate(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-padded (ids, mask, target) of shape (B, L); target marks completion tokens and EOS."""
+    L = max(len(ids) for ids, _ in examples)
+    ids_t = torch.full((len(examples), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(examples), L, dtype=torch.bool)
+    target = torch.zeros(len(examples), L, dtype=torch.bool)
+    for i, (ids, n_prompt) in enumerate(examples):
+        ids_t[i, : len(ids)] = torch.tensor(ids)
+        mask[i, : len(ids)] = True
+        target[i, max(n_prompt, 1): len(ids)] = True  # a first token has nothing to condition on
+    return ids_t, mask, target
+
+
+def pack(examples: list[tuple[list[int], int]], length: int, pad_id: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rows of ``length`` tokens holding whole examples in order: (ids, mask, target, position_ids), (R, length).
+
+    Positions restart at 0 at each example; the padding tail of a row is one more segment, masked out.
+    """
+    rows: list[list[tuple[list[int], int]]] = [[]]
+    used = 0
+    for ex in examples:
+        if used + len(ex[0]) > length:
+            rows.append([])
+            used = 0
+        rows[-1].append(ex)
+        used += len(ex[0])
+    ids_t = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    target = torch.zeros(len(rows), length, dtype=torch.bool)
+    pos = torch.zeros(len(rows), length, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for ids, n_prompt in row:
+            n = len(ids)
+            ids_t[r, at: at + n] = torch.tensor(ids)
+            mask[r, at: at + n] = True
+            target[r, at + max(n_prompt, 1): at + n] = True
+            pos[r, at: at + n] = torch.arange(n)
+            at += n
+        pos[r, at:] = torch.arange(length - at)
+    return ids_t, mask, target, pos
+
+
+class DataOrder:
+    """Seeded epochs of a dataset of ``n`` examples; the position (epoch, offset) is the whole state."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+        self.epoch, self.offset = 0, 0
+        self._perm = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.n, generator=gen).tolist()
+
+    def begin(self) -> None:
+        """Start the next epoch if this one is used up."""
+        if self.offset >= self.n:
+            self.epoch, self.offset = self.epoch + 1, 0
+            self._perm = self._permutation(self.epoch)
+
+    @property
+    def remaining(self) -> int:
+        return self.n - self.offset
+
+    def peek(self) -> int:
+        return self._perm[self.offset]
+
+    def take(self, k: int) -> list[int]:
+        """The next ``k`` indices of the current epoch (fewer at its end)."""
+        self.begin()
+        out = self._perm[self.offset: self.offset + k]
+        self.offset += len(out)
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        self._perm = self._permutation(self.epoch)
+
+
+def next_batch(cfg: SFTConfig, examples: list[tuple[list[int], int]], order: DataOrder,
+               pad_id: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(ids, mask, target, position_ids or None) of the next step; a batch never spans two epochs."""
+    if not cfg.packing:
+        idx = order.take(min(cfg.batch_size, len(examples)))
+        return (*collate([examples[i] for i in idx], pad_id), None)
+    # Packing: whole examples, in order, until batch_size rows of max_length are full (same rule as pack()).
+    order.begin()
+    chosen: list[tuple[list[int], int]] = []
+    rows, used = 1, 0
+    while order.remaining:
+        n = len(examples[order.peek()][0])
+        if used + n > cfg.max_length:
+            if rows == cfg.batch_size:
+                break
+            rows, used = rows + 1, 0
+        chosen.append(examples[order.take(1)[0]])
+        used += n
+    return pack(chosen, cfg.max_length, pad_id)
+
+
+# --- evaluation ----------------------------------------------------------------------------------------
+
+
+def eval_loss(model: Any, examples: list[tuple[list[int], int]], batch_size: int, pad_id: int,
+              device: torch.device) -> float:
+    """Token-mean negative log-likelihood of the completion tokens (EOS included) of ``examples``."""
+    total, count = 0.0, 0
+    with torch.no_grad(), eval_mode(model):
+        for s in range(0, len(examples), batch_size):
+            ids, mask, target = (t.to(device) for t in collate(examples[s: s + batch_size], pad_id))
+            logp = sequence_logprobs(model, ids, mask, target)
+            total += float(-logp[target].sum())
+            count += int(target.sum())
+    return total / max(count, 1)
+
+
+def eval_rewards(model: Any, tokenizer: Any, task: Task, n: int, device: torch.device) -> dict[str, float]:
+    """The task's rewards of greedy completions of the first ``n`` eval prompts: 'reward' and 'reward/<fn>'."""
+    rows = task.eval[:n]
+    if not rows or not task.reward_fns:
+        return {}
+    prompts = [str(r["prompt"]) for r in rows]
+    eos = eos_token_ids(tokenizer, model)
+    texts: list[str] = []
+    for s in range(0, len(prompts), 256):
+        ids, mask = encode_prompts(tokenizer, prompts[s: s + 256], device=device)
+        g = generate(model, ids, mask, max_new_tokens=task.max_new_tokens, eos_token_ids=eos,
+                     pad_token_id=tokenizer.pad_token_id, greedy=True)
+        texts += decode_completions(tokenizer, g.completion_ids.cpu(), g.completion_mask.cpu(), strip_eos=eos)
+    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
+    total, metrics = score(task.reward_fns, prompts, texts, columns, task.reward_weights)
+    return {"reward": float(total.mean()), **metrics}
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+
+def train_sft(cfg: SFTConfig) -> dict[str, Any]:
+    """Run SFT as configured; returns the summary (also written to out/summary.json)."""
+    run = RunDir(cfg.out)
+    ckpt = latest_checkpoint(run.checkpoints) if cfg.resume else None
+    if ckpt is None and run.read_metrics():
+        if not cfg.resume:
+            raise ConfigError(f"{cfg.out} already holds a run (metrics.jsonl); pass resume: true to continue it "
+                              "or choose another out directory")
+        run.truncate_metrics(0)  # stopped before its first checkpoint: start over
+    run.write_config(cfg)
+    seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+
+    task = load_task(cfg.task, n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed, eval_file=cfg.eval_file)
+    model, tokenizer = load_model(cfg.model, seed=cfg.seed, dtype=cfg.dtype, device=device)
+    pad_id = tokenizer.pad_token_id
+    train_ex = encode_examples(tokenizer, task.train, cfg.max_length)
+    eval_ex = encode_examples(tokenizer, task.eval, cfg.max_length) if task.eval else []
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_multiplier(s, cfg.steps, cfg.warmup_steps, cfg.lr_schedule, min_ratio=0.1))
+    order = DataOrder(len(train_ex), cfg.seed)
+    guard = NonFiniteGuard(cfg.max_nonfinite)
+    acc = {"loss_sum": 0.0, "steps": 0, "tokens": 0}  # running sums of the current log interval
+    step, tokens_seen = 0, 0
+
+    if ckpt is not None:
+        step, state = load_checkpoint(ckpt)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        order.load_state_dict(state["data"])
+        guard.load_state_dict(state["guard"])
+        acc, tokens_seen = dict(state["acc"]), int(state["tokens_seen"])
+        restore_rng(state["rng"])
+        run.truncate_metrics(step)
+
+    def checkpoint_now() -> None:
+        save_checkpoint(run.checkpoints, step, {
+            "model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
+            "data": order.state_dict(), "guard": guard.state_dict(), "acc": acc, "tokens_seen": tokens_seen,
+            "rng": capture_rng(),
+        }, keep_last=cfg.keep_last)
+
+    def evaluate() -> dict[str, float]:
+        out: dict[str, float] = {}
+        if eval_ex:
+            out["eval/loss"] = eval_loss(model, eval_ex, cfg.batch_size, pad_id, device)
+        if cfg.eval_generate:
+            out.update({f"eval/{k}": v for k, v in eval_rewards(model, tokenizer, task, cfg.eval_generate,
+                                                                  device).items()})
+        return out
+
+    t_start, last_eval, stopped = time.perf_counter(), {}, None
+    bar = progress_bar(cfg.steps, "sft", enabled=cfg.progress, initial=step)
+    model.train()
+    with StopOnSignal() as stop:
+        while step < cfg.steps:
+            ids, mask, target, pos = next_batch(cfg, train_ex, order, pad_id)
+            ids, mask, target = ids.to(device), mask.to(device), target.to(device)
+            logp = sequence_logprobs(model, ids, mask, target, position_ids=None if pos is None else pos.to(device))
+            loss = aggregate(-logp, target, "token_mean")  # L^SFT
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if guard.check(loss, params, where=f"step {step + 1}"):
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                opt.step()
+                acc["loss_sum"] += float(loss.detach())
+                acc["steps"] += 1
+                acc["grad_norm"] = float(grad_norm)
+            else:
+                opt.zero_grad(set_to_none=True)
+            sched.step()
+            step += 1
+            n_tok = int(target.sum())
+            tokens_seen += n_tok
+            acc["tokens"] += n_tok
+            bar.update(1)
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - t_start
+                row = {"loss": acc["loss_sum"] / max(acc["steps"], 1), "lr": sched.get_last_lr()[0],
+                       "grad_norm": acc.get("grad_norm", float("nan")), "tokens": tokens_seen,
+                       "epoch": order.epoch, "skipped": guard.skipped,
+                       "time_s": elapsed, "tokens_per_s": acc["tokens"] / max(elapsed, 1e-9)}
+                if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                    last_eval = evaluate()
+                    row.update(last_eval)
+                run.log(step, row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                acc = {"loss_sum": 0.0, "steps": 0, "tokens": 0}
+                t_start = time.perf_counter()
+            elif cfg.eval_every and step % cfg.eval_every == 0:
+                last_eval = evaluate()
+                run.log(step, dict(last_eval))
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+                checkpoint_now()
+            if stop.requested:
+                checkpoint_now()
+                stopped = stop.requested
+                break
+    bar.close()
+
+    model_dir = Path(cfg.out) / "model"
+    summary: dict[str, Any] = {"steps": step, "parameters": count_parameters(model), "tokens": tokens_seen,
+                               "skipped_steps": guard.skipped, **last_eval}
+    if stopped:
+        summary["stopped_by"] = stopped
+    else:
+        save_model(model, tokenizer, model_dir)
+        summary["model_dir"] = str(model_dir)
+    run.write_summary(summary)
+    run.close()
+    return summary
+
+
+# --- command line --------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser("sft", parents=[common], help="supervised fine-tuning on prompt/completion data",
+                              description="Supervised fine-tuning: loss on completion tokens only. Config values "
+                                          "come from the dataclass defaults, then --config, then flags.")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of SFTConfig fields")
+    add_config_flags(p, SFTConfig)
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = load_config(SFTConfig, args.config, flag_overrides=flag_values(args))
+    summary = train_sft(cfg)
+    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}
+    print(" ".join(f"{k}={v}" for k, v in shown.items()))
+    return 0
