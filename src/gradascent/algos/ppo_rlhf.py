@@ -94,9 +94,9 @@ class PPORLHFConfig:
     """Seed of initial RNG states, prompt order, sampling and minibatch shuffling."""
     device: str = "cpu"
     """Torch device, e.g. 'cpu' or 'cuda'."""
-    updates: int = 60
+    updates: int = 40
     """PPO iterations; each samples `batch_size` completions and trains `epochs` passes over them."""
-    batch_size: int = 64
+    batch_size: int = 32
     """Prompts (one completion each) per update, over all ranks (TRL: 64; Huang et al. 2024: 512)."""
     minibatch_size: int = 16
     """Completions per gradient step; must divide the per-rank batch."""
@@ -111,7 +111,7 @@ class PPORLHFConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient norm clip over all trained parameters (PPO implementations: 0.5-1)."""
-    max_new_tokens: int = 24
+    max_new_tokens: int = 32
     """The most tokens sampled per completion."""
     temperature: float = 1.0
     """Sampling temperature; the log-probs of pi, pi_old and pi_ref are taken at the same temperature."""
@@ -135,14 +135,15 @@ class PPORLHFConfig:
     """Weight of the entropy bonus (RLHF usually 0: the KL penalty already keeps entropy up)."""
     agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
     """How per-token losses are reduced (docs/equations.md, R1-R3)."""
-    kl_coef: float = 0.05
+    kl_coef: float = 0.2
     """Initial beta of the KL penalty in the reward (Ziegler et al. 2019: 0.1; TRL: 0.05)."""
     kl_control: Literal["fixed", "proportional", "adaptive"] = "proportional"
     """How beta moves: fixed; Ziegler et al.'s proportional controller (18); PPO-Penalty's doubling/halving (17)."""
-    kl_target: float = 2.0
+    kl_target: float = 6.0
     """Target KL per completion in nats for the controllers (Ziegler et al.: 6 for 24-token completions)."""
-    kl_horizon: float = 10000.0
-    """Horizon H of the proportional controller, in completions (Ziegler et al.: 10000)."""
+    kl_horizon: float = 500.0
+    """Horizon H of the proportional controller, in completions (Ziegler et al.: 10000 for runs of 10^5+
+    completions; shorter runs need a shorter horizon for beta to move at all)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     """Per-token KL estimator in the reward (Schulman 2020; Ziegler et al. use k1)."""
     whiten_advantages: bool = True
@@ -155,7 +156,7 @@ class PPORLHFConfig:
     """LoRA scale numerator: the update is (alpha / r) B A (Hu et al.: alpha = 2r is common)."""
     eval_prompts: int = 64
     """Held-out prompts for the greedy evaluation (hidden score, reward-model score, KL to the reference)."""
-    eval_every: int = 20
+    eval_every: int = 10
     """Updates between evaluations (and one at the start and at the end); 0: start and end only."""
     log_every: int = 1
     """Updates between rows of metrics.jsonl."""
@@ -386,6 +387,18 @@ class PolicyLogprobs(nn.Module):
                                    temperature=self.temperature, with_entropy=True)
 
 
+class CriticValues(nn.Module):
+    """The critic seen as (prompt, completion) -> V(s_t) of each completion token (``completion_values``): one
+    module whose forward DistributedDataParallel can wrap."""
+
+    def __init__(self, critic: nn.Module) -> None:
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor) -> Tensor:
+        return self.critic.completion_values(prompt_ids, prompt_mask, completion_ids, completion_mask)
+
+
 def policy_logprobs(model: nn.Module, gen_like: Any, temperature: float) -> Tensor:
     """log pi(y_t | x, y_<t) of the completion tokens of a ``Generation``. Shapes: -> (N, T)."""
     from gradascent.lm.logprobs import completion_logprobs
@@ -526,10 +539,10 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     )
     params = policy_params + critic_params
     policy_step: nn.Module = PolicyLogprobs(policy, cfg.temperature)
-    critic_step: nn.Module = critic
+    critic_step: nn.Module = CriticValues(critic)
     if dist_info.enabled:
         policy_step = nn.parallel.DistributedDataParallel(policy_step)
-        critic_step = nn.parallel.DistributedDataParallel(critic)
+        critic_step = nn.parallel.DistributedDataParallel(critic_step)
     device = torch.device(cfg.device)
     sample_rng = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + dist_info.rank)
     shuffle_rng = torch.Generator().manual_seed(cfg.seed * 104729 + dist_info.rank)
@@ -558,11 +571,12 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
             run.log(0, {"samples": 0, **baseline, "kl_coef": kl_coef})
 
     def checkpoint(update: int) -> None:
-        if run is None:
+        sample_states, shuffle_states = _gather_states(sample_rng), _gather_states(shuffle_rng)  # every rank
+        if run is None:  # rank 0 writes
             return
         save_checkpoint(run.checkpoints, update, {
             "policy": policy.state_dict(), "critic": critic.state_dict(), "optimizer": optimizer.state_dict(),
-            "sample_rng": _gather_states(sample_rng), "shuffle_rng": _gather_states(shuffle_rng),
+            "sample_rng": sample_states, "shuffle_rng": shuffle_states,
             "rng": capture_rng(), "guard": guard.state_dict(), "kl_coef": kl_coef, "update": update,
             "samples": samples, "baseline": baseline,
         }, keep_last=cfg.keep_checkpoints)
@@ -580,7 +594,6 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
             gen = sample(models, prompts, cfg, sample_rng)
             ids, amask = gen.input_ids, gen.attention_mask  # (N, P + T)
             cids, mask = gen.completion_ids, gen.completion_mask  # (N, T)
-            P, T = gen.prompt_ids.shape[1], cids.shape[1]
 
             # 2. score: reward model, pi_old, pi_ref, critic
             with torch.no_grad():
@@ -593,8 +606,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
                         f"{prompts[bad[0]]!r:.60}); stopping (the last checkpoint is intact)")
                 logp_old = policy_logprobs(policy, gen, cfg.temperature)
                 logp_ref = reference_logprobs(models, gen, cfg.temperature)
-                values_old = critic(ids, amask)[:, P - 1:P + T - 1]
-                values_old = torch.where(mask, values_old, torch.zeros_like(values_old))
+                values_old = critic.completion_values(gen.prompt_ids, gen.prompt_mask, cids, mask)  # (N, T)
 
                 # 3. per-token rewards (21) and advantages (5)
                 rewards, kl, score_used = assemble_rewards(
@@ -614,7 +626,6 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
                     m = mask[mb]
                     t_mb = max(int(m.sum(-1).max()), 1)  # drop padding columns past the longest completion
                     m = m[:, :t_mb]
-                    mb_ids, mb_amask = ids[mb, :P + t_mb], amask[mb, :P + t_mb]
                     agg_kwargs = _agg_kwargs(cfg, m, dist_info.enabled)
                     logp, entropy = policy_step(gen.prompt_ids[mb], gen.prompt_mask[mb], cids[mb, :t_mb], m)
                     pg_loss, pg_stats = clipped_surrogate_loss(  # (10)
@@ -623,7 +634,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
                     if not cfg.ent_coef:
                         entropy = entropy.detach()
                     ent_loss, ent_stats = entropy_loss(entropy, m, agg=cfg.agg, agg_kwargs=agg_kwargs)
-                    values = critic_step(mb_ids, mb_amask)[:, P - 1:P + t_mb - 1]
+                    values = critic_step(gen.prompt_ids[mb], gen.prompt_mask[mb], cids[mb, :t_mb], m)
                     vf_loss, vf_stats = value_loss(  # (13)
                         values, returns[mb, :t_mb], values_old[mb, :t_mb], clip_eps=cfg.vf_clip_eps, mask=m,
                         agg=cfg.agg, agg_kwargs=agg_kwargs)

@@ -57,9 +57,7 @@ class RLHFConfig:
     rm: RewardModelConfig = RewardModelConfig(train_pairs=4000, eval_pairs=256, epochs=1, batch_size=32, lr=1e-3,
                                               checkpoint_every=50)
     """Stage 2, the reward model on the preference pairs (`gradascent rm`)."""
-    ppo: PPORLHFConfig = PPORLHFConfig(updates=40, batch_size=32, minibatch_size=16, epochs=4, lr=1e-4,
-                                       max_new_tokens=32, kl_coef=0.1, kl_target=4.0, kl_horizon=2000,
-                                       eval_every=10, eval_prompts=64, checkpoint_every=10)
+    ppo: PPORLHFConfig = PPORLHFConfig()
     """Stage 3, PPO against the reward model with a KL penalty to the SFT model (`gradascent ppo`)."""
 
     def __post_init__(self) -> None:
