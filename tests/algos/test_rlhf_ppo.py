@@ -118,7 +118,8 @@ def test_lora_policy_shares_base_weights_with_reference_and_reward_model(sft_dir
     from gradascent.lm import adapters
 
     train_reward_model(rm_config(sft_dir, tmp_path / "rm", lora_r=4, lora_alpha=8))
-    cfg = ppo_config(sft_dir, tmp_path / "rm" / "model", tmp_path / "ppo", lora_r=4, lora_alpha=8, updates=2)
+    cfg = ppo_config(sft_dir, tmp_path / "rm" / "model", tmp_path / "ppo", lora_r=4, lora_alpha=8, updates=2,
+                     value_init="sft")
     models = load_models(cfg)
     assert models.reference is None and models.reward_adapter  # one base, three roles
     base0 = {k: v for k, v in state_of(models.policy).items() if "lora_" not in k}
