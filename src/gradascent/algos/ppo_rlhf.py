@@ -614,7 +614,6 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
                     kl_estimator=cfg.kl_estimator, missing_eos_penalty=cfg.missing_eos_penalty)
                 adv, returns = completion_advantages(rewards, values_old, mask, cfg.gamma, cfg.lam,
                                                      cfg.whiten_advantages)
-                logp_old, logp_ref = (torch.where(mask, x, torch.zeros_like(x)) for x in (logp_old, logp_ref))
 
             # 4. epochs of minibatches
             stats_sum: dict[str, float] = {}
@@ -666,7 +665,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
                 "rm_score": float(score.mean()),
                 "score": float(score_used.mean()),
                 "kl": kl_seq,
-                "reward_total": float(masked_mean(rewards.sum(-1, keepdim=True).expand_as(mask), mask)),
+                "reward_total": float(rewards.sum(-1).mean()),  # per completion: score - beta * its KL
                 "response_length": float(mask.sum(-1).float().mean()),
                 "eos_fraction": float(gen.finished.float().mean()),
                 "explained_variance": float(explained_variance(values_old, returns, mask)),
