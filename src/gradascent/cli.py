@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "gradascent.algos.ppo_rlhf",
     "gradascent.algos.rlhf",
     "gradascent.run.plot",
+    "gradascent.run.resume",
 ]
 
 

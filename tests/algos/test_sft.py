@@ -25,6 +25,15 @@ TINY = dict(model="qwen2-micro", task="arithmetic", n_train=200, n_eval=16, batc
             lr_schedule="constant", log_every=5, eval_every=0, eval_generate=0, save_every=0, progress=False)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Micro models gain nothing from intra-op threads; oversubscribed ones slow a shared machine down."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _metrics(out):
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
@@ -182,3 +191,14 @@ def test_cli_help_lists_every_field(capsys):
     text = capsys.readouterr().out
     for flag in ("--model", "--task", "--packing", "--save-every", "--resume", "--max-nonfinite"):
         assert flag in text
+
+
+def test_preference_and_jsonl_tasks_train(tmp_path):
+    # SFT on the preference task trains on the chosen completions and reports the hidden rule as eval reward.
+    cfg = SFTConfig(**{**TINY, "task": "preference", "steps": 5, "eval_generate": 4}, out=str(tmp_path / "pref"))
+    summary = train_sft(cfg)
+    assert -1.0 <= summary["eval/reward/preference_reward"] <= 1.0
+    data = tmp_path / "demo.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"say {i}:", "completion": f" {i}"}) + "\n" for i in range(20)))
+    summary = train_sft(SFTConfig(**{**TINY, "task": str(data), "steps": 5}, out=str(tmp_path / "demo")))
+    assert "eval/loss" in summary and "eval/reward" not in summary  # demonstrations carry no reward

@@ -99,6 +99,7 @@ def test_run_dir_contract(tmp_path):
     run.close()
     out = tmp_path / "out"
     assert (out / "config.yaml").read_text() == "lr: 0.1\n"
+    assert json.loads((out / "run.json").read_text())["config_class"].endswith(":test_run_dir_contract.<locals>.C")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[0] == {"step": 1, "env_steps": 10, "loss": 0.5, "nan_metric": None}
     assert json.loads((out / "summary.json").read_text()) == {"eval_return_mean": 1.5}

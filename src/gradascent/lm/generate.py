@@ -131,75 +131,81 @@ def sample_tokens(
 class _FusedDecoder:
     """Qwen2 / Llama forward over the model's own weights with a pre-allocated cache (see module docstring).
 
-    Weights are prepared once per call: stored transposed (in, out) for plain ``x @ W`` matmuls, q/k/v and
-    gate/up concatenated into one matmul each, and each RMSNorm's weight folded into the projection that
-    follows it (RMSNorm(x) * w @ W^T = RMSNorm_unit(x) @ (W * w)^T), which leaves the forward four matmuls
-    per layer. Cache per layer: k, v of shape (N, H_kv, T_max, D); column j holds token j of the sequence
-    (prompt padding included) and ``valid`` (N, T_max) says which columns may be attended to.
+    Weights are prepared once per call, in exact re-arrangements of the same computation:
+
+    - stored transposed (in, out) for plain ``x @ W`` matmuls; q/k/v and gate/up concatenated into one
+      matmul each; residual additions fused into the o and down matmuls (``addmm``);
+    - each RMSNorm's weight folded into the projection after it: RMSNorm(x) * w @ W^T = RMSNorm_1(x) @ (W * w)^T;
+    - the attention scale 1/sqrt(D) folded into the q projection (RoPE is linear, so it commutes);
+    - the two halves of every q and k head interleaved, so that RoPE's rotate-half becomes one complex
+      multiplication per step. q and k are permuted alike, so every q.k product, hence the attention, is
+      unchanged; v is left as it is.
+
+    Cache per layer: k, v of shape (N, H_kv, T_max, D); column j holds token j of the sequence (prompt padding
+    included) and ``valid`` (N, T_max) says which columns may be attended to.
     """
 
     def __init__(self, model: nn.Module, n_rows: int, max_len: int, device: torch.device, dtype: torch.dtype) -> None:
         cfg = model.config
         base = model.base_model
+        self.n_heads = Hq = int(cfg.num_attention_heads)
+        self.n_kv = Hkv = int(cfg.num_key_value_heads)
+        self.head_dim = D = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.eps = float(cfg.rms_norm_eps)
+        self.dtype = dtype
+        # Row order of one head after interleaving its halves: 0, D/2, 1, D/2 + 1, ...
+        inter = torch.stack([torch.arange(D // 2), torch.arange(D // 2, D)], dim=1).flatten()
+        q_rows = (torch.arange(Hq)[:, None] * D + inter).flatten()
+        k_rows = (torch.arange(Hkv)[:, None] * D + inter).flatten()
+        scale = D ** -0.5
+
+        def f32(t: Tensor) -> Tensor:
+            return t.detach().to(device=device, dtype=torch.float32)
 
         def prep(weight: Tensor, norm: Tensor | None = None) -> Tensor:
-            w = weight.detach().to(device=device, dtype=torch.float32)
-            if norm is not None:
-                w = w * norm.detach().to(device=device, dtype=torch.float32)[None, :]
+            w = weight if norm is None else weight * norm[None, :]
             return w.t().contiguous().to(dtype)  # (in, out)
 
-        def bias(b: Tensor | None) -> Tensor | None:
-            return None if b is None else b.detach().to(device=device, dtype=dtype)
-
-        self.n_heads = int(cfg.num_attention_heads)
-        self.n_kv = int(cfg.num_key_value_heads)
-        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-        self.eps = float(cfg.rms_norm_eps)
-        self.scale = self.head_dim ** -0.5
-        self.dtype = dtype
         self.embed = base.embed_tokens.weight.detach().to(device=device, dtype=dtype)
-        self.lm_head = prep(model.get_output_embeddings().weight, base.norm.weight)  # (H, V)
+        self.lm_head = prep(f32(model.get_output_embeddings().weight), f32(base.norm.weight))  # (H, V)
         self.layers = []
         for layer in base.layers:
             att, mlp = layer.self_attn, layer.mlp
-            ln1, ln2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+            wq, wk, wv = f32(att.q_proj.weight)[q_rows] * scale, f32(att.k_proj.weight)[k_rows], f32(att.v_proj.weight)
             qkv_b = None
             if att.q_proj.bias is not None:
-                qkv_b = torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias])
+                bq, bk, bv = f32(att.q_proj.bias)[q_rows] * scale, f32(att.k_proj.bias)[k_rows], f32(att.v_proj.bias)
+                qkv_b = torch.cat([bq, bk, bv]).to(dtype)
+            o_b = None if att.o_proj.bias is None else f32(att.o_proj.bias).to(dtype)
             self.layers.append(dict(
-                qkv=prep(torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]), ln1),
-                qkv_b=bias(qkv_b),
-                o=prep(att.o_proj.weight), o_b=bias(att.o_proj.bias),
-                gate_up=prep(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), ln2),
-                down=prep(mlp.down_proj.weight),
+                qkv=prep(torch.cat([wq, wk, wv]), f32(layer.input_layernorm.weight)), qkv_b=qkv_b,
+                o=prep(f32(att.o_proj.weight)), o_b=o_b,
+                gate_up=prep(torch.cat([f32(mlp.gate_proj.weight), f32(mlp.up_proj.weight)]),
+                             f32(layer.post_attention_layernorm.weight)),
+                down=prep(f32(mlp.down_proj.weight)),
             ))
-        # RoPE table from the model's own rotary module: (T_max, D) each.
+        # RoPE as complex rotations (T_max, D/2), from the model's own rotary module (any scaling included).
         positions = torch.arange(max_len, device=device)[None]
-        probe = torch.zeros(1, 1, device=device, dtype=torch.float32)
-        cos, sin = base.rotary_emb(probe, positions)
-        self.cos, self.sin = cos[0].to(dtype), sin[0].to(dtype)
-        shape = (n_rows, self.n_kv, max_len, self.head_dim)
+        cos, sin = base.rotary_emb(torch.zeros(1, 1, device=device, dtype=torch.float32), positions)
+        self.rot = torch.complex(cos[0, :, : D // 2], sin[0, :, : D // 2])
+        if dtype != torch.float32:  # complex bfloat16 does not exist: rotate in complex64, store in dtype
+            self.rot = self.rot.to(torch.complex64)
+        shape = (n_rows, Hkv, max_len, D)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in base.layers]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in base.layers]
         self.valid = torch.zeros(n_rows, max_len, dtype=torch.bool, device=device)
         self.filled = 0
 
     def _norm(self, x: Tensor) -> Tensor:
-        """RMSNorm without its weight (folded into the next matmul), computed in float32 as HF does."""
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(self.dtype)
-
-    @staticmethod
-    def _matmul(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
-        return x @ w if b is None else torch.addmm(b, x, w)
+        """RMSNorm without its weight (folded into the next matmul)."""
+        return F.rms_norm(x, (x.shape[-1],), None, self.eps)
 
     def _forward(self, ids: Tensor, pos: Tensor) -> Tensor:
         """Feed ids (N, T) at positions pos (N, T) into cache columns [filled, filled + T); logits of the last."""
         N, T = ids.shape
         Hq, Hkv, D = self.n_heads, self.n_kv, self.head_dim
-        half = D // 2
         start, end = self.filled, self.filled + T
-        cos, sin = self.cos[pos].unsqueeze(2), self.sin[pos].unsqueeze(2)  # (N, T, 1, D)
+        rot = self.rot[pos].unsqueeze(2)  # (N, T, 1, D/2) complex
         if T == 1:  # decode: one query per row over the filled prefix, (N, 1, 1, end) additive bias
             bias = torch.zeros(N, 1, 1, end, dtype=self.dtype, device=ids.device)
             bias.masked_fill_(~self.valid[:, None, None, :end], float("-inf"))
@@ -208,26 +214,27 @@ class _FusedDecoder:
             eye = torch.zeros_like(causal)
             eye[:, start:end] = torch.eye(T, dtype=torch.bool, device=ids.device)
             prefill_mask = ((causal[None] & self.valid[:, None, :end]) | eye[None])[:, None]  # (N, 1, T, end)
-        x = F.embedding(ids, self.embed).view(N * T, -1)  # (N T, H)
+        x = F.embedding(ids, self.embed).view(N * T, -1)  # (N T, H) residual stream
         for i, p in enumerate(self.layers):
-            qkv = self._matmul(self._norm(x), p["qkv"], p["qkv_b"]).view(N, T, Hq + 2 * Hkv, D)
-            qk = qkv[:, :, : Hq + Hkv]  # rotate q and k together: (N, T, Hq + Hkv, D)
-            qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
-            q = qk[:, :, :Hq].transpose(1, 2)  # (N, Hq, T, D)
+            h = self._norm(x)
+            qkv = h @ p["qkv"] if p["qkv_b"] is None else torch.addmm(p["qkv_b"], h, p["qkv"])
+            qkv = qkv.view(N, T, Hq + 2 * Hkv, D)
+            qk = qkv[:, :, : Hq + Hkv].float().reshape(N, T, Hq + Hkv, D // 2, 2)
+            qk = torch.view_as_real(torch.view_as_complex(qk) * rot).flatten(-2).to(self.dtype)  # RoPE
+            q = qk[:, :, :Hq].transpose(1, 2)  # (N, Hq, T, D), already scaled by 1/sqrt(D)
             self.k[i][:, :, start:end] = qk[:, :, Hq:].transpose(1, 2)
             self.v[i][:, :, start:end] = qkv[:, :, Hq + Hkv:].transpose(1, 2)
             k, v = self.k[i][:, :, :end], self.v[i][:, :, :end]  # (N, Hkv, end, D)
             if T == 1:  # grouped-query attention without repeating k/v: (N, Hkv, Hq/Hkv, D) queries
-                qg = q.reshape(N, Hkv, Hq // Hkv, D)
-                scores = (qg @ k.transpose(-1, -2)) * self.scale + bias  # (N, Hkv, Hq/Hkv, end)
-                att = torch.softmax(scores.float(), dim=-1).to(self.dtype) @ v  # (N, Hkv, Hq/Hkv, D)
-                att = att.reshape(N, Hq * D)
+                scores = q.reshape(N, Hkv, Hq // Hkv, D) @ k.transpose(-1, -2) + bias  # (N, Hkv, Hq/Hkv, end)
+                att = (torch.softmax(scores.float(), dim=-1).to(self.dtype) @ v).reshape(N, Hq * D)
             else:
-                att = F.scaled_dot_product_attention(q, k, v, attn_mask=prefill_mask, enable_gqa=Hq != Hkv)
+                att = F.scaled_dot_product_attention(q, k, v, attn_mask=prefill_mask, enable_gqa=Hq != Hkv,
+                                                     scale=1.0)
                 att = att.transpose(1, 2).reshape(N * T, Hq * D)
-            x = x + self._matmul(att, p["o"], p["o_b"])
+            x = torch.addmm(x if p["o_b"] is None else x + p["o_b"], att, p["o"])
             gate, up = (self._norm(x) @ p["gate_up"]).chunk(2, dim=-1)
-            x = x + (F.silu(gate) * up) @ p["down"]
+            x = torch.addmm(x, F.silu(gate) * up, p["down"])
         self.filled = end
         last = x.view(N, T, -1)[:, -1]  # (N, H)
         return self._norm(last) @ self.lm_head  # (N, V)
@@ -343,7 +350,7 @@ def generate(
         ``Generation`` with N = B * num_samples rows.
 
     Raises:
-        DataError: an empty prompt row, or prompt + max_new_tokens beyond the model's context.
+        DataError: an empty or right-padded prompt row, or prompt + max_new_tokens beyond the model's context.
         ConfigError: an argument out of range, or engine='fused' on an unsupported architecture.
     """
     _check_args(max_new_tokens, num_samples, temperature, top_k, top_p)
@@ -355,6 +362,8 @@ def generate(
         raise DataError("no prompts to generate from")
     if not bool(prompt_mask.any(-1).all()):
         raise DataError("a prompt is empty (all padding); every prompt needs at least one token")
+    if not bool(prompt_mask[:, -1].all()):
+        raise DataError("prompts must be left-padded (the last column real for every row); see encode_prompts")
     B, P = prompt_ids.shape
     ctx = getattr(model.config, "max_position_embeddings", None)
     longest = int(prompt_mask.sum(-1).max())

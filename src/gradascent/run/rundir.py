@@ -1,6 +1,7 @@
 """The run directory contract shared by every trainer.
 
     OUT/config.yaml      the resolved config (every field, defaults included)
+    OUT/run.json         which config class (hence which trainer) wrote the run, for `gradascent resume`
     OUT/metrics.jsonl    one JSON object per logged step: {"step": k, <counters>, <metrics>}
     OUT/summary.json     the final figures
     OUT/checkpoints/     step_XXXXXXXX/ directories written atomically (run.checkpoint)
@@ -52,7 +53,10 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     def write_config(self, cfg: Any) -> None:
+        """Write config.yaml and run.json (which config class, hence which trainer, made this run)."""
         save_yaml(cfg, self.path / "config.yaml")
+        meta = {"config_class": f"{type(cfg).__module__}:{type(cfg).__qualname__}"}
+        (self.path / "run.json").write_text(json.dumps(meta) + "\n", encoding="utf-8")
 
     def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """Append one line {"step": step, **metrics} to metrics.jsonl and the TensorBoard scalars."""

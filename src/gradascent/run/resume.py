@@ -1,0 +1,50 @@
+"""`gradascent resume DIR`: continue any run from its newest complete checkpoint.
+
+The run directory says which config class made it (run.json); the trainer is the ``train`` function of the
+module that defines that class, called with the saved config and ``resume=True``. A config with an ``out``
+field gets DIR as its output directory, so a moved run directory resumes where it now is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+from gradascent.errors import CheckpointError, GradascentError
+from gradascent.run.checkpoint import latest_checkpoint
+from gradascent.run.config import load_config
+
+
+def resume_run(run_dir: str | Path) -> Any:
+    """Resume the run in ``run_dir``; returns what its trainer's ``train`` returns (the summary)."""
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "run.json"
+    if not meta_path.is_file():
+        raise GradascentError(f"{run_dir} is not a run directory: run.json is missing")
+    try:
+        module_name, _, cls_name = json.loads(meta_path.read_text(encoding="utf-8"))["config_class"].partition(":")
+        module = importlib.import_module(module_name)
+        cls = getattr(module, cls_name)
+    except (ValueError, KeyError, ImportError, AttributeError, TypeError):
+        raise GradascentError(f"{meta_path} does not name a known gradascent trainer") from None
+    if latest_checkpoint(run_dir / "checkpoints") is None:
+        raise CheckpointError(f"{run_dir} has no complete checkpoint to resume from")
+    train = getattr(module, "train", None)
+    if train is None or "resume" not in inspect.signature(train).parameters:
+        raise GradascentError(f"the trainer of {cls_name} cannot resume runs")
+    overrides = {"out": str(run_dir)} if any(f.name == "out" for f in dataclasses.fields(cls)) else None
+    cfg = load_config(cls, run_dir / "config.yaml", overrides=overrides)
+    return train(cfg, resume=True)
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("resume", parents=[common], help="continue a run from its newest complete checkpoint",
+                       description="Continue the run in DIR from its newest complete checkpoint, with the config "
+                                   "it was started with; the result equals a run that never stopped.")
+    p.add_argument("run_dir", metavar="DIR")
+    p.set_defaults(func=lambda args: (resume_run(args.run_dir), 0)[1])

@@ -1,0 +1,29 @@
+"""Bad input to the commands every run shares: plot and resume."""
+
+import json
+
+from gradascent.run import RunDir, save_checkpoint
+
+
+def test_plot_missing_dir(fails_cleanly, tmp_path):
+    fails_cleanly(["plot", str(tmp_path / "nope")], "nope")
+
+
+def test_plot_binary_metrics(fails_cleanly, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_bytes(b"\x00\xff\xfe\x81" * 50 + b"\n{}\n")
+    fails_cleanly(["plot", str(tmp_path / "r")], "metrics.jsonl")
+
+
+def test_resume_without_run_json(fails_cleanly, tmp_path):
+    fails_cleanly(["resume", str(tmp_path)], "run.json is missing")
+
+
+def test_resume_with_truncated_checkpoint_leaves_it_alone(fails_cleanly, tmp_path):
+    # A run directory of a trainer that exists, whose only checkpoint was cut short.
+    run = RunDir(tmp_path / "r", tensorboard=False)
+    (run.path / "run.json").write_text(json.dumps({"config_class": "gradascent.no_such_module:Cfg"}))
+    ckpt = save_checkpoint(run.checkpoints, 3, {"w": __import__("torch").ones(100)})
+    data = (ckpt / "tensors.safetensors").read_bytes()
+    (ckpt / "tensors.safetensors").write_bytes(data[:40])
+    fails_cleanly(["resume", str(run.path)], "run.json", protect=run.checkpoints)
