@@ -19,6 +19,9 @@ from gradascent.errors import GradascentError
 COMMAND_MODULES: list[str] = [
     "gradascent.demo",
     "gradascent.algos.sft",
+    "gradascent.algos.reward_model",
+    "gradascent.algos.ppo_rlhf",
+    "gradascent.algos.rlhf",
     "gradascent.algos.grpo",
     "gradascent.run.plot",
     "gradascent.run.resume",

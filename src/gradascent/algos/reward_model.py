@@ -1,0 +1,308 @@
+"""Reward model: a scalar head on the SFT model, trained on preference pairs with the Bradley-Terry loss.
+
+Papers: Bradley & Terry 1952; Ziegler et al. 2019 (arXiv:1909.08593) and Ouyang et al. 2022 (InstructGPT,
+arXiv:2203.02155, eq. 1): r_phi(x, y) is a linear head on the last hidden state of the last token of
+prompt + completion, and L = -log sigmoid(r_phi(x, y_c) - r_phi(x, y_r)) (docs/equations.md, eq. 20).
+Options: a per-pair margin m (Touvron et al. 2023, Llama 2) and the centring term
+c * (r_c + r_r)^2 (Eisenstein et al. 2023), both through ``core.bradley_terry_loss``.
+
+One step reads top to bottom: a minibatch of pairs -> chosen and rejected sequences in one forward ->
+Bradley-Terry loss -> AdamW step. Held-out pairwise accuracy is measured at the start, every
+``eval_every`` steps and at the end.
+
+Deliberate choices:
+
+- The sequence the head reads is prompt + completion + EOS, exactly what PPO's sampler produces for a
+  finished completion, so the reward model scores at the token where PPO reads it.
+- The head starts from N(0, 1/(H+1)) (lm.heads); no reward normalisation after training (Ziegler et al.
+  normalise to mean 0 and std 1 over the SFT policy's samples; the KL controller and advantage whitening of
+  PPO make it unnecessary here, and ``center_coef`` keeps the scale anchored when wanted).
+- With ``lora_r > 0`` only a LoRA adapter of the backbone and the head are trained; the saved model is the
+  merged one (loadable like any other), and the adapter is saved beside it (``model/lora``) so that PPO can
+  share the SFT weights between policy, reference and reward model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradascent.algos.rlhf_data import PreferencePair, encode_sequences, preference_data
+from gradascent.core import bradley_terry_loss
+from gradascent.errors import ConfigError
+from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from gradascent.run.config import add_config_flags, flag_values, load_config, read_yaml, require, to_dict
+from gradascent.run.guard import NonFiniteGuard, StopOnSignal
+from gradascent.run.progress import progress_bar
+from gradascent.run.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    model: str = ""
+    """The SFT model directory the reward model starts from (its backbone; the head is new). Required."""
+    data: str = "preference"
+    """Preference pairs: a built-in task name ('preference'), or a JSONL file of
+    {"prompt", "chosen", "rejected"} rows (optional numeric "margin")."""
+    out: str = "runs/rm"
+    """Run directory: config.yaml, metrics.jsonl, summary.json, checkpoints/ and model/."""
+    seed: int = 0
+    """Seed of the pair order (and of the built-in task's pairs)."""
+    device: str = "cpu"
+    """Torch device, e.g. 'cpu' or 'cuda'."""
+    train_pairs: int = 4000
+    """Training pairs drawn from the built-in task (a JSONL file uses all its rows but the held-out ones)."""
+    eval_pairs: int = 256
+    """Held-out pairs of the built-in task for the pairwise accuracy."""
+    eval_fraction: float = 0.1
+    """Share of a JSONL file's pairs held out for the pairwise accuracy (a seeded split)."""
+    epochs: int = 1
+    """Passes over the training pairs (Ouyang et al. 2022: 1; more overfits)."""
+    batch_size: int = 32
+    """Pairs per gradient step (InstructGPT: 64 prompts of K=4..9 completions)."""
+    lr: float = 1e-3
+    """AdamW learning rate (Ouyang et al.: 9e-6 for 6B; tiny models from scratch take larger ones)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient norm clip."""
+    use_margin: bool = False
+    """Use each pair's 'margin' as m in -log sigmoid(r_c - r_r - m) (Llama 2); pairs without one get 0."""
+    center_coef: float = 0.0
+    """Weight c of the centring term c * (r_c + r_r)^2 (Eisenstein et al. 2023: 0.01); 0: off."""
+    max_length: int = 256
+    """The most tokens of prompt + completion + EOS; a longer pair is an error, never truncated."""
+    lora_r: int = 0
+    """LoRA rank of the backbone's adapter (Hu et al. 2021); 0: the whole backbone is trained. Needs peft."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator (update = alpha / r * B A)."""
+    eval_every: int = 0
+    """Steps between held-out evaluations (besides start and end); 0: start and end only."""
+    log_every: int = 10
+    """Steps between rows of metrics.jsonl."""
+    checkpoint_every: int = 0
+    """Steps between checkpoints (and one at the end); 0: only at the end."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep."""
+    max_nonfinite: int = 5
+    """Consecutive non-finite losses or gradients tolerated (each skips its step) before the run stops."""
+    resume: bool = True
+    """Continue from the newest checkpoint in `out` when there is one (with the same config)."""
+
+    def __post_init__(self) -> None:
+        require(self.train_pairs >= 1, "train_pairs", self.train_pairs, "an int >= 1")
+        require(self.eval_pairs >= 1, "eval_pairs", self.eval_pairs, "an int >= 1")
+        require(0 < self.eval_fraction < 1, "eval_fraction", self.eval_fraction, "a float in (0, 1)")
+        require(self.epochs >= 1, "epochs", self.epochs, "an int >= 1")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
+        require(self.lr > 0, "lr", self.lr, "a float > 0")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a float >= 0")
+        require(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "a float > 0")
+        require(self.center_coef >= 0, "center_coef", self.center_coef, "a float >= 0")
+        require(self.max_length >= 2, "max_length", self.max_length, "an int >= 2")
+        require(self.lora_r >= 0, "lora_r", self.lora_r, "an int >= 0")
+        require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "a float > 0")
+        require(self.eval_every >= 0, "eval_every", self.eval_every, "an int >= 0")
+        require(self.log_every >= 1, "log_every", self.log_every, "an int >= 1")
+        require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "an int >= 0")
+        require(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an int >= 1")
+        require(self.max_nonfinite >= 1, "max_nonfinite", self.max_nonfinite, "an int >= 1")
+
+
+RESUMABLE_CHANGES = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "resume", "eval_every"})
+
+
+def pair_batch(tokenizer: Any, pairs: list[PreferencePair], max_length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen rows then rejected rows, one padded batch. Shapes: -> ids, mask (2B, L)."""
+    prompts = [p.prompt for p in pairs] * 2
+    completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    where = [f"{p.where} (chosen)" for p in pairs] + [f"{p.where} (rejected)" for p in pairs]
+    ids, mask = encode_sequences(tokenizer, prompts, completions, add_eos=True, max_length=max_length, where=where)
+    return ids.to(device), mask.to(device)
+
+
+def pair_rewards(model: nn.Module, tokenizer: Any, pairs: list[PreferencePair], max_length: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r_chosen, r_rejected), each (B,)."""
+    ids, mask = pair_batch(tokenizer, pairs, max_length, device)
+    r = model(ids, mask)  # (2B,)
+    return r[:len(pairs)], r[len(pairs):]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, tokenizer: Any, pairs: list[PreferencePair], cfg: RewardModelConfig) -> dict[str, float]:
+    """Held-out pairwise accuracy (fraction with r_chosen > r_rejected), loss and mean margin."""
+    was_training = model.training
+    model.eval()
+    rc, rr = [], []
+    for k in range(0, len(pairs), 64):
+        c, r = pair_rewards(model, tokenizer, pairs[k:k + 64], cfg.max_length, torch.device(cfg.device))
+        rc.append(c)
+        rr.append(r)
+    model.train(was_training)
+    loss, stats = bradley_terry_loss(torch.cat(rc), torch.cat(rr))
+    return {"eval_accuracy": float(stats["accuracy"]), "eval_loss": float(loss), "eval_margin": float(stats["margin"]),
+            "eval_reward_mean": float(torch.cat(rc + rr).mean())}
+
+
+def _order(n: int, epoch: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
+    """Train a reward model as configured; returns the summary (also written to ``out/summary.json``).
+
+    The model is saved to ``out/model`` (``lm.RewardModel.from_pretrained`` loads it).
+    """
+    from gradascent.lm import adapters
+    from gradascent.lm.heads import RewardModel
+
+    if not cfg.model:
+        raise ConfigError("config key 'model' is empty: give the SFT model directory the reward model starts from")
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    run = RunDir(cfg.out)
+    resume_from = latest_checkpoint(run.checkpoints) if cfg.resume else None
+    if resume_from is not None:
+        _check_resume(cfg, run)
+    run.write_config(cfg)
+    device = torch.device(cfg.device)
+
+    train, held_out = preference_data(cfg.data, cfg.train_pairs, cfg.eval_pairs, cfg.seed, cfg.eval_fraction)
+    model, tok = RewardModel.from_pretrained(cfg.model, new_head=True, device=device)
+    lora = None
+    if cfg.lora_r > 0:
+        fingerprint = adapters.base_fingerprint(model.backbone)
+        lora = adapters.add_lora(model.backbone, "reward", cfg.lora_r, cfg.lora_alpha)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    guard = NonFiniteGuard(cfg.max_nonfinite)
+    start = 0
+    first_eval: dict[str, float] = {}
+    if resume_from is not None:
+        _, state = load_checkpoint(resume_from)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"])
+        guard.load_state_dict(state["guard"])
+        start, first_eval = int(state["step"]), dict(state["first_eval"])
+        run.truncate_metrics(start)
+    else:
+        if run.metrics_path.exists():
+            run.metrics_path.unlink()
+        first_eval = evaluate(model, tok, held_out, cfg)
+        run.log(0, {"pairs": 0, **first_eval})
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(run.checkpoints, step, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": capture_rng(),
+            "guard": guard.state_dict(), "step": step, "first_eval": first_eval,
+        }, keep_last=cfg.keep_checkpoints)
+
+    last_eval = first_eval
+    window: dict[str, float] = {}
+    n_window = 0
+    bar = progress_bar(total, "rm")
+    bar.update(start)
+    with StopOnSignal() as stop:
+        for step in range(start, total):
+            t0 = time.perf_counter()
+            epoch, k = divmod(step, steps_per_epoch)
+            order = _order(len(train), epoch, cfg.seed)
+            batch = [train[i] for i in order[k * cfg.batch_size:(k + 1) * cfg.batch_size]]
+            r_chosen, r_rejected = pair_rewards(model, tok, batch, cfg.max_length, device)
+            margin = torch.tensor([p.margin or 0.0 for p in batch], device=device) if cfg.use_margin else None
+            loss, stats = bradley_terry_loss(r_chosen, r_rejected, margin, cfg.center_coef)  # (20)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if guard.check(loss, params, where=f"step {step + 1}"):
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+            else:
+                optimizer.zero_grad(set_to_none=True)
+            for key, v in stats.items():
+                window[key] = window.get(key, 0.0) + float(v)
+            n_window += 1
+            done = step + 1
+            bar.update(1)
+            row: dict[str, Any] = {}
+            if done == total or (cfg.eval_every and done % cfg.eval_every == 0):
+                last_eval = evaluate(model, tok, held_out, cfg)
+                row.update(last_eval)
+            if done % cfg.log_every == 0 or done == total or row:
+                row = {"pairs": min(done * cfg.batch_size, cfg.epochs * len(train)),
+                       **{k: v / n_window for k, v in window.items()}, **row,
+                       "skipped_steps": guard.skipped, "wall_s": time.perf_counter() - t0}
+                run.log(done, row)
+                window, n_window = {}, 0
+            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == total:
+                checkpoint(done)
+            if stop.requested and done < total:
+                checkpoint(done)
+                bar.close()
+                run.close()
+                return {"stopped": f"stopped by {stop.requested} after step {done}; run the same command again "
+                                   "to resume", "steps_done": done}
+    bar.close()
+
+    out_dir = run.path / "model"
+    if lora is not None:
+        merged = RewardModel(adapters.merged_copy(lora, "reward"), model.head)
+        merged.save_pretrained(out_dir, tok)
+        adapters.save_adapter(lora, "reward", out_dir, fingerprint)
+    else:
+        model.save_pretrained(out_dir, tok)
+    summary = {
+        "rm_accuracy": last_eval["eval_accuracy"], "rm_accuracy_initial": first_eval["eval_accuracy"],
+        "eval_loss": last_eval["eval_loss"], "eval_margin": last_eval["eval_margin"], "steps": total,
+        "train_pairs": len(train), "eval_pairs": len(held_out), "skipped_steps": guard.skipped,
+        "model_dir": str(out_dir), "wall_s": time.perf_counter() - t_start,
+    }
+    run.write_summary(summary)
+    run.close()
+    return summary
+
+
+def _check_resume(cfg: RewardModelConfig, run: RunDir) -> None:
+    saved_path = run.path / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved, now = read_yaml(saved_path), to_dict(cfg)
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        raise ConfigError(f"{run.path} holds a run with another config ({', '.join(changed)} differ); resume it with "
+                          "the same config, or choose another 'out' (or set resume: false to start afresh)")
+
+
+# --- command line --------------------------------------------------------------------------------------
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("rm", parents=[common], help="train a reward model on preference pairs",
+                       description="Train a scalar reward model on preference pairs with the Bradley-Terry loss, "
+                                   "starting from the SFT model. Writes the run directory and out/model.")
+    p.add_argument("--config", metavar="FILE.yaml", default=None, help="YAML file of RewardModelConfig fields")
+    add_config_flags(p, RewardModelConfig)
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    cfg = load_config(RewardModelConfig, args.config, flag_overrides=flag_values(args))
+    summary = train_reward_model(cfg)
+    if "stopped" in summary:
+        print(f"gradascent rm: {summary['stopped']}", file=sys.stderr)
+        return 130
+    print(f"rm: held-out pairwise accuracy {summary['rm_accuracy']:.3f} (start {summary['rm_accuracy_initial']:.3f}); "
+          f"model in {summary['model_dir']}")
+    return 0

@@ -1,0 +1,180 @@
+"""RLHF end to end on one config: SFT -> reward model -> PPO (Ouyang et al. 2022, InstructGPT, fig. 2).
+
+    gradascent rlhf --config rlhf.yaml           # or the built-in default: the preference task
+
+``RLHFConfig`` holds the three stages' configs as sections ``sft``, ``rm`` and ``ppo``; the chain fills in
+what connects them, so those fields are not set by hand:
+
+    sft.out = OUT/sft        sft.task = task         sft.seed = seed
+    rm.out  = OUT/rm         rm.data  = task         rm.seed  = seed     rm.model = OUT/sft/model
+    ppo.out = OUT/ppo        ppo.prompts = task      ppo.seed = seed     ppo.policy = OUT/sft/model
+                                                                        ppo.reward_model = OUT/rm/model
+
+Each stage writes its own run directory under OUT; OUT itself holds config.yaml, metrics.jsonl (one row
+per finished stage), summary.json and checkpoints/ (empty: the stages checkpoint themselves). Running the
+same command again skips the stages that finished with the same config and resumes the one that was
+interrupted from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gradascent.algos.ppo_rlhf import PPORLHFConfig, train_ppo_rlhf
+from gradascent.algos.reward_model import RewardModelConfig, train_reward_model
+from gradascent.algos.sft import SFTConfig, train_sft
+from gradascent.errors import ConfigError
+from gradascent.run.config import add_config_flags, flag_values, load_config, read_yaml, require, to_dict
+from gradascent.run.rundir import RunDir
+
+# Fields of each section that the chain sets (section field -> where its value comes from).
+CHAIN_FIELDS: dict[str, tuple[str, ...]] = {
+    "sft": ("out", "task", "seed", "resume"),
+    "rm": ("out", "data", "seed", "model"),
+    "ppo": ("out", "prompts", "seed", "policy", "reward_model"),
+}
+
+
+@dataclass(frozen=True)
+class RLHFConfig:
+    out: str = "runs/rlhf"
+    """Run directory of the chain; the stages write OUT/sft, OUT/rm and OUT/ppo."""
+    task: str = "preference"
+    """Data of every stage: a built-in task ('preference': pairs from a hidden scoring rule that also judges
+    the final policy) or a JSONL file of preference rows {prompt, chosen, rejected} (SFT trains on chosen)."""
+    seed: int = 0
+    """Seed of every stage."""
+    sft: SFTConfig = SFTConfig(model="qwen2-micro", n_train=2000, n_eval=100, steps=300, batch_size=32, lr=3e-3,
+                               warmup_steps=20, eval_every=0, eval_generate=64, save_every=100, log_every=20)
+    """Stage 1, supervised fine-tuning on the chosen completions (`gradascent sft`)."""
+    rm: RewardModelConfig = RewardModelConfig(train_pairs=4000, eval_pairs=256, epochs=1, batch_size=32, lr=1e-3,
+                                              checkpoint_every=50)
+    """Stage 2, the reward model on the preference pairs (`gradascent rm`)."""
+    ppo: PPORLHFConfig = PPORLHFConfig()
+    """Stage 3, PPO against the reward model with a KL penalty to the SFT model (`gradascent ppo`)."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.out), "out", self.out, "a directory")
+        defaults = {"sft": SFTConfig(), "rm": RewardModelConfig(), "ppo": PPORLHFConfig()}
+        for section, fields in CHAIN_FIELDS.items():
+            sub, default = getattr(self, section), defaults[section]
+            for f in fields:
+                if getattr(sub, f) != getattr(default, f):
+                    raise ConfigError(f"config key '{section}.{f}' is set by the rlhf chain (from out, task and "
+                                      f"seed, and the stage before); leave it out of the config")
+
+
+def stage_configs(cfg: RLHFConfig) -> tuple[SFTConfig, RewardModelConfig, PPORLHFConfig]:
+    """The three stages' configs with the fields that connect them filled in."""
+    out = Path(cfg.out)
+    sft_model = str(out / "sft" / "model")
+    sft = dataclasses.replace(cfg.sft, out=str(out / "sft"), task=cfg.task, seed=cfg.seed, resume=True)
+    rm = dataclasses.replace(cfg.rm, out=str(out / "rm"), data=cfg.task, seed=cfg.seed, model=sft_model)
+    ppo = dataclasses.replace(cfg.ppo, out=str(out / "ppo"), prompts=cfg.task, seed=cfg.seed, policy=sft_model,
+                              reward_model=str(out / "rm" / "model"))
+    return sft, rm, ppo
+
+
+def _finished(stage_cfg: Any, model_dir: str) -> dict[str, Any] | None:
+    """The summary of a stage that already finished with this very config, else None. A finished stage with
+    another config is an error: its outputs feed the next stages."""
+    out = Path(stage_cfg.out)
+    summary_path, config_path = out / "summary.json", out / "config.yaml"
+    if not (summary_path.is_file() and config_path.is_file() and Path(model_dir).is_dir()):
+        return None
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    if "stopped" in summary or "stopped_by" in summary:
+        return None
+    if read_yaml(config_path) != to_dict(stage_cfg):
+        raise ConfigError(f"{out} holds a finished stage run with another config; choose another 'out' for the "
+                          "chain (or remove that directory)")
+    return summary
+
+
+def run_rlhf(cfg: RLHFConfig) -> dict[str, Any]:
+    """SFT -> reward model -> PPO; returns the summary (also in ``out/summary.json``)."""
+    t0 = time.perf_counter()
+    run = RunDir(cfg.out)
+    run.write_config(cfg)
+    sft_cfg, rm_cfg, ppo_cfg = stage_configs(cfg)
+    if run.metrics_path.exists():
+        run.metrics_path.unlink()  # one row per stage, rewritten on every invocation
+
+    t = time.perf_counter()
+    sft = _finished(sft_cfg, rm_cfg.model) or train_sft(sft_cfg)
+    if "stopped_by" in sft:
+        return _stopped(run, "sft", sft["stopped_by"])
+    run.log(1, {"stage": "sft", "wall_s": time.perf_counter() - t, **_numbers(sft)})
+
+    t = time.perf_counter()
+    rm = _finished(rm_cfg, ppo_cfg.reward_model) or train_reward_model(rm_cfg)
+    if "stopped" in rm:
+        return _stopped(run, "rm", rm["stopped"])
+    run.log(2, {"stage": "rm", "wall_s": time.perf_counter() - t, **_numbers(rm)})
+
+    t = time.perf_counter()
+    ppo = _finished(ppo_cfg, str(Path(ppo_cfg.out) / "policy")) or train_ppo_rlhf(ppo_cfg)
+    if "stopped" in ppo:
+        return _stopped(run, "ppo", ppo["stopped"])
+    run.log(3, {"stage": "ppo", "wall_s": time.perf_counter() - t, **_numbers(ppo)})
+
+    summary = {
+        "rm_accuracy": rm["rm_accuracy"],
+        "hidden_score_sft": ppo["hidden_score_sft"],
+        "hidden_score_policy": ppo["hidden_score_policy"],
+        "kl_to_reference": ppo["kl_to_reference"],
+        "kl_target": ppo_cfg.kl_target,
+        "rm_score_sft": ppo["rm_score_sft"],
+        "rm_score_policy": ppo["rm_score_policy"],
+        "sft_eval_loss": sft.get("eval/loss"),
+        "policy_dir": str(Path(ppo_cfg.out) / "policy"),
+        "reward_model_dir": rm_cfg.out + "/model",
+        "sft_model_dir": rm_cfg.model,
+        "wall_s": time.perf_counter() - t0,
+    }
+    run.write_summary(summary)
+    run.close()
+    return summary
+
+
+def _numbers(summary: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and k != "wall_s"}
+
+
+def _stopped(run: RunDir, stage: str, why: str) -> dict[str, Any]:
+    run.close()
+    return {"stopped": f"{stage} stage: {why}"}
+
+
+# --- command line --------------------------------------------------------------------------------------
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("rlhf", parents=[common], help="SFT -> reward model -> PPO on one config",
+                       description="RLHF end to end: supervised fine-tuning, a reward model on preference pairs, "
+                                   "then PPO against it with a KL penalty to the SFT model. Sections sft, rm, ppo "
+                                   "of the config (flags --sft.FIELD, --rm.FIELD, --ppo.FIELD) configure the stages.")
+    p.add_argument("--config", metavar="FILE.yaml", default=None, help="YAML file of RLHFConfig fields")
+    add_config_flags(p, RLHFConfig)
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    cfg = load_config(RLHFConfig, args.config, flag_overrides=flag_values(args))
+    summary = run_rlhf(cfg)
+    if "stopped" in summary:
+        print(f"gradascent rlhf: {summary['stopped']}; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"rlhf: reward-model accuracy {summary['rm_accuracy']:.3f}; hidden score of greedy completions "
+          f"SFT {summary['hidden_score_sft']:.3f} -> policy {summary['hidden_score_policy']:.3f}; "
+          f"KL to reference {summary['kl_to_reference']:.2f} nats (target {summary['kl_target']:g}); "
+          f"{summary['wall_s']:.0f} s; results in {cfg.out}")
+    return 0

@@ -1,0 +1,158 @@
+"""LoRA adapters over one frozen base model, so that several roles share its weights.
+
+LoRA (Hu et al. 2021, arXiv:2106.09685) adds a trainable low-rank update B A (rank r, scaled by alpha / r) to
+chosen linear layers and leaves the base weights frozen. RLHF uses it to keep one copy of the SFT weights
+in memory for three roles:
+
+- the policy: the base plus a trainable adapter named ``policy``;
+- the reference pi_ref: the same base with every adapter switched off (``use_adapter(handle, None)``);
+- the reward model: the base plus a frozen adapter named ``reward`` trained by ``gradascent rm`` with
+  ``lora_r > 0``, and its scalar head.
+
+``peft`` is an optional dependency (``pip install 'gradascent[lora]'``); without it these functions raise a
+``ConfigError`` that says so. ``add_lora`` changes the model in place: the module you hold keeps working as
+an ordinary ``transformers`` causal LM (``model(...)``, ``model.base_model`` for the heads) with the active
+adapter applied, and the returned handle switches adapters. The fused sampling engine reads base weights
+directly and would ignore an adapter: sample such a model with ``engine='hf'``.
+
+An adapter trained for a reward model only makes sense on the base it was trained on; ``base_fingerprint``
+(a hash of the base weights) is stored beside it and checked when it is loaded onto another model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradascent.errors import CheckpointError, ConfigError
+
+# The attention and MLP projections of Qwen2 / Llama style decoders.
+DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_DIR = "lora"
+
+
+def require_peft() -> Any:
+    """The ``peft`` module, or a ConfigError naming the optional dependency."""
+    try:
+        import peft
+    except ImportError:
+        raise ConfigError("LoRA adapters need the optional dependency peft: pip install 'gradascent[lora]' "
+                          "(or turn LoRA off)") from None
+    return peft
+
+
+def add_lora(
+    model: nn.Module,
+    name: str,
+    r: int,
+    alpha: float,
+    dropout: float = 0.0,
+    target_modules: Sequence[str] = DEFAULT_TARGETS,
+    handle: Any = None,
+) -> Any:
+    """Add a trainable LoRA adapter ``name`` to ``model`` (in place) and make it the active one.
+
+    Returns the peft handle used to switch adapters (pass it back as ``handle`` to add a second adapter).
+    Only the new adapter's parameters require gradients afterwards.
+    """
+    peft = require_peft()
+    lcfg = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                           bias="none")
+    if handle is None:
+        handle = peft.get_peft_model(model, lcfg, adapter_name=name)
+    else:
+        handle.add_adapter(name, lcfg)
+    set_active(handle, name)
+    return handle
+
+
+def set_active(handle: Any, name: str) -> None:
+    """Make adapter ``name`` the one applied; only its parameters require gradients."""
+    handle.set_adapter(name)
+    for pname, p in handle.base_model.model.named_parameters():
+        p.requires_grad_(f".{name}." in pname and "lora_" in pname)
+
+
+@contextlib.contextmanager
+def use_adapter(handle: Any, name: str | None) -> Iterator[None]:
+    """Temporarily apply adapter ``name`` (None: the bare base weights), restoring the active adapter and
+    every parameter's ``requires_grad`` afterwards. Meant for frozen roles under ``torch.no_grad``."""
+    model = handle.base_model.model
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    previous = handle.active_adapter
+    try:
+        if name is None:
+            with handle.disable_adapter():
+                yield
+        else:
+            handle.set_adapter(name)
+            yield
+    finally:
+        if name is not None:
+            handle.set_adapter(previous)
+        for n, p in model.named_parameters():
+            p.requires_grad_(trainable[n])
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the names and bytes of the base weights (LoRA parameters excluded), in name order."""
+    h = hashlib.sha256()
+    state = model.state_dict()
+    for key in sorted(state):
+        if "lora_" in key:
+            continue
+        t = state[key].detach().cpu().contiguous()
+        # peft renames wrapped layers' weights to ...base_layer.weight; hash the plain name so a model
+        # with adapters and the same model without them agree.
+        h.update(key.replace(".base_layer", "").encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_adapter(handle: Any, name: str, path: str | Path, fingerprint: str) -> Path:
+    """Write adapter ``name`` to ``path/lora`` (peft's format) with the fingerprint of its base."""
+    out = Path(path) / LORA_DIR
+    handle.save_pretrained(str(out), selected_adapters=[name])
+    (out / "base.json").write_text(json.dumps({"adapter": name, "base_fingerprint": fingerprint}, indent=2) + "\n",
+                                   encoding="utf-8")
+    return out
+
+
+def has_adapter(path: str | Path) -> bool:
+    return (Path(path) / LORA_DIR / "base.json").is_file()
+
+
+def load_adapter(handle: Any, path: str | Path, name: str, base: nn.Module) -> None:
+    """Load the adapter saved under ``path/lora`` onto ``handle`` as ``name`` (frozen), after checking that it
+    was trained on ``base``'s weights. The handle's active adapter is left as it was."""
+    require_peft()
+    src = Path(path) / LORA_DIR
+    try:
+        meta = json.loads((src / "base.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"no usable LoRA adapter in {src}: {exc}") from None
+    if meta.get("base_fingerprint") != base_fingerprint(base):
+        raise ConfigError(f"the LoRA adapter in {src} was trained on other base weights than the policy's; "
+                          "sharing base weights needs the reward model trained with LoRA on the same SFT model")
+    saved = src / str(meta.get("adapter", name))
+    if not (saved / "adapter_config.json").is_file():
+        saved = src
+    previous = handle.active_adapter
+    handle.load_adapter(str(saved), adapter_name=name, is_trainable=False)
+    set_active(handle, previous)
+
+
+def merged_copy(handle: Any, name: str) -> nn.Module:
+    """A plain ``transformers`` model with adapter ``name`` merged into a copy of the base weights; the
+    handle and its model are left untouched."""
+    clone = copy.deepcopy(handle)
+    clone.set_adapter(name)
+    return clone.merge_and_unload(adapter_names=[name])

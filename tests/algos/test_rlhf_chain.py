@@ -1,0 +1,76 @@
+"""`gradascent rlhf`: SFT -> reward model -> PPO on one config, each stage's run directory and models."""
+
+import json
+
+from _rlhf_fixtures import cli_error
+from gradascent.cli import main
+from gradascent.lm import RewardModel, ValueModel, load_model
+
+TINY = """\
+seed: 3
+sft:
+  model: qwen2-micro
+  n_train: 64
+  n_eval: 8
+  steps: 4
+  batch_size: 16
+  warmup_steps: 0
+  eval_generate: 4
+  save_every: 0
+rm:
+  train_pairs: 32
+  eval_pairs: 16
+  batch_size: 16
+ppo:
+  updates: 2
+  batch_size: 8
+  minibatch_size: 4
+  epochs: 1
+  max_new_tokens: 6
+  eval_prompts: 4
+  eval_every: 0
+"""
+
+
+def test_chain_writes_every_stage_and_a_summary(tmp_path, capsys):
+    cfg = tmp_path / "rlhf.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    assert main(["rlhf", "--config", str(cfg), "--out", str(out), "--ppo.kl-coef", "0.3"]) == 0
+    printed = capsys.readouterr().out
+    assert "hidden score of greedy completions SFT" in printed
+
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("rm_accuracy", "hidden_score_sft", "hidden_score_policy", "kl_to_reference"):
+        assert isinstance(summary[key], float), key
+    assert (out / "config.yaml").read_text().count("kl_coef: 0.3") == 1  # the flag reached the ppo section
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["stage"]) for r in rows] == [(1, "sft"), (2, "rm"), (3, "ppo")]
+    for stage in ("sft", "rm", "ppo"):
+        for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints"):
+            assert (out / stage / name).exists(), (stage, name)
+    ppo_cfg = (out / "ppo" / "config.yaml").read_text()
+    assert f"policy: {out}/sft/model" in ppo_cfg and f"reward_model: {out}/rm/model" in ppo_cfg
+    assert "seed: 3" in ppo_cfg
+
+    # Every model the chain wrote loads with the lm API (plain from_pretrained directories).
+    load_model(out / "sft" / "model")
+    RewardModel.from_pretrained(out / "rm" / "model")
+    load_model(out / "ppo" / "policy")
+    ValueModel.from_pretrained(out / "ppo" / "value")
+
+    # Running it again finds every stage finished with the same config and trains nothing.
+    mtime = (out / "ppo" / "policy" / "model.safetensors").stat().st_mtime_ns
+    assert main(["rlhf", "--config", str(cfg), "--out", str(out), "--ppo.kl-coef", "0.3"]) == 0
+    assert (out / "ppo" / "policy" / "model.safetensors").stat().st_mtime_ns == mtime
+    again = json.loads((out / "summary.json").read_text())
+    assert {k: v for k, v in again.items() if k != "wall_s"} == {k: v for k, v in summary.items() if k != "wall_s"}
+
+    # A changed stage config with the same out directory is refused rather than mixed with the old run.
+    line = cli_error(capsys, "rlhf", "--config", str(cfg), "--out", str(out), "--ppo.kl-coef", "0.5")
+    assert "holds a finished stage run with another config" in line
+
+
+def test_fields_the_chain_connects_cannot_be_set(tmp_path, capsys):
+    line = cli_error(capsys, "rlhf", "--out", str(tmp_path / "x"), "--ppo.policy", "elsewhere")
+    assert "config key 'ppo.policy' is set by the rlhf chain" in line
