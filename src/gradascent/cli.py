@@ -17,6 +17,7 @@ from gradascent.errors import GradascentError
 
 # Modules that contribute commands, in the order of `gradascent --help`.
 COMMAND_MODULES: list[str] = [
+    "gradascent.rl.cli",
 ]
 
 
