@@ -108,9 +108,10 @@ class ActorCritic(nn.Module):
 
     def sample(self, params: Tensor) -> Tensor:
         """One action per row drawn from pi(.|s); the same law as ``distribution(params).sample()`` with
-        fewer operations, for the per-step loop of a rollout."""
+        fewer operations, for the per-step loop of a rollout. Categorical: the Gumbel-max trick,
+        argmax_a(z_a + g_a) with g_a = -log(E_a), E_a ~ Exp(1) i.i.d."""
         if self.log_std is None:
-            return torch.multinomial(torch.softmax(params, dim=-1), 1).squeeze(-1)
+            return (params - torch.empty_like(params).exponential_().log()).argmax(dim=-1)
         mean, log_std = params.chunk(2, dim=-1)
         return mean + log_std.exp() * torch.randn_like(mean)
 

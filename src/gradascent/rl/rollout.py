@@ -127,15 +127,15 @@ class Collector:
             real = ~self._prev_done  # False on the reset transition
             counted = real & ~finished if first_episode_only else real
             done = term | trunc
-            self._ep_return[real] += reward[real]
-            self._ep_length[real] += 1
-            ended = counted & done
-            if ended.any():
+            np.add(self._ep_return, reward, out=self._ep_return, where=real)
+            self._ep_length += real
+            if done.any():
+                ended = counted & done
                 ep_returns.extend(self._ep_return[ended].tolist())
                 ep_lengths.extend(self._ep_length[ended].tolist())
-            self._ep_return[done] = 0.0
-            self._ep_length[done] = 0
-            finished |= ended
+                self._ep_return[done] = 0.0
+                self._ep_length[done] = 0
+                finished |= ended
             self._prev_done = done
 
             obs_l.append(obs)
