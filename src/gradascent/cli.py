@@ -18,6 +18,7 @@ from gradascent.errors import GradascentError
 # Modules that contribute commands, in the order of `gradascent --help`.
 COMMAND_MODULES: list[str] = [
     "gradascent.demo",
+    "gradascent.rl.cli",
     "gradascent.algos.sft",
     "gradascent.algos.reward_model",
     "gradascent.algos.ppo_rlhf",

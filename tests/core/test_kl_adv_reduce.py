@@ -17,6 +17,8 @@ from gradascent.core import (
     group_advantages,
     kl_estimate,
     masked_mean,
+    masked_sum,
+    masked_var,
     proportional_kl_coef,
     rloo_advantages,
     whiten,
@@ -138,3 +140,17 @@ def test_masked_slots_cannot_leak_nan():
     m = T_([[True, False]])
     assert masked_mean(x, m).item() == 1.0
     assert aggregate(x, m, "seq_mean_token_sum_norm").item() == 0.5
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-1e3, 1e3, width=32), min_size=1, max_size=40))
+def test_no_mask_is_bitwise_an_all_true_mask(values):
+    # mask=None takes a shorter path (no weight tensor); it must give exactly what an all-True mask gives.
+    x = torch.tensor(values)
+    everything = torch.ones_like(x, dtype=torch.bool)
+    assert torch.equal(masked_sum(x), masked_sum(x, everything))
+    assert torch.equal(masked_mean(x), masked_mean(x, everything))
+    assert torch.equal(masked_var(x), masked_var(x, everything))
+    assert torch.equal(aggregate(x), aggregate(x, everything))
+    m = x.reshape(1, -1)
+    assert torch.equal(masked_mean(m, dim=-1), masked_mean(m, everything.reshape(1, -1), dim=-1))

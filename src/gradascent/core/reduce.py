@@ -38,6 +38,8 @@ def _as_weight(x: Tensor, mask: Tensor | None) -> Tensor:
 
 def masked_sum(x: Tensor, mask: Tensor | None = None, dim: int | None = None) -> Tensor:
     """Sum of the counted elements of ``x`` (all of them, or along ``dim``). Shapes: x, mask (...)."""
+    if mask is None:  # everything counts: the same sum without building a weight tensor
+        return x.sum() if dim is None else x.sum(dim)
     w = _as_weight(x, mask)
     # where() instead of x*w so that a NaN or inf in a masked-out slot cannot leak into the sum.
     xw = torch.where(w > 0, x, torch.zeros_like(x)) * w
@@ -46,6 +48,8 @@ def masked_sum(x: Tensor, mask: Tensor | None = None, dim: int | None = None) ->
 
 def masked_mean(x: Tensor, mask: Tensor | None = None, dim: int | None = None) -> Tensor:
     """Mean of the counted elements; an empty selection gives 0, not NaN. Shapes: x, mask (...)."""
+    if mask is None:
+        return masked_sum(x, None, dim) / max(x.numel() if dim is None else x.shape[dim], 1)
     w = _as_weight(x, mask)
     count = w.sum() if dim is None else w.sum(dim)
     return masked_sum(x, mask, dim) / count.clamp(min=1.0)
@@ -86,6 +90,8 @@ def aggregate(
     if mode == "token_mean":
         total = masked_sum(values, mask)
         if num_tokens is None:
+            if mask is None:
+                return total / max(values.numel(), 1)
             count = _as_weight(values, mask).sum()
             return total / count.clamp(min=1.0)
         return total / num_tokens

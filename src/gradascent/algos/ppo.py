@@ -1,0 +1,145 @@
+"""PPO for classic control: the clipped surrogate (PPO-Clip) or the adaptive KL penalty (PPO-Penalty).
+
+Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv:1707.06347: L^CLIP (eq. 7 of the
+paper, eq. 10 of docs/equations.md) or L^KLPEN (paper eq. 8, our eq. 12) with beta adapted after each update
+(paper sec. 4, our eq. 17). Advantages by GAE (Schulman et al. 2015; eq. 5). The loop follows CleanRL's
+ppo.py and ppo_continuous_action.py.
+
+Deliberate deviations and choices:
+- One trainer for both losses (``loss``); PPO-Penalty's KL(pi_old || pi) is exact
+  (torch.distributions.kl_divergence from the stored parameters of pi_old), and beta is adapted once per
+  update from the batch-mean KL of the final policy, with threshold 2 and factor 2 (the paper: 1.5 and 2).
+- ``target_kl`` (PPO-Clip early stop, as in SB3) checks the minibatch's approx_kl before its step and ends
+  the update's epochs when it exceeds the target.
+- Advantages are whitened per minibatch (``norm_adv``); the value loss is unclipped unless ``vf_clip_eps``.
+- The environments are reseeded every ``save_every`` updates (exact resume, see algos/classic.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.distributions import kl_divergence
+
+from gradascent.algos.classic import ClassicConfig, ClassicRun, mean_stats
+from gradascent.core import (
+    adaptive_kl_coef,
+    clipped_surrogate_loss,
+    entropy_loss,
+    explained_variance,
+    gae,
+    kl_penalty_surrogate_loss,
+    value_loss,
+    whiten,
+)
+from gradascent.run.config import require
+
+
+@dataclass(frozen=True)
+class PPOConfig(ClassicConfig):
+    """PPO-Clip and PPO-Penalty. Defaults: CleanRL's CartPole settings."""
+
+    ent_coef: float = 0.01
+    loss: Literal["clip", "kl_penalty"] = "clip"
+    """Policy loss: the clipped surrogate (eq. 10) or the KL-penalised surrogate with adaptive beta (eq. 12)."""
+    num_steps: int = 128
+    """Steps per copy per update (T); a batch is num_envs * num_steps transitions."""
+    update_epochs: int = 4
+    """Passes over each batch (K in the PPO paper)."""
+    num_minibatches: int = 4
+    """Minibatches per epoch."""
+    lam: float = 0.95
+    """GAE lambda (eq. 5): 0 one-step TD, 1 Monte Carlo."""
+    clip_eps: float = 0.2
+    """Clip range epsilon of L^CLIP, in (0, 1); 0.2 in the paper."""
+    vf_clip_eps: float | None = None
+    """Clip range of the value loss (eq. 13), or null for the plain squared error."""
+    norm_adv: bool = True
+    """Whiten advantages per minibatch."""
+    target_kl: float | None = None
+    """PPO-Clip: end the update's epochs once a minibatch's approx_kl exceeds this (e.g. 0.015); null: off."""
+    kl_coef: float = 1.0
+    """PPO-Penalty: initial beta; the paper reports results insensitive to it since it adapts quickly."""
+    kl_target: float = 0.01
+    """PPO-Penalty: d_targ, the KL per update that beta steers towards (paper: 0.003 to 0.03)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.num_steps >= 1, "num_steps", self.num_steps, "an integer >= 1")
+        require(self.update_epochs >= 1, "update_epochs", self.update_epochs, "an integer >= 1")
+        require(self.num_minibatches >= 1, "num_minibatches", self.num_minibatches, "an integer >= 1")
+        require(0.0 <= self.lam <= 1.0, "lam", self.lam, "in [0, 1]")
+        require(0.0 < self.clip_eps < 1.0, "clip_eps", self.clip_eps, "in (0, 1)")
+        require(self.vf_clip_eps is None or self.vf_clip_eps > 0, "vf_clip_eps", self.vf_clip_eps,
+                "a float > 0 or null")
+        require(self.target_kl is None or self.target_kl > 0, "target_kl", self.target_kl, "a float > 0 or null")
+        require(self.kl_coef >= 0, "kl_coef", self.kl_coef, "a float >= 0")
+        require(self.kl_target > 0, "kl_target", self.kl_target, "a float > 0")
+
+
+def train(cfg: PPOConfig, out: str | Path | None = None, *, resume: bool = False,
+          progress: bool | None = None) -> dict[str, Any]:
+    """Train PPO on ``cfg.env``; writes the run directory ``out`` and returns the summary."""
+    algo = "ppo" if cfg.loss == "clip" else "ppo-penalty"
+    with ClassicRun(cfg, algo, out, resume=resume, progress=progress) as run:
+        policy, collector = run.policy, run.collector
+        kl_coef = run.algo_state.get("kl_coef", cfg.kl_coef)  # beta, carried across updates
+        while not run.done:
+            if run.update % cfg.save_every == 0:
+                collector.reset(seed=run.env_seed())
+            run.scheduled_lr()
+
+            # 1. Collect num_envs x num_steps transitions with pi_old.
+            batch = collector.collect(policy, cfg.num_steps)
+
+            # 2. Advantages by GAE (eq. 5); returns = adv + V are the critic's targets.
+            adv, returns = gae(batch.rewards, batch.values, batch.next_values, cfg.gamma, cfg.lam,
+                               batch.terminated, batch.truncated)
+            m = batch.mask  # drop the autoreset transitions, flatten (B, T) -> (N,)
+            obs, actions, params_old = batch.obs[m], batch.actions[m], batch.dist_params[m]
+            logp_old, values_old, adv, returns = batch.logp[m], batch.values[m], adv[m], returns[m]
+
+            # 3. Epochs of minibatches.
+            n = len(adv)
+            mb_size = -(-n // cfg.num_minibatches)
+            stats: list[dict[str, torch.Tensor]] = []
+            stop = False
+            for _epoch in range(cfg.update_epochs):
+                for idx in torch.randperm(n).split(mb_size):
+                    params, values = policy(obs[idx])
+                    dist = policy.distribution(params)
+                    logp = dist.log_prob(actions[idx])
+                    mb_adv = whiten(adv[idx]) if cfg.norm_adv else adv[idx]
+                    if cfg.loss == "clip":
+                        pg_loss, pg_stats = clipped_surrogate_loss(logp, logp_old[idx], mb_adv,
+                                                                   clip_eps_low=cfg.clip_eps)
+                    else:
+                        kl = kl_divergence(policy.distribution(params_old[idx]), dist)  # KL(pi_old || pi)
+                        pg_loss, pg_stats = kl_penalty_surrogate_loss(logp, logp_old[idx], mb_adv, kl, kl_coef)
+                    v_loss, v_stats = value_loss(values, returns[idx], values_old[idx], clip_eps=cfg.vf_clip_eps)
+                    ent_loss, ent_stats = entropy_loss(dist.entropy())
+                    loss = pg_loss + cfg.vf_coef * v_loss + cfg.ent_coef * ent_loss
+                    if cfg.target_kl is not None and float(pg_stats["approx_kl"]) > cfg.target_kl:
+                        stop = True
+                        break
+                    grad_norm = run.optimize(loss)
+                    stats.append({"policy_loss": pg_loss.detach(), **pg_stats, **v_stats, **ent_stats,
+                                  **({"grad_norm": grad_norm} if grad_norm is not None else {})})
+                if stop:
+                    break
+
+            # 4. PPO-Penalty: adapt beta from the batch-mean KL of the updated policy (eq. 17).
+            metrics = mean_stats(stats) if stats else {}
+            if cfg.loss == "kl_penalty":
+                with torch.no_grad():
+                    batch_kl = kl_divergence(policy.distribution(params_old),
+                                             policy.distribution(policy.dist_params(obs))).mean()
+                metrics["kl"], metrics["kl_coef"] = float(batch_kl), kl_coef
+                kl_coef = adaptive_kl_coef(kl_coef, float(batch_kl), cfg.kl_target)
+            metrics["explained_variance"] = float(explained_variance(values_old, returns))
+            metrics["epochs_done"] = _epoch + 1 - int(stop)
+            run.end_update(batch, metrics, algo_state={"kl_coef": kl_coef})
+        return run.finish()

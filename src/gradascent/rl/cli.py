@@ -1,0 +1,80 @@
+"""``gradascent rl ALGO ...`` (train) and ``gradascent rl eval DIR`` (deterministic evaluation).
+
+A thin shell over ``gradascent.algos.presets.classic_config``, the trainers' ``train`` and
+``gradascent.rl.evaluate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gradascent.errors import ConfigError, GradascentError
+from gradascent.run.config import add_config_flags, flag_values
+
+
+def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from gradascent.algos.presets import ALGOS
+
+    rl = subparsers.add_parser("rl", parents=[common], help="classic control: REINFORCE, A2C, PPO on gymnasium",
+                               description="Train or evaluate a policy on a gymnasium classic-control task.")
+    sub = rl.add_subparsers(dest="rl_command", metavar="ALGO")
+    for name, spec in ALGOS.items():
+        p = sub.add_parser(name, parents=[common], help=f"train {name}",
+                           description=f"Train {name}. Without --config, the preset for --env is applied "
+                                       f"when there is one (docs/classic.md).")
+        p.add_argument("--out", metavar="DIR", help="run directory [default: runs/ALGO-ENV-seedS]")
+        p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields (replaces the preset)")
+        p.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its newest complete checkpoint")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_config_flags(p, spec.config)
+        p.set_defaults(func=_train, algo=name)
+    ev = sub.add_parser("eval", parents=[common], help="evaluate a saved policy deterministically",
+                        description="Play episodes with the saved policy's deterministic actions and print "
+                                    "the mean and std of the return.")
+    ev.add_argument("dir", metavar="DIR", help="a finished run directory (holding policy.safetensors)")
+    ev.add_argument("--episodes", type=int, default=10, help="episodes to play [default: 10]")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation environments [default: 0]")
+    ev.set_defaults(func=_eval)
+    rl.set_defaults(func=lambda args: rl.print_help() or 2)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from gradascent.algos.classic import TrainingInterrupted
+    from gradascent.algos.presets import classic_config, get_algo
+
+    flags = flag_values(args)
+    if args.resume:
+        if not args.out:
+            raise ConfigError("--resume needs --out DIR, the run to continue")
+        saved = Path(args.out) / "config.yaml"
+        if not saved.exists():
+            raise ConfigError(f"--resume: {args.out} holds no run (no config.yaml)")
+        cfg = classic_config(args.algo, path=saved, flag_overrides=flags)
+    else:
+        cfg = classic_config(args.algo, path=args.config, flag_overrides=flags)
+    try:
+        summary = get_algo(args.algo).module.train(cfg, args.out, resume=args.resume,
+                                                   progress=False if args.no_progress else None)
+    except TrainingInterrupted as exc:
+        print(f"gradascent: {exc}", flush=True)
+        return 128 + exc.signum
+    out = args.out or f"runs/{args.algo}-{cfg.env}-seed{cfg.seed}"
+    print(f"{args.algo} {cfg.env} seed {cfg.seed}: eval return {summary['eval_return_mean']:.2f} +/- "
+          f"{summary['eval_return_std']:.2f} ({summary['eval_episodes']} episodes, deterministic) after "
+          f"{summary['env_steps']} env steps, {summary['wall_seconds']:.1f} s; run directory {out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from gradascent.rl.saved import evaluate
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes: {args.episodes} is not allowed; expected an integer >= 1")
+    if not Path(args.dir).exists():
+        raise GradascentError(f"{args.dir} does not exist")
+    result = evaluate(args.dir, episodes=args.episodes, seed=args.seed)
+    print(f"mean return {result['eval_return_mean']:.2f}, std {result['eval_return_std']:.2f} over "
+          f"{args.episodes} episodes (deterministic)")
+    return 0

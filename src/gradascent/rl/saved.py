@@ -1,0 +1,96 @@
+"""The saved policy of a run, and deterministic evaluation.
+
+A run directory holds ``policy.safetensors`` (the network's weights and the observation statistics) and
+``policy.json`` (the environment id and what is needed to rebuild the network and the normaliser). No
+pickle: loading a policy runs no code from the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from gradascent.errors import CheckpointError
+from gradascent.rl.envs import ObsNormalizer, make_vec_env
+from gradascent.rl.policy import ActorCritic
+
+WEIGHTS, META = "policy.safetensors", "policy.json"
+
+
+def save_policy(directory: str | Path, policy: ActorCritic, obs_norm: ObsNormalizer, env_id: str,
+                extra: dict[str, Any] | None = None) -> Path:
+    """Write policy.safetensors and policy.json under ``directory``; returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {f"policy.{k}": v.detach().contiguous().clone() for k, v in policy.state_dict().items()}
+    tensors["obs_norm.mean"] = torch.from_numpy(obs_norm.rms.mean.copy())
+    tensors["obs_norm.var"] = torch.from_numpy(obs_norm.rms.var.copy())
+    save_file(tensors, str(directory / WEIGHTS))
+    norm = {k: v for k, v in obs_norm.state_dict().items() if k not in ("mean", "var")}
+    meta = {"env": env_id, "network": policy.spec(), "obs_norm": norm, **(extra or {})}
+    (directory / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return directory
+
+
+def load_policy(path: str | Path) -> tuple[ActorCritic, ObsNormalizer, dict[str, Any]]:
+    """(policy, frozen observation normaliser, metadata) from a run directory or its policy files."""
+    directory = Path(path)
+    if directory.is_file():
+        directory = directory.parent
+    if not (directory / WEIGHTS).exists() or not (directory / META).exists():
+        raise CheckpointError(f"{path} holds no saved policy: expected {WEIGHTS} and {META} (a finished run)")
+    try:
+        meta = json.loads((directory / META).read_text(encoding="utf-8"))
+        tensors = load_file(str(directory / WEIGHTS))
+        policy = ActorCritic.from_spec(meta["network"])
+        policy.load_state_dict({k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")})
+        obs_norm = ObsNormalizer(policy.obs_dim, enabled=False)
+        obs_norm.load_state_dict({**meta["obs_norm"], "mean": tensors["obs_norm.mean"].numpy(),
+                                  "var": tensors["obs_norm.var"].numpy()})
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError, SafetensorError, OSError) as exc:
+        raise CheckpointError(f"saved policy in {directory} is corrupt: {type(exc).__name__}: {exc}") from None
+    policy.eval()
+    return policy, obs_norm, meta
+
+
+@torch.no_grad()
+def run_episodes(policy: ActorCritic, obs_norm: ObsNormalizer, env_id: str, episodes: int, seed: int,
+                 deterministic: bool = True, max_steps: int = 100_000) -> np.ndarray:
+    """Undiscounted returns of ``episodes`` episodes, one per copy of the environment, played in parallel.
+
+    Deterministic: the policy's mode (argmax or Gaussian mean, clipped to the bounds). The normaliser's
+    statistics are used, never updated. Copy i is reset with seed + i.
+    """
+    envs = make_vec_env(env_id, episodes)
+    try:
+        raw, _ = envs.reset(seed=seed)
+        returns = np.zeros(episodes, np.float64)
+        finished = np.zeros(episodes, bool)
+        for _ in range(max_steps):
+            params = policy.dist_params(torch.from_numpy(obs_norm(raw, update=False)))
+            action = policy.mode(params) if deterministic else policy.distribution(params).sample()
+            env_action = action.numpy()
+            if policy.action.kind == "box":
+                env_action = np.clip(env_action, policy.action.low, policy.action.high).astype(np.float32)
+            raw, reward, term, trunc, _ = envs.step(env_action)
+            returns[~finished] += reward[~finished]
+            finished |= term | trunc
+            if finished.all():
+                break
+    finally:
+        envs.close()
+    return returns
+
+
+def evaluate(path: str | Path, episodes: int = 10, seed: int = 0) -> dict[str, Any]:
+    """Deterministic evaluation of a saved policy: {eval_return_mean, eval_return_std, episodes, returns}."""
+    policy, obs_norm, meta = load_policy(path)
+    returns = run_episodes(policy, obs_norm, meta["env"], episodes, seed)
+    return {"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
+            "episodes": episodes, "returns": returns.tolist()}
