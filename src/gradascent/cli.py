@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 from gradascent import __version__
 from gradascent.errors import GradascentError
@@ -29,10 +30,17 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error of the command line (subcommands inherit it)."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gradascent",
         description="Policy optimization from REINFORCE to GRPO.",
         parents=[common],

@@ -27,3 +27,8 @@ def test_resume_with_truncated_checkpoint_leaves_it_alone(fails_cleanly, tmp_pat
     data = (ckpt / "tensors.safetensors").read_bytes()
     (ckpt / "tensors.safetensors").write_bytes(data[:40])
     fails_cleanly(["resume", str(run.path)], "run.json", protect=run.checkpoints)
+
+
+def test_usage_errors_are_one_line(fails_cleanly):
+    fails_cleanly(["plot", "somewhere", "--no-such-flag"], "--no-such-flag")
+    fails_cleanly(["plot"], "DIR")

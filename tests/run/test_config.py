@@ -100,3 +100,10 @@ def test_flags_carry_the_docs_and_only_given_values_come_back():
     assert "--inner.lr" in help_text
     args = parser.parse_args(["--lr", "0.1", "--inner.lr", "2"])
     assert flag_values(args) == {"lr": "0.1", "inner.lr": "2"}
+
+
+def test_bool_flags_stand_alone_or_take_a_value():
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, Cfg)
+    assert flag_values(parser.parse_args(["--anneal"])) == {"anneal": "true"}
+    assert load_config(Cfg, flag_overrides=flag_values(parser.parse_args(["--anneal", "false"]))).anneal is False

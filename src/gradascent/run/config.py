@@ -266,9 +266,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         flag = "--" + (prefix + f.name).replace("_", "-")
+        # A bool flag alone means true (`--resume`); `--resume false` also works.
+        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if tp is bool else {}
         group.add_argument(
             flag, dest=f"cfg:{prefix}{f.name}", default=None, metavar=_metavar(tp),
-            help=f"{docs.get(f.name, '')} [default: {default!r}]".replace("%", "%%"),
+            help=f"{docs.get(f.name, '')} [default: {default!r}]".replace("%", "%%"), **extra,
         )
 
 

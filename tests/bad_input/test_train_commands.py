@@ -1,0 +1,87 @@
+"""Bad input to every training command: one line naming the culprit, exit != 0, no traceback, and no
+change to existing checkpoints. Each case runs the real command line in a subprocess."""
+
+import json
+
+import pytest
+import torch
+
+from gradascent.run import save_checkpoint
+
+COMMANDS = ["sft", "rm", "ppo", "rlhf", "grpo"]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_malformed_yaml(fails_cleanly, tmp_path, cmd):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("steps: [1, 2\nseed: 0\n")
+    fails_cleanly([cmd, "--config", str(cfg), "--out", str(tmp_path / "o")], "bad.yaml")
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_unknown_key_suggests_the_right_one(fails_cleanly, tmp_path, cmd):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sed: 1\n")
+    line = fails_cleanly([cmd, "--config", str(cfg), "--out", str(tmp_path / "o")], "'sed'")
+    assert "did you mean" in line
+
+
+@pytest.mark.parametrize("cmd", ["sft", "grpo", "rl"])
+def test_wrong_type(fails_cleanly, tmp_path, cmd):
+    args = ["rl", "ppo", "--env", "CartPole-v1", "--seed", "many"] if cmd == "rl" else [cmd, "--seed", "many"]
+    fails_cleanly(args + ["--out", str(tmp_path / "o")], "seed")
+
+
+def test_truncated_jsonl_names_file_and_line(fails_cleanly, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "ans')
+    fails_cleanly(["sft", "--task", str(data), "--out", str(tmp_path / "o")], "train.jsonl:2")
+
+
+def test_binary_file_as_data(fails_cleanly, tmp_path):
+    data = tmp_path / "weights.jsonl"
+    data.write_bytes(bytes(range(256)) * 8)
+    fails_cleanly(["grpo", "--task", str(data), "--out", str(tmp_path / "o")], "weights.jsonl")
+
+
+def test_empty_dataset(fails_cleanly, tmp_path):
+    data = tmp_path / "empty.jsonl"
+    data.write_text("\n")
+    fails_cleanly(["sft", "--task", str(data), "--out", str(tmp_path / "o")], "empty.jsonl")
+
+
+def test_preference_rows_with_chosen_equal_rejected(fails_cleanly, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "p", "chosen": c, "rejected": r}) + "\n"
+                            for c, r in [("a", "b"), ("same", "same"), ("c", "d")]))
+    fails_cleanly(["rm", "--data", str(data), "--model", "qwen2-micro", "--out", str(tmp_path / "o")], "pairs.jsonl")
+
+
+@pytest.mark.parametrize("args", [["sft", "--model"], ["grpo", "--model"], ["ppo", "--policy"], ["rm", "--model"]])
+def test_missing_model_directory(fails_cleanly, tmp_path, args):
+    missing = tmp_path / "no_model_here"
+    missing.mkdir()
+    extra = ["--reward-model", str(missing)] if args[0] == "ppo" else []
+    fails_cleanly(args + [str(missing), *extra, "--out", str(tmp_path / "o")], "no_model_here")
+
+
+def test_reward_function_that_raises(fails_cleanly, tmp_path):
+    mod = tmp_path / "my_rewards.py"
+    mod.write_text("def boom(prompts, completions, **kw):\n    raise RuntimeError('kaput')\n")
+    fails_cleanly(["grpo", "--model", "qwen2-micro", "--rewards", f"{mod}:boom", "--steps", "1",
+                   "--prompts-per-step", "2", "--group-size", "2", "--out", str(tmp_path / "o")], "boom")
+
+
+@pytest.mark.parametrize("cmd", ["sft", "grpo"])
+def test_corrupt_checkpoint_on_resume_is_left_alone(fails_cleanly, tmp_path, cmd):
+    out = tmp_path / "run"
+    ckpt = save_checkpoint(out / "checkpoints", 2, {"w": torch.ones(64)})
+    (ckpt / "tensors.safetensors").write_bytes((ckpt / "tensors.safetensors").read_bytes()[:30])
+    (ckpt / "state.json").write_text('{"step": 2, "state": {"w": {"__tens')
+    fails_cleanly([cmd, "--model", "qwen2-micro", "--out", str(out), "--resume"], "checkpoint",
+                  protect=out / "checkpoints")
+
+
+def test_rl_unknown_environment_and_bad_hyperparameters(fails_cleanly, tmp_path):
+    fails_cleanly(["rl", "ppo", "--env", "NoSuchEnv-v9", "--out", str(tmp_path / "o")], "NoSuchEnv-v9")
+    fails_cleanly(["rl", "ppo", "--env", "CartPole-v1", "--clip-eps", "1.5", "--out", str(tmp_path / "o")], "clip")
