@@ -25,15 +25,6 @@ TINY = dict(model="qwen2-micro", task="arithmetic", n_train=200, n_eval=16, batc
             lr_schedule="constant", log_every=5, eval_every=0, eval_generate=0, save_every=0, progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Micro models gain nothing from intra-op threads; oversubscribed ones slow a shared machine down."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _metrics(out):
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 

@@ -12,7 +12,7 @@ pad id, so a tokenizer whose pad token is its EOS token is handled correctly.
 
 from gradascent.lm.generate import Generation, filter_logits, fused_supported, generate, generate_text, sample_tokens
 from gradascent.lm.heads import RewardModel, ScalarHeadModel, ValueModel, backbone_hidden_states, last_token_index
-from gradascent.lm.logprobs import completion_logprobs, sequence_logprobs
+from gradascent.lm.logprobs import completion_logprobs, head_logprobs, sequence_logprobs
 from gradascent.lm.models import (
     PRESETS,
     build_model,
@@ -53,6 +53,7 @@ __all__ = [
     "fused_supported",
     "generate",
     "generate_text",
+    "head_logprobs",
     "last_token_index",
     "load_model",
     "load_tokenizer",

@@ -54,6 +54,31 @@ def _chunk_stats(head: nn.Module, h: Tensor, targets: Tensor, temperature: float
     return torch.stack([logp, entropy_from_logits(logits, temperature)])
 
 
+def head_logprobs(
+    head: nn.Module,
+    hidden: Tensor,
+    targets: Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_tokens: int | None = None,
+) -> Tensor:
+    """Log-probs (and entropies) of ``targets`` from the hidden states that predict them, through the LM head
+    chunk by chunk (checkpointed under autograd), never holding more than one chunk of logits.
+
+    Shapes: hidden (K, H), targets (K,) -> (K,) float32, or (2, K) [logp; entropy] with ``with_entropy``.
+    """
+    chunk = chunk_tokens or max(1, _CHUNK_ELEMENTS // int(head.weight.shape[0]))
+    use_ckpt = torch.is_grad_enabled() and hidden.requires_grad
+    pieces = []
+    for s in range(0, hidden.shape[0], chunk):
+        args = (head, hidden[s:s + chunk], targets[s:s + chunk], temperature, with_entropy)
+        pieces.append(checkpoint(_chunk_stats, *args, use_reentrant=False) if use_ckpt else _chunk_stats(*args))
+    if not pieces:
+        return hidden.new_zeros((2, 0) if with_entropy else (0,), dtype=torch.float32)
+    return torch.cat(pieces, dim=-1).float()
+
+
 def sequence_logprobs(
     model: nn.Module,
     input_ids: Tensor,
@@ -99,17 +124,8 @@ def sequence_logprobs(
     hidden = backbone_hidden_states(model, input_ids, mask, position_ids)  # (B, L, H)
     rows, cols = target_mask.nonzero(as_tuple=True)  # K scored tokens
     h = hidden[rows, prev[rows, cols]]  # (K, H)
-    targets = input_ids[rows, cols]  # (K,)
-    V = int(head.weight.shape[0])
-    chunk = chunk_tokens or max(1, _CHUNK_ELEMENTS // V)
-    use_ckpt = torch.is_grad_enabled() and h.requires_grad
-    pieces = []
-    for s in range(0, h.shape[0], chunk):
-        args = (head, h[s:s + chunk], targets[s:s + chunk], temperature, with_entropy)
-        pieces.append(checkpoint(_chunk_stats, *args, use_reentrant=False) if use_ckpt else _chunk_stats(*args))
-    n_out = 2 if with_entropy else 1
-    flat = torch.cat(pieces, dim=-1) if pieces else hidden.new_zeros((n_out, 0) if with_entropy else (0,))
-    flat = flat.float()
+    flat = head_logprobs(head, h, input_ids[rows, cols], temperature=temperature, with_entropy=with_entropy,
+                         chunk_tokens=chunk_tokens)
     logp = hidden.new_zeros((B, L), dtype=torch.float32).index_put((rows, cols), flat[0] if with_entropy else flat)
     if not with_entropy:
         return logp
