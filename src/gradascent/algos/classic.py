@@ -101,8 +101,9 @@ class ClassicConfig:
     stop_at_return: float | None = None
     """Stop as soon as a periodic evaluation's mean return reaches this (needs eval_every > 0)."""
     save_every: int = 50
-    """Checkpoint every this many updates. Also where the environments are reseeded from (seed, update),
-    which is what makes a resumed run identical to an uninterrupted one."""
+    """Checkpoint every this many updates. The environments are also reseeded from (seed, update) there,
+    which makes a resumed run identical to an uninterrupted one; keep the steps per copy between two
+    reseeds (save_every * num_steps) well above the episode length."""
     keep_last: int = 2
     """Checkpoints kept on disk (the newest ones)."""
     max_nonfinite: int = 5
@@ -190,6 +191,7 @@ class ClassicRun:
         self._skipped = 0  # optimizer steps skipped in the current update
         self._wall0, self._eval_seconds = 0.0, 0.0
         self._last_eval: tuple[int, np.ndarray] | None = None
+        self._saved_at: int | None = None  # update of the newest checkpoint written by this process
         if resume:
             self._restore()
         self.rundir.write_config(cfg)
@@ -247,7 +249,9 @@ class ClassicRun:
             "eval_seconds": self._eval_seconds,
             "rng": capture_rng(),
         }
-        return save_checkpoint(self.rundir.checkpoints, self.update, state, keep_last=self.cfg.keep_last)
+        path = save_checkpoint(self.rundir.checkpoints, self.update, state, keep_last=self.cfg.keep_last)
+        self._saved_at = self.update
+        return path
 
     # --- the loop --------------------------------------------------------------------------------------
 
@@ -378,7 +382,8 @@ class ClassicRun:
 
     def finish(self) -> dict[str, Any]:
         """Final checkpoint, the saved policy, a final evaluation and summary.json; returns the summary."""
-        self.save()
+        if self._saved_at != self.update:
+            self.save()
         save_policy(self.rundir.path, self.policy, self.collector.obs_norm, self.cfg.env,
                     extra={"algo": self.algo, "config": to_dict(self.cfg)})
         returns = self.evaluate()
