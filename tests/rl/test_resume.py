@@ -18,6 +18,9 @@ from safetensors.torch import load_file
 from gradascent.algos.classic import WALL_CLOCK_METRICS
 from gradascent.run import RunDir, latest_checkpoint
 
+# One worker runs this module under `pytest -n 2 --dist loadgroup`, so the uninterrupted run is made once.
+pytestmark = pytest.mark.xdist_group("classic-resume")
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 UPDATES, STEPS_PER_UPDATE = 24, 4 * 32
 

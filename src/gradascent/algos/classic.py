@@ -164,8 +164,16 @@ class ClassicRun:
         self.cfg, self.algo = cfg, algo
         torch.set_num_threads(cfg.torch_threads)
         self.envs = make_vec_env(cfg.env, cfg.num_envs)
+        try:
+            self._setup(Path(out) if out is not None else Path("runs") / f"{algo}-{cfg.env}-seed{cfg.seed}",
+                        resume, progress)
+        except BaseException:
+            self.envs.close()
+            raise
+
+    def _setup(self, out: Path, resume: bool, progress: bool | None) -> None:
+        cfg, algo = self.cfg, self.algo
         obs_dim, self.action = spaces_of(self.envs, cfg.env, algo)
-        out = Path(out) if out is not None else Path("runs") / f"{algo}-{cfg.env}-seed{cfg.seed}"
         self.rundir = self._open_rundir(out, resume)
 
         seed_everything(cfg.seed)
@@ -214,7 +222,7 @@ class ClassicRun:
                        if k not in ("total_steps", "tensorboard") and to_dict(saved).get(k) != v]
             if changed:
                 raise ConfigError(f"cannot resume {out} with a different config: {', '.join(changed)} changed "
-                                  f"(only total_steps may change on resume)")
+                                  f"(only total_steps and tensorboard may change on resume)")
         return rundir
 
     def _restore(self) -> None:
