@@ -43,6 +43,7 @@ class A2CConfig(ClassicConfig):
     num_envs: int = 8
     lr: float = 7e-4
     optimizer: Literal["adam", "rmsprop"] = "rmsprop"
+    save_every: int = 500  # the environments are reseeded there too: keep save_every * num_steps >> episodes
     num_steps: int = 5
     """Steps per copy per update (t_max of Mnih et al. 2016); a batch is num_envs * num_steps transitions."""
     advantage: Literal["nstep", "gae"] = "nstep"

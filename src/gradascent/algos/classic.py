@@ -101,8 +101,9 @@ class ClassicConfig:
     stop_at_return: float | None = None
     """Stop as soon as a periodic evaluation's mean return reaches this (needs eval_every > 0)."""
     save_every: int = 50
-    """Checkpoint every this many updates. Also where the environments are reseeded from (seed, update),
-    which is what makes a resumed run identical to an uninterrupted one."""
+    """Checkpoint every this many updates. The environments are also reseeded from (seed, update) there,
+    which makes a resumed run identical to an uninterrupted one; keep the steps per copy between two
+    reseeds (save_every * num_steps) well above the episode length."""
     keep_last: int = 2
     """Checkpoints kept on disk (the newest ones)."""
     max_nonfinite: int = 5
@@ -163,8 +164,16 @@ class ClassicRun:
         self.cfg, self.algo = cfg, algo
         torch.set_num_threads(cfg.torch_threads)
         self.envs = make_vec_env(cfg.env, cfg.num_envs)
+        try:
+            self._setup(Path(out) if out is not None else Path("runs") / f"{algo}-{cfg.env}-seed{cfg.seed}",
+                        resume, progress)
+        except BaseException:
+            self.envs.close()
+            raise
+
+    def _setup(self, out: Path, resume: bool, progress: bool | None) -> None:
+        cfg, algo = self.cfg, self.algo
         obs_dim, self.action = spaces_of(self.envs, cfg.env, algo)
-        out = Path(out) if out is not None else Path("runs") / f"{algo}-{cfg.env}-seed{cfg.seed}"
         self.rundir = self._open_rundir(out, resume)
 
         seed_everything(cfg.seed)
@@ -190,6 +199,7 @@ class ClassicRun:
         self._skipped = 0  # optimizer steps skipped in the current update
         self._wall0, self._eval_seconds = 0.0, 0.0
         self._last_eval: tuple[int, np.ndarray] | None = None
+        self._saved_at: int | None = None  # update of the newest checkpoint written by this process
         if resume:
             self._restore()
         self.rundir.write_config(cfg)
@@ -212,7 +222,7 @@ class ClassicRun:
                        if k not in ("total_steps", "tensorboard") and to_dict(saved).get(k) != v]
             if changed:
                 raise ConfigError(f"cannot resume {out} with a different config: {', '.join(changed)} changed "
-                                  f"(only total_steps may change on resume)")
+                                  f"(only total_steps and tensorboard may change on resume)")
         return rundir
 
     def _restore(self) -> None:
@@ -247,7 +257,9 @@ class ClassicRun:
             "eval_seconds": self._eval_seconds,
             "rng": capture_rng(),
         }
-        return save_checkpoint(self.rundir.checkpoints, self.update, state, keep_last=self.cfg.keep_last)
+        path = save_checkpoint(self.rundir.checkpoints, self.update, state, keep_last=self.cfg.keep_last)
+        self._saved_at = self.update
+        return path
 
     # --- the loop --------------------------------------------------------------------------------------
 
@@ -378,7 +390,8 @@ class ClassicRun:
 
     def finish(self) -> dict[str, Any]:
         """Final checkpoint, the saved policy, a final evaluation and summary.json; returns the summary."""
-        self.save()
+        if self._saved_at != self.update:
+            self.save()
         save_policy(self.rundir.path, self.policy, self.collector.obs_norm, self.cfg.env,
                     extra={"algo": self.algo, "config": to_dict(self.cfg)})
         returns = self.evaluate()

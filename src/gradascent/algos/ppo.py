@@ -107,7 +107,7 @@ def train(cfg: PPOConfig, out: str | Path | None = None, *, resume: bool = False
             mb_size = -(-n // cfg.num_minibatches)
             stats: list[dict[str, torch.Tensor]] = []
             stop = False
-            for _epoch in range(cfg.update_epochs):
+            for epoch in range(cfg.update_epochs):
                 for idx in torch.randperm(n).split(mb_size):
                     params, values = policy(obs[idx])
                     dist = policy.distribution(params)
@@ -140,6 +140,6 @@ def train(cfg: PPOConfig, out: str | Path | None = None, *, resume: bool = False
                 metrics["kl"], metrics["kl_coef"] = float(batch_kl), kl_coef
                 kl_coef = adaptive_kl_coef(kl_coef, float(batch_kl), cfg.kl_target)
             metrics["explained_variance"] = float(explained_variance(values_old, returns))
-            metrics["epochs_done"] = _epoch + 1 - int(stop)
+            metrics["epochs_done"] = epoch + 1 - int(stop)  # fewer than update_epochs after a target_kl stop
             run.end_update(batch, metrics, algo_state={"kl_coef": kl_coef})
         return run.finish()

@@ -65,9 +65,13 @@ def train(cfg: ReinforceConfig, out: str | Path | None = None, *, resume: bool =
             returns = returns[m]
 
             # 3. One gradient step on the batch.
-            params, values = policy(batch.obs[m])
-            dist = policy.distribution(params)
-            adv = advantages_from_returns(returns, values.detach()) if cfg.baseline == "learned" else returns
+            obs = batch.obs[m]
+            dist = policy.distribution(policy.dist_params(obs))
+            if cfg.baseline == "learned":
+                values = policy.value(obs)
+                adv = advantages_from_returns(returns, values.detach())
+            else:
+                adv = returns
             if cfg.normalize_returns:
                 adv = whiten(adv)
             pg_loss, pg_stats = policy_gradient_loss(dist.log_prob(batch.actions[m]), adv)

@@ -1,0 +1,54 @@
+"""The command line: training and evaluation, and one-line errors for bad input before training starts."""
+
+import pytest
+
+from gradascent.cli import main
+
+
+@pytest.mark.parametrize("argv, key, words", [
+    (["ppo", "--env", "NoSuchEnv-v9"], "'env'", "registered gymnasium environment id"),
+    (["a2c", "--env", "GradascentTest/MultiBinary-v0"], "'env'", "Discrete(n) or a bounded 1-D Box"),
+    (["reinforce", "--env", "FrozenLake-v1"], "'env'", "1-D Box"),
+    (["ppo", "--total-steps", "0"], "'total_steps'", "an integer > 0"),
+    (["a2c", "--total-steps", "-5"], "'total_steps'", "an integer > 0"),
+    (["reinforce", "--lr", "-0.001"], "'lr'", "a finite float > 0"),
+    (["ppo-penalty", "--lr", "0"], "'lr'", "a finite float > 0"),
+    (["ppo", "--clip-eps", "1.5"], "'clip_eps'", "in (0, 1)"),
+    (["ppo", "--clip-eps", "0"], "'clip_eps'", "in (0, 1)"),
+    (["ppo-penalty", "--kl-target", "0"], "'kl_target'", "a float > 0"),
+    (["ppo-penalty", "--kl-target", "-0.01"], "'kl_target'", "a float > 0"),
+    (["ppo", "--loss", "kl_penalty"], "'loss'", "expected 'clip'"),
+])
+def test_bad_input_is_one_line_naming_the_parameter(tmp_path, capsys, argv, key, words):
+    out = tmp_path / "run"
+    assert main(["rl", *argv, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("gradascent: error: ")
+    assert key in err and words in err
+    assert not (out / "metrics.jsonl").exists()  # refused before training started
+
+
+def test_train_then_eval_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["rl", "ppo", "--env", "CartPole-v1", "--total-steps", "1024", "--seed", "2", "--out", str(out),
+            "--tensorboard", "false", "--no-progress"]
+    assert main(argv) == 0
+    assert "eval return" in capsys.readouterr().out
+    assert (out / "policy.safetensors").exists() and (out / "summary.json").exists()
+    assert main(["rl", "eval", str(out), "--episodes", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("mean return ") and "over 3 episodes" in printed
+    # The same directory again without --resume is refused; with --resume a changed field is refused.
+    assert main(argv) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["rl", "ppo", "--out", str(out), "--resume", "--lr", "0.1", "--no-progress"]) == 2
+    assert "lr changed" in capsys.readouterr().err
+    # --resume with a larger budget continues the finished run.
+    assert main(["rl", "ppo", "--out", str(out), "--resume", "--total-steps", "3072", "--no-progress"]) == 0
+    assert "after 3072 env steps" in capsys.readouterr().out
+
+
+def test_eval_of_a_directory_without_a_policy_is_one_line(tmp_path, capsys):
+    assert main(["rl", "eval", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no saved policy" in err

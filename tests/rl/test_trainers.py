@@ -1,0 +1,102 @@
+"""The classic trainers: they learn, they are deterministic, they save a policy that evaluates the same."""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gradascent.algos import a2c, ppo, reinforce
+from gradascent.algos.classic import WALL_CLOCK_METRICS
+from gradascent.algos.presets import classic_config, get_algo
+from gradascent.errors import NonFiniteError
+from gradascent.rl import evaluate, load_policy
+from gradascent.run import RunDir, latest_checkpoint, load_checkpoint
+
+RANDOM_CARTPOLE_RETURN = 22.0  # a uniformly random policy's mean return on CartPole-v1
+
+
+def _rows(out):
+    return [{k: v for k, v in row.items() if k not in WALL_CLOCK_METRICS} for row in RunDir(out).read_metrics()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo, budget", [("ppo", 20_480), ("ppo-penalty", 20_480), ("a2c", 32_000),
+                                          ("reinforce", 30_000)])
+def test_learns_cartpole(tmp_path, algo, budget):
+    # A short real run with the packaged preset (the learning rate anneals to 0 over this budget) must
+    # leave a deterministic policy far better than random (~22): a mean return of at least 100.
+    cfg = classic_config(algo, "CartPole-v1", overrides={"total_steps": budget, "seed": 1, "tensorboard": False})
+    summary = get_algo(algo).module.train(cfg, tmp_path / algo, progress=False)
+    assert summary["eval_return_mean"] >= 100.0 > 4.5 * RANDOM_CARTPOLE_RETURN
+    rows = RunDir(tmp_path / algo).read_metrics()
+    assert rows and all("step" in r and "env_steps" in r for r in rows)
+    expected = {"episode_return", "episode_length", "policy_loss", "entropy", "lr", "sps", "wall_seconds"}
+    if algo != "reinforce":
+        expected |= {"value_loss", "explained_variance"}
+    if algo.startswith("ppo"):
+        expected |= {"approx_kl", "clipfrac"}
+    if algo == "ppo-penalty":
+        expected |= {"kl", "kl_coef"}
+    assert expected <= set(rows[-1])
+
+
+@pytest.mark.parametrize("module, cfg", [
+    (ppo, ppo.PPOConfig(total_steps=1_536, num_steps=64, save_every=2, loss="kl_penalty", normalize_obs=True,
+                        normalize_reward=True)),
+    (a2c, a2c.A2CConfig(total_steps=800, advantage="gae", save_every=5)),
+    (reinforce, reinforce.ReinforceConfig(total_steps=1_000, baseline="learned", num_envs=4)),
+])
+def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path, module, cfg):
+    cfg = dataclasses.replace(cfg, tensorboard=False)
+    module.train(cfg, tmp_path / "a", progress=False)
+    module.train(cfg, tmp_path / "b", progress=False)
+    module.train(dataclasses.replace(cfg, seed=cfg.seed + 1), tmp_path / "c", progress=False)
+    assert _rows(tmp_path / "a") == _rows(tmp_path / "b")
+    assert _rows(tmp_path / "a") != _rows(tmp_path / "c")
+
+
+def test_pendulum_continuous_actions_smoke(tmp_path):
+    cfg = ppo.PPOConfig(env="Pendulum-v1", total_steps=1_024, num_envs=2, num_steps=256, normalize_obs=True,
+                        normalize_reward=True, tensorboard=False)
+    summary = ppo.train(cfg, tmp_path, progress=False)
+    assert summary["env_steps"] == 1_024 and math.isfinite(summary["eval_return_mean"])
+    assert -2000.0 < summary["eval_return_mean"] < 0.0  # Pendulum's returns are negative, >= -16.3 * 200
+    policy, obs_norm, meta = load_policy(tmp_path)
+    assert meta["env"] == "Pendulum-v1" and policy.action.kind == "box" and policy.log_std is not None
+    assert obs_norm.enabled and obs_norm.rms.count > 1_000  # statistics travelled with the policy
+    row = RunDir(tmp_path).read_metrics()[-1]
+    assert math.isfinite(row["policy_loss"]) and math.isfinite(row["entropy"])
+
+
+def test_saved_policy_round_trip_evaluates_like_the_trained_one(tmp_path):
+    cfg = ppo.PPOConfig(total_steps=2_048, normalize_obs=True, tensorboard=False)
+    summary = ppo.train(cfg, tmp_path, progress=False)
+    # The run's final evaluation used the evaluation seed of the run; the same seed gives the same returns.
+    from gradascent.algos.classic import derived_seed
+
+    again = evaluate(tmp_path, episodes=cfg.eval_episodes, seed=derived_seed(cfg.seed, 2))
+    assert again["eval_return_mean"] == summary["eval_return_mean"]
+    assert again["eval_return_std"] == summary["eval_return_std"]
+    # The weights on disk are the final checkpoint's.
+    policy, obs_norm, _ = load_policy(tmp_path)
+    _, state = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))
+    for k, v in policy.state_dict().items():
+        assert torch.equal(v, state["policy"][k])
+    assert np.array_equal(obs_norm.rms.mean, state["collector"]["obs_norm"]["mean"])
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert {"eval_return_mean", "eval_return_std", "env_steps", "wall_seconds"} <= set(written)
+
+
+@pytest.mark.filterwarnings("ignore:.*reward is a NaN value")
+def test_non_finite_losses_are_skipped_then_abort(tmp_path):
+    cfg = a2c.A2CConfig(env="GradascentTest/NaN-v0", total_steps=10_000, num_envs=2, max_nonfinite=3,
+                        tensorboard=False)
+    with pytest.raises(NonFiniteError, match="3 consecutive optimizer steps had a non-finite loss"):
+        a2c.train(cfg, tmp_path, progress=False)
+    # Each skipped step is logged with its update; the third in a row aborts the run before its row.
+    rows = RunDir(tmp_path).read_metrics()
+    assert [r["nonfinite_skipped"] for r in rows] == [1, 1]
+    assert all(r["value_loss"] is None for r in rows)  # the NaN loss itself is logged as null
