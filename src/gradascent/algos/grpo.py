@@ -406,6 +406,11 @@ def train_grpo(
     # ---- resume: weights, optimizer, schedule, guard, sampling and global RNGs, metrics up to the checkpoint
     step, elapsed, last_eval = 0, 0.0, {}
     ckpt = latest_checkpoint(Path(out) / "checkpoints") if resume else None
+    if run is not None and ckpt is None and run.read_metrics():
+        if not resume:
+            raise ConfigError(f"{out} already holds a run (metrics.jsonl); pass --resume to continue it or "
+                              "choose another run directory")
+        run.truncate_metrics(0)  # stopped before its first checkpoint: start over
     if ckpt is not None:
         step, state = load_checkpoint(ckpt)
         if state["world_size"] != dist_info.world_size:
@@ -541,7 +546,7 @@ def train_grpo(
                 "nonfinite_skipped": guard.skipped,
             }
             metrics = distributed.reduce_metrics(metrics)
-            if eval_rows and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            if run is not None and eval_rows and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 with eval_mode(model):
                     last_eval = evaluate(model, tokenizer, eval_rows, reward_fns, max_new)
                 metrics.update(last_eval)
