@@ -191,3 +191,14 @@ def test_cli_help_lists_every_field(capsys):
     text = capsys.readouterr().out
     for flag in ("--model", "--task", "--packing", "--save-every", "--resume", "--max-nonfinite"):
         assert flag in text
+
+
+def test_preference_and_jsonl_tasks_train(tmp_path):
+    # SFT on the preference task trains on the chosen completions and reports the hidden rule as eval reward.
+    cfg = SFTConfig(**{**TINY, "task": "preference", "steps": 5, "eval_generate": 4}, out=str(tmp_path / "pref"))
+    summary = train_sft(cfg)
+    assert -1.0 <= summary["eval/reward/preference_reward"] <= 1.0
+    data = tmp_path / "demo.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"say {i}:", "completion": f" {i}"}) + "\n" for i in range(20)))
+    summary = train_sft(SFTConfig(**{**TINY, "task": str(data), "steps": 5}, out=str(tmp_path / "demo")))
+    assert "eval/loss" in summary and "eval/reward" not in summary  # demonstrations carry no reward

@@ -200,6 +200,9 @@ def test_bad_inputs(tok):
     with pytest.raises(DataError, match="a prompt is empty"):
         generate(model, ids, mask, max_new_tokens=2, eos_token_ids=[1], pad_token_id=0)
     mask[1] = True
+    right = torch.tensor([[True] * 4 + [False], [True] * 5])  # row 0 padded on the right
+    with pytest.raises(DataError, match="left-padded"):
+        generate(model, ids, right, max_new_tokens=2, eos_token_ids=[1], pad_token_id=0)
     for kw, msg in (({"temperature": 0.0}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_k": -1}, "top_k"),
                     ({"num_samples": 0}, "num_samples")):
         with pytest.raises(ConfigError, match=msg):

@@ -395,6 +395,8 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
                 stopped = stop.requested
                 break
     bar.close()
+    if not last_eval and not stopped:  # resumed from the final checkpoint: nothing left to train
+        last_eval = evaluate()
 
     model_dir = Path(cfg.out) / "model"
     summary: dict[str, Any] = {"steps": step, "parameters": count_parameters(model), "tokens": tokens_seen,

@@ -350,7 +350,7 @@ def generate(
         ``Generation`` with N = B * num_samples rows.
 
     Raises:
-        DataError: an empty prompt row, or prompt + max_new_tokens beyond the model's context.
+        DataError: an empty or right-padded prompt row, or prompt + max_new_tokens beyond the model's context.
         ConfigError: an argument out of range, or engine='fused' on an unsupported architecture.
     """
     _check_args(max_new_tokens, num_samples, temperature, top_k, top_p)
@@ -362,6 +362,8 @@ def generate(
         raise DataError("no prompts to generate from")
     if not bool(prompt_mask.any(-1).all()):
         raise DataError("a prompt is empty (all padding); every prompt needs at least one token")
+    if not bool(prompt_mask[:, -1].all()):
+        raise DataError("prompts must be left-padded (the last column real for every row); see encode_prompts")
     B, P = prompt_ids.shape
     ctx = getattr(model.config, "max_position_embeddings", None)
     longest = int(prompt_mask.sum(-1).max())
