@@ -63,7 +63,7 @@ class DemoSettings:
     """SFT examples per step."""
     sft_lr: float = 3e-3
     """SFT peak learning rate (20 warm-up steps, cosine decay to 10%)."""
-    grpo: GRPOConfig = GRPOConfig(steps=250, prompts_per_step=64, group_size=8, lr=2e-4, temperature=1.0,
+    grpo: GRPOConfig = GRPOConfig(steps=200, prompts_per_step=128, group_size=8, lr=3e-4, temperature=1.0,
                                   loss_agg="token_mean", beta=0.0, save_every=50, eval_every=50, eval_prompts=200)
     """The GRPO run (its model, task, rewards and budget are filled in by the demo)."""
 

@@ -25,6 +25,9 @@ Deliberate deviations and choices, each a config field:
 - ``mask_truncated``: completions that never wrote EOS within ``max_new_tokens`` are taken out of the loss
   (DAPO's overlong filtering).
 - The KL penalty is added per token before aggregation, as in the paper, and uses k3 by default.
+- Not a deviation in the maths: the training forward runs each prompt once for its G completions
+  (``lm.grouped``), which gives the same log-probs and gradients as G separate rows for less compute;
+  minibatches therefore hold whole groups.
 
 Sampling and per-token log-probs come from ``gradascent.lm``; this file never calls ``model.generate``.
 Sampling draws from an explicit ``torch.Generator`` whose state is checkpointed, and the prompt order is a
@@ -280,7 +283,7 @@ def grpo_loss(
         loss = loss + cfg.beta * aggregate(kl, mask, cfg.loss_agg, **agg_kwargs)
         stats["kl"] = masked_mean(kl, mask).detach()
     if entropy is not None:
-        ent_loss, ent_stats = entropy_loss(entropy, mask, agg=cfg.loss_agg, agg_kwargs=agg_kwargs)  # (14)
+        ent_loss, _ = entropy_loss(entropy, mask, agg=cfg.loss_agg, agg_kwargs=agg_kwargs)  # (14)
         stats["entropy"] = masked_mean(entropy, mask).detach()
         if cfg.ent_coef > 0:
             loss = loss + cfg.ent_coef * ent_loss
@@ -293,7 +296,6 @@ def zero_std_groups(rewards: Tensor, group_size: int) -> Tensor:
     g = rewards.reshape(-1, group_size)
     flat = (g == g[:, :1]).all(dim=-1)  # (P,)
     return flat.repeat_interleave(group_size)
-
 
 
 def load_reference(cfg: GRPOConfig, policy: nn.Module) -> nn.Module:
