@@ -53,7 +53,7 @@ class DemoSettings:
     """Held-out test problems: accuracy before and after GRPO is measured on them, nothing trains on them."""
     n_val: int = 200
     """Validation problems, disjoint from the test problems: they decide when SFT stops."""
-    sft_target: float = 0.45
+    sft_target: float = 0.40
     """GRPO starts from the first SFT checkpoint whose greedy validation accuracy reaches this."""
     sft_every: int = 25
     """SFT steps between two checkpoints (each one validated)."""
@@ -63,8 +63,8 @@ class DemoSettings:
     """SFT examples per step."""
     sft_lr: float = 3e-3
     """SFT peak learning rate (20 warm-up steps, cosine decay to 10%)."""
-    grpo: GRPOConfig = GRPOConfig(steps=200, prompts_per_step=128, group_size=8, lr=3e-4, temperature=1.0,
-                                  loss_agg="token_mean", beta=0.0, save_every=50, eval_every=50, eval_prompts=200)
+    grpo: GRPOConfig = GRPOConfig(steps=300, prompts_per_step=128, group_size=8, lr=3e-4, temperature=1.0,
+                                  loss_agg="token_mean", beta=0.0, save_every=100, eval_every=50, eval_prompts=200)
     """The GRPO run (its model, task, rewards and budget are filled in by the demo)."""
 
 
