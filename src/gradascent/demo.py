@@ -87,6 +87,33 @@ def accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tok
     return evaluate(model, tokenizer, rows, [exact_match], max_new_tokens)["eval/exact_match"]
 
 
+def plot_accuracy(out: Path, sft_step: int, before: float) -> Path:
+    """plots/accuracy.png: SFT validation accuracy by SFT step, then held-out test accuracy by GRPO step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sft = [(r["step"], r["eval/reward/exact_match"]) for r in RunDir(out / "sft", tensorboard=False).read_metrics()
+           if "eval/reward/exact_match" in r and r["step"] <= sft_step]
+    grpo = [(sft_step, before)] + [(sft_step + r["step"], r["eval/exact_match"])
+                                   for r in RunDir(out / "grpo", tensorboard=False).read_metrics()
+                                   if "eval/exact_match" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(*zip(*sft), marker=".", label="SFT (validation problems)")
+    ax.plot(*zip(*grpo), marker=".", label="GRPO (held-out test problems)")
+    ax.set_xlabel("SFT steps, then GRPO steps")
+    ax.set_ylabel("greedy exact-match accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out / "plots" / "accuracy.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSettings | None = None,
              progress: bool | None = None, verbose: bool = True) -> dict[str, Any]:
     """SFT then GRPO on arithmetic; prints and returns the summary (``accuracy_before``, ``accuracy_after``)."""
@@ -132,11 +159,12 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSetting
         f"[{elapsed:.0f} s in all]")
 
     plots = plot_runs([out / "sft", out / "grpo"], out / "plots")
+    plots.append(plot_accuracy(out, steps, before))
     summary = {"accuracy_before": before, "accuracy_after": after, "gain": after - before, "seed": seed,
                "model": settings.model, "sft_steps": steps, "sft_val_accuracy": val_acc, "grpo_steps": cfg.steps,
                "test_problems": len(task.eval), "sft_seconds": t_sft, "total_seconds": elapsed}
     RunDir(out, tensorboard=False).write_summary(summary)
-    say(f"run directory: {out} (summary.json, sft/ with model-start/, grpo/ with model/, plots/{plots[-1].name})")
+    say(f"run directory: {out} (summary.json, sft/ with model-start/, grpo/ with model/, plots/)")
     return summary
 
 
