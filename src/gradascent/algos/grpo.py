@@ -169,7 +169,8 @@ class GRPOConfig:
     eval_prompts: int = 64
     """Held-out prompts per evaluation, when the task has a held-out split."""
     save_every: int = 50
-    """Write a checkpoint every this many steps (and at the end); 0: only at the end."""
+    """Write a checkpoint every this many steps and at the end; 0: none (only on SIGTERM / Ctrl-C). The final
+    model is saved either way."""
     keep_last: int = 2
     """Checkpoints kept on disk (older ones are deleted)."""
     log_every: int = 1
@@ -558,7 +559,7 @@ def train_grpo(
                 run.log(step, metrics)
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward']:.3f}")
-            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stop.requested:
+            if (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps)) or stop.requested:
                 checkpoint(step)
             if stop.requested:
                 stopped_by = stop.requested
