@@ -17,7 +17,8 @@ Figures per model size:
                (forward + backward over 64 x (6 + 32) tokens), N = parameters
     of_floor   our s/step over that floor (1.0 would be matmul-bound with no overhead)
 
-Before each run the heap is collected and trimmed (``gc.collect``, glibc ``malloc_trim``), so that neither
+Ours runs with ``save_every=0`` (no checkpoint; TRL runs with ``save_strategy="no"``) and still saves its
+final model, which TRL does not. Before each run the heap is collected and trimmed (``gc.collect``, glibc ``malloc_trim``), so that neither
 run starts with free memory the allocator kept from the other; ours runs first.
 The last line is one JSON object with ``speedup`` (TRL s/step / ours) per model size.
 
@@ -141,7 +142,8 @@ def main() -> None:
         args.models, args.steps, args.warmup = "qwen2-5m", 4, 1
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    import trl  # noqa: F401  (imported before any measurement: its import is not part of a run)
+    import torch.utils.tensorboard  # noqa: F401  (imported before any measurement: imports are not part of a run)
+    import trl  # noqa: F401
 
     flops = matmul_flops(n=1024, repeats=10)
     print(f"fp32 matmul throughput: {flops / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)")

@@ -1,10 +1,16 @@
 """`gradascent demo`: a model that learns arithmetic from scratch by SFT, then gets better at it by GRPO.
 
-1. The built-in arithmetic task (``tasks.arithmetic_task``) with the difficulty below, written to JSONL.
-2. SFT (``algos.sft``) of a randomly initialised preset, long enough to learn the answer format and part of
-   the arithmetic: a modest held-out accuracy.
-3. The held-out exact-match accuracy of greedy answers, before and after:
-4. GRPO (``algos.grpo``) from the SFT model on the exact-match reward (plus a small format reward).
+1. The built-in arithmetic task (``tasks.arithmetic_task``) at the difficulty below: SFT demonstrations
+   drawn from the problem space, and held-out test and validation problems that no phase trains on.
+2. SFT (``algos.sft``) of a randomly initialised preset, checkpointed and validated every few steps; GRPO
+   starts from the first checkpoint whose greedy accuracy on the validation problems reaches a modest target:
+   the model has learned the answer format and part of the arithmetic (its errors are mostly one off in the
+   last digit). The step differs from seed to seed, since the accuracy of these models rises steeply once
+   it starts to rise.
+3. GRPO (``algos.grpo``) from the SFT model on the exact-match reward (plus a small format reward), its
+   prompts drawn from every problem of the space except the held-out ones. No answer is ever shown to the
+   model in this phase: it only learns which of its own answers were right.
+4. The held-out exact-match accuracy of greedy answers, before and after GRPO.
 
 Writes ``out/`` with ``data/``, the run directories ``sft/`` and ``grpo/`` (each with its model/), plots of
 both in ``plots/``, and ``summary.json`` holding ``accuracy_before`` and ``accuracy_after`` (fractions).
@@ -20,15 +26,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from gradascent.algos.grpo import GRPOConfig, evaluate, train_grpo
 from gradascent.algos.sft import SFTConfig, train_sft
 from gradascent.errors import ConfigError
-from gradascent.lm import load_model
+from gradascent.lm import load_model, save_model
+from gradascent.run.checkpoint import checkpoint_name, load_checkpoint
 from gradascent.run.plot import plot_runs
 from gradascent.run.rundir import RunDir
 from gradascent.tasks import Task, arithmetic_task, exact_match
+from gradascent.tasks.arithmetic import solve
 
 
 @dataclass(frozen=True)
@@ -37,34 +43,75 @@ class DemoSettings:
 
     model: str = "qwen2-1m"
     """Preset trained from scratch (about 1 M parameters)."""
-    max_operand: int = 99
-    """Operands are drawn from [0, max_operand]."""
+    max_operand: int = 49
+    """Operands are drawn from [0, max_operand]: 2,500 problems."""
     ops: str = "+"
     """Operators of the task."""
-    n_train: int = 4000
-    """Training problems."""
+    n_train: int = 1500
+    """SFT demonstrations (drawn with repetition from the problems that are neither validation nor test)."""
     n_eval: int = 200
-    """Held-out problems, never a training prompt; accuracy is measured on them."""
-    sft_steps: int = 400
-    """SFT steps: enough for the format and part of the arithmetic."""
+    """Held-out test problems: accuracy before and after GRPO is measured on them, nothing trains on them."""
+    n_val: int = 200
+    """Validation problems, disjoint from the test problems: they decide when SFT stops."""
+    sft_target: float = 0.40
+    """GRPO starts from the first SFT checkpoint whose greedy validation accuracy reaches this."""
+    sft_every: int = 25
+    """SFT steps between two checkpoints (each one validated)."""
+    sft_steps: int = 600
+    """SFT steps (cosine schedule); if no checkpoint reaches the target, the last one is taken."""
     sft_batch_size: int = 64
     """SFT examples per step."""
-    sft_lr: float = 2e-3
-    """SFT peak learning rate (cosine decay to 10%)."""
-    grpo: GRPOConfig = GRPOConfig(steps=150, prompts_per_step=16, group_size=8, lr=3e-4, temperature=1.0,
-                                  loss_agg="token_mean", beta=0.0, save_every=50, eval_every=50, eval_prompts=200)
+    sft_lr: float = 3e-3
+    """SFT peak learning rate (20 warm-up steps, cosine decay to 10%)."""
+    grpo: GRPOConfig = GRPOConfig(steps=300, prompts_per_step=128, group_size=8, lr=3e-4, temperature=1.0,
+                                  loss_agg="token_mean", beta=0.0, save_every=100, eval_every=50, eval_prompts=200)
     """The GRPO run (its model, task, rewards and budget are filled in by the demo)."""
 
 
-def arithmetic(settings: DemoSettings, seed: int) -> Task:
-    """The demo's arithmetic task: exact match (1.0) and a bare-number format reward (0.1)."""
-    return arithmetic_task(n_train=settings.n_train, n_eval=settings.n_eval, seed=seed,
-                           max_operand=settings.max_operand, ops=settings.ops)
+def arithmetic(settings: DemoSettings, seed: int) -> tuple[Task, Task, list[dict[str, Any]]]:
+    """(SFT task, GRPO task, validation rows). Both tasks hold the same test problems; SFT's rows are
+    demonstrations, GRPO's are every problem of the space outside test and validation. Rewards: exact match
+    (1.0) and a bare number (0.1)."""
+    sft = arithmetic_task(n_train=settings.n_train, n_eval=settings.n_eval + settings.n_val, seed=seed,
+                          max_operand=settings.max_operand, ops=settings.ops)
+    test, val = sft.eval[:settings.n_eval], sft.eval[settings.n_eval:]
+    held_out = {r["prompt"] for r in sft.eval}
+    pool = [{"prompt": f"{a}{op}{b}=", "answer": str(solve(a, op, b))}
+            for a in range(settings.max_operand + 1) for op in settings.ops for b in range(settings.max_operand + 1)
+            if f"{a}{op}{b}=" not in held_out]
+    return replace(sft, eval=test), replace(sft, train=pool, eval=test), val
 
 
-def accuracy(model: Any, tokenizer: Any, task: Task) -> float:
-    """Held-out exact-match accuracy of greedy answers, a fraction in [0, 1]."""
-    return evaluate(model, tokenizer, task.eval, [exact_match], task.max_new_tokens)["eval/exact_match"]
+def accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int) -> float:
+    """Exact-match accuracy of greedy answers to ``rows``, a fraction in [0, 1]."""
+    return evaluate(model, tokenizer, rows, [exact_match], max_new_tokens)["eval/exact_match"]
+
+
+def plot_accuracy(out: Path, sft_step: int, before: float) -> Path:
+    """plots/accuracy.png: SFT validation accuracy by SFT step, then held-out test accuracy by GRPO step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sft = [(r["step"], r["eval/reward/exact_match"]) for r in RunDir(out / "sft", tensorboard=False).read_metrics()
+           if "eval/reward/exact_match" in r and r["step"] <= sft_step]
+    grpo = [(sft_step, before)] + [(sft_step + r["step"], r["eval/exact_match"])
+                                   for r in RunDir(out / "grpo", tensorboard=False).read_metrics()
+                                   if "eval/exact_match" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(*zip(*sft), marker=".", label="SFT (validation problems)")
+    ax.plot(*zip(*grpo), marker=".", label="GRPO (held-out test problems)")
+    ax.set_xlabel("SFT steps, then GRPO steps")
+    ax.set_ylabel("greedy exact-match accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out / "plots" / "accuracy.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSettings | None = None,
@@ -76,41 +123,48 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSetting
         raise ConfigError(f"{out} already holds a demo run; remove it or choose another --out")
     say = print if verbose else (lambda *a, **k: None)
     t0 = time.perf_counter()
-    task = arithmetic(settings, seed)
+    task, rl_task, val = arithmetic(settings, seed)
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
-    for split, rows in (("train", task.train), ("eval", task.eval)):
+    for split, rows in (("train", task.train), ("val", val), ("test", task.eval)):
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    say(f"task: {len(task.train)} training and {len(task.eval)} held-out problems like "
-        f"{task.train[0]['prompt']}{task.train[0]['answer']}")
+    say(f"task: problems like {task.train[0]['prompt']}{task.train[0]['answer']}; {len(task.train)} SFT "
+        f"demonstrations, {len(rl_task.train)} GRPO prompts, {len(task.eval)} held-out test problems")
 
-    # ---- SFT from scratch: the format and part of the arithmetic
-    say(f"SFT of a random {settings.model} for {settings.sft_steps} steps ...", flush=True)
-    sft = SFTConfig(model=settings.model, task=str(data / "train.jsonl"), eval_file=str(data / "eval.jsonl"),
-                    out=str(out / "sft"), seed=seed, steps=settings.sft_steps, batch_size=settings.sft_batch_size,
-                    lr=settings.sft_lr, warmup_steps=20, eval_every=0, eval_generate=0, save_every=0,
-                    log_every=20, progress=progress)
-    train_sft(sft)
+    # ---- SFT from scratch; GRPO starts from its first checkpoint with a modest validation accuracy
+    say(f"SFT of a random {settings.model}, validated every {settings.sft_every} steps ...", flush=True)
+    train_sft(SFTConfig(
+        model=settings.model, task=str(data / "train.jsonl"), eval_file=str(data / "val.jsonl"), out=str(out / "sft"),
+        seed=seed, steps=settings.sft_steps, batch_size=settings.sft_batch_size, lr=settings.sft_lr,
+        warmup_steps=20, eval_every=settings.sft_every, eval_generate=settings.n_val, save_every=settings.sft_every,
+        keep_last=settings.sft_steps // settings.sft_every + 1, log_every=settings.sft_every, progress=progress))
+    curve = [(r["step"], r["eval/reward/exact_match"]) for r in RunDir(out / "sft", tensorboard=False).read_metrics()
+             if "eval/reward/exact_match" in r]
+    steps, val_acc = next(((k, a) for k, a in curve if a >= settings.sft_target), curve[-1])
+    model, tokenizer = load_model(out / "sft" / "model")  # the architecture and tokenizer; weights of `steps`:
+    model.load_state_dict(load_checkpoint(out / "sft" / "checkpoints" / checkpoint_name(steps))[1]["model"])
+    start = save_model(model, tokenizer, out / "sft" / "model-start")  # what GRPO starts from, loadable as is
     t_sft = time.perf_counter() - t0
-    model, tokenizer = load_model(out / "sft" / "model")
-    before = accuracy(model, tokenizer, task)
-    say(f"held-out accuracy after SFT (greedy): {before:.1%}  [{t_sft:.0f} s]", flush=True)
+    before = accuracy(model, tokenizer, task.eval, task.max_new_tokens)
+    say(f"after {steps} SFT steps: validation {val_acc:.1%}, held-out test accuracy (greedy) {before:.1%}  "
+        f"[{t_sft:.0f} s]", flush=True)
 
     # ---- GRPO from the SFT model on the exact-match reward
-    cfg = replace(settings.grpo, model=str(out / "sft" / "model"), seed=seed)
+    cfg = replace(settings.grpo, model=str(start), seed=seed)
     say(f"GRPO for {cfg.steps} steps of {cfg.prompts_per_step} prompts x {cfg.group_size} completions ...", flush=True)
-    torch.manual_seed(seed)
-    train_grpo(cfg, out / "grpo", model=model, tokenizer=tokenizer, task=task, progress=progress)
-    after = accuracy(model, tokenizer, task)
+    train_grpo(cfg, out / "grpo", model=model, tokenizer=tokenizer, task=rl_task, progress=progress)
+    after = accuracy(model, tokenizer, task.eval, task.max_new_tokens)
     elapsed = time.perf_counter() - t0
-    say(f"held-out accuracy after GRPO (greedy): {after:.1%}  ({after - before:+.1%})  [{elapsed:.0f} s in all]")
+    say(f"held-out test accuracy after GRPO (greedy): {after:.1%}  ({100 * (after - before):+.1f} points)  "
+        f"[{elapsed:.0f} s in all]")
 
     plots = plot_runs([out / "sft", out / "grpo"], out / "plots")
+    plots.append(plot_accuracy(out, steps, before))
     summary = {"accuracy_before": before, "accuracy_after": after, "gain": after - before, "seed": seed,
-               "model": settings.model, "sft_steps": settings.sft_steps, "grpo_steps": cfg.steps,
-               "eval_problems": len(task.eval), "sft_seconds": t_sft, "total_seconds": elapsed}
+               "model": settings.model, "sft_steps": steps, "sft_val_accuracy": val_acc, "grpo_steps": cfg.steps,
+               "test_problems": len(task.eval), "sft_seconds": t_sft, "total_seconds": elapsed}
     RunDir(out, tensorboard=False).write_summary(summary)
-    say(f"run directory: {out} (summary.json, sft/, grpo/, plots/{plots[-1].name})")
+    say(f"run directory: {out} (summary.json, sft/ with model-start/, grpo/ with model/, plots/)")
     return summary
 
 

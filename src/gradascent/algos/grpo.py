@@ -25,6 +25,9 @@ Deliberate deviations and choices, each a config field:
 - ``mask_truncated``: completions that never wrote EOS within ``max_new_tokens`` are taken out of the loss
   (DAPO's overlong filtering).
 - The KL penalty is added per token before aggregation, as in the paper, and uses k3 by default.
+- Not a deviation in the maths: the training forward runs each prompt once for its G completions
+  (``lm.grouped``), which gives the same log-probs and gradients as G separate rows for less compute;
+  minibatches therefore hold whole groups.
 
 Sampling and per-token log-probs come from ``gradascent.lm``; this file never calls ``model.generate``.
 Sampling draws from an explicit ``torch.Generator`` whose state is checkpointed, and the prompt order is a
@@ -166,7 +169,8 @@ class GRPOConfig:
     eval_prompts: int = 64
     """Held-out prompts per evaluation, when the task has a held-out split."""
     save_every: int = 50
-    """Write a checkpoint every this many steps (and at the end); 0: only at the end."""
+    """Write a checkpoint every this many steps and at the end; 0: none (only on SIGTERM / Ctrl-C). The final
+    model is saved either way."""
     keep_last: int = 2
     """Checkpoints kept on disk (older ones are deleted)."""
     log_every: int = 1
@@ -280,7 +284,7 @@ def grpo_loss(
         loss = loss + cfg.beta * aggregate(kl, mask, cfg.loss_agg, **agg_kwargs)
         stats["kl"] = masked_mean(kl, mask).detach()
     if entropy is not None:
-        ent_loss, ent_stats = entropy_loss(entropy, mask, agg=cfg.loss_agg, agg_kwargs=agg_kwargs)  # (14)
+        ent_loss, _ = entropy_loss(entropy, mask, agg=cfg.loss_agg, agg_kwargs=agg_kwargs)  # (14)
         stats["entropy"] = masked_mean(entropy, mask).detach()
         if cfg.ent_coef > 0:
             loss = loss + cfg.ent_coef * ent_loss
@@ -293,7 +297,6 @@ def zero_std_groups(rewards: Tensor, group_size: int) -> Tensor:
     g = rewards.reshape(-1, group_size)
     flat = (g == g[:, :1]).all(dim=-1)  # (P,)
     return flat.repeat_interleave(group_size)
-
 
 
 def load_reference(cfg: GRPOConfig, policy: nn.Module) -> nn.Module:
@@ -406,6 +409,11 @@ def train_grpo(
     # ---- resume: weights, optimizer, schedule, guard, sampling and global RNGs, metrics up to the checkpoint
     step, elapsed, last_eval = 0, 0.0, {}
     ckpt = latest_checkpoint(Path(out) / "checkpoints") if resume else None
+    if run is not None and ckpt is None and run.read_metrics():
+        if not resume:
+            raise ConfigError(f"{out} already holds a run (metrics.jsonl); pass --resume to continue it or "
+                              "choose another run directory")
+        run.truncate_metrics(0)  # stopped before its first checkpoint: start over
     if ckpt is not None:
         step, state = load_checkpoint(ckpt)
         if state["world_size"] != dist_info.world_size:
@@ -541,7 +549,7 @@ def train_grpo(
                 "nonfinite_skipped": guard.skipped,
             }
             metrics = distributed.reduce_metrics(metrics)
-            if eval_rows and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            if run is not None and eval_rows and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 with eval_mode(model):
                     last_eval = evaluate(model, tokenizer, eval_rows, reward_fns, max_new)
                 metrics.update(last_eval)
@@ -551,7 +559,7 @@ def train_grpo(
                 run.log(step, metrics)
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward']:.3f}")
-            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stop.requested:
+            if (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps)) or stop.requested:
                 checkpoint(step)
             if stop.requested:
                 stopped_by = stop.requested
