@@ -9,6 +9,7 @@ what connects them, so those fields are not set by hand:
     rm.out  = OUT/rm         rm.data  = task         rm.seed  = seed     rm.model = OUT/sft/model
     ppo.out = OUT/ppo        ppo.prompts = task      ppo.seed = seed     ppo.policy = OUT/sft/model
                                                                         ppo.reward_model = OUT/rm/model
+    and resume = true for every stage.
 
 Each stage writes its own run directory under OUT; OUT itself holds config.yaml, metrics.jsonl (one row
 per finished stage), summary.json and checkpoints/ (empty: the stages checkpoint themselves). Running the
@@ -37,8 +38,8 @@ from gradascent.run.rundir import RunDir
 # Fields of each section that the chain sets (section field -> where its value comes from).
 CHAIN_FIELDS: dict[str, tuple[str, ...]] = {
     "sft": ("out", "task", "seed", "resume"),
-    "rm": ("out", "data", "seed", "model"),
-    "ppo": ("out", "prompts", "seed", "policy", "reward_model"),
+    "rm": ("out", "data", "seed", "model", "resume"),
+    "ppo": ("out", "prompts", "seed", "policy", "reward_model", "resume"),
 }
 
 
@@ -76,9 +77,9 @@ def stage_configs(cfg: RLHFConfig) -> tuple[SFTConfig, RewardModelConfig, PPORLH
     out = Path(cfg.out)
     sft_model = str(out / "sft" / "model")
     sft = dataclasses.replace(cfg.sft, out=str(out / "sft"), task=cfg.task, seed=cfg.seed, resume=True)
-    rm = dataclasses.replace(cfg.rm, out=str(out / "rm"), data=cfg.task, seed=cfg.seed, model=sft_model)
+    rm = dataclasses.replace(cfg.rm, out=str(out / "rm"), data=cfg.task, seed=cfg.seed, model=sft_model, resume=True)
     ppo = dataclasses.replace(cfg.ppo, out=str(out / "ppo"), prompts=cfg.task, seed=cfg.seed, policy=sft_model,
-                              reward_model=str(out / "rm" / "model"))
+                              reward_model=str(out / "rm" / "model"), resume=True)
     return sft, rm, ppo
 
 
@@ -165,6 +166,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.yaml", default=None, help="YAML file of RLHFConfig fields")
     add_config_flags(p, RLHFConfig)
     p.set_defaults(func=_cmd)
+
+
+def train(cfg: RLHFConfig, resume: bool = False) -> dict[str, Any]:
+    """The chain as `gradascent resume` calls it (the chain always resumes what it finds in ``out``)."""
+    return run_rlhf(cfg)
 
 
 def _cmd(args: argparse.Namespace) -> int:
