@@ -133,6 +133,14 @@ def test_lora_policy_shares_base_weights_with_reference_and_reward_model(sft_dir
     moved = {k for k in lora0 if not torch.equal(after[k], lora0[k])}
     assert moved and all(".policy." in k for k in moved)  # only the policy adapter trains
     assert {k for k in lora0 if ".policy." in k and "lora_B" in k} <= moved
+    # Sampling sees the adapter: the sampler's log-probs are the trained policy's, not the base's.
+    from gradascent.algos.ppo_rlhf import policy_logprobs, reference_logprobs, sample
+
+    gen = sample(models, ["Describe the sea:"] * 4, cfg, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logp, logp_ref = policy_logprobs(models.policy, gen, 1.0), reference_logprobs(models, gen, 1.0)
+    m = gen.completion_mask
+    assert torch.allclose(gen.logp[m], logp[m], atol=1e-4) and not torch.allclose(logp[m], logp_ref[m], atol=1e-4)
     # The saved policy is the merged model: a plain causal LM directory.
     merged, _ = load_model(tmp_path / "ppo" / "policy")
     assert not any("lora" in k for k in merged.state_dict())
@@ -222,7 +230,7 @@ def test_exact_resume_after_sigkill(sft_dir, rm_dir, tmp_path):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (out / "summary.json").exists()  # killed mid-run, not after the end
-    assert main([*args, "--out", str(out), "--resume", "true"]) == 0
+    assert main(["resume", str(out)]) == 0  # finds the trainer from run.json, continues with the saved config
 
     for sub, name in (("policy", "model.safetensors"), ("value", "model.safetensors"), ("value", "head.safetensors")):
         a, b = load_file(str(tmp_path / "full" / sub / name)), load_file(str(out / sub / name))
