@@ -100,3 +100,15 @@ def test_flags_carry_the_docs_and_only_given_values_come_back():
     assert "--inner.lr" in help_text
     args = parser.parse_args(["--lr", "0.1", "--inner.lr", "2"])
     assert flag_values(args) == {"lr": "0.1", "inner.lr": "2"}
+
+
+def test_nested_flags_show_the_section_default_not_the_class_default():
+    @dataclass(frozen=True)
+    class Outer:
+        inner: Inner = Inner(lr=0.5)
+        """A section whose default differs from Inner()."""
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, Outer)
+    help_text = " ".join(parser.format_help().split())
+    assert "--inner.lr FLOAT Adam learning rate. [default: 0.5]" in help_text
