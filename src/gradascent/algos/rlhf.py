@@ -52,10 +52,10 @@ class RLHFConfig:
     the final policy) or a JSONL file of preference rows {prompt, chosen, rejected} (SFT trains on chosen)."""
     seed: int = 0
     """Seed of every stage."""
-    sft: SFTConfig = SFTConfig(model="qwen2-micro", n_train=2000, n_eval=100, steps=300, batch_size=32, lr=3e-3,
+    sft: SFTConfig = SFTConfig(model="qwen2-1m", n_train=2000, n_eval=100, steps=300, batch_size=32, lr=3e-3,
                                warmup_steps=20, eval_every=0, eval_generate=64, save_every=100, log_every=20)
     """Stage 1, supervised fine-tuning on the chosen completions (`gradascent sft`)."""
-    rm: RewardModelConfig = RewardModelConfig(train_pairs=4000, eval_pairs=256, epochs=1, batch_size=32, lr=1e-3,
+    rm: RewardModelConfig = RewardModelConfig(train_pairs=6000, eval_pairs=256, epochs=1, batch_size=32, lr=1e-3,
                                               checkpoint_every=50)
     """Stage 2, the reward model on the preference pairs (`gradascent rm`)."""
     ppo: PPORLHFConfig = PPORLHFConfig()
