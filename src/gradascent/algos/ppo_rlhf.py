@@ -210,7 +210,8 @@ class PPORLHFConfig:
 
 
 # Fields that may change between a run and its resumption without changing what is computed.
-RESUMABLE_CHANGES = frozenset({"updates", "log_every", "checkpoint_every", "keep_checkpoints", "resume", "eval_every"})
+RESUMABLE_CHANGES = frozenset({"out", "updates", "log_every", "checkpoint_every", "keep_checkpoints", "resume",
+                               "eval_every"})
 
 
 # --- the per-token reward and advantages (pure; the trainer's reward assembly) -------------------------
@@ -588,7 +589,9 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
             "samples": samples, "baseline": baseline,
         }, keep_last=cfg.keep_checkpoints)
 
-    last_eval: dict[str, float] = dict(baseline)
+    # Resumed from the final checkpoint (killed while saving the models): evaluate the trained policy again.
+    last_eval = evaluate(models, prompt_set.eval, prompt_set.hidden_score, cfg, cfg.seed) if start >= cfg.updates \
+        else dict(baseline)
     bar = progress_bar(cfg.updates, "ppo", unit="update", enabled=None if is_main else False)
     bar.update(start)
     with StopOnSignal() as stop:

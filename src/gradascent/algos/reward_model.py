@@ -118,7 +118,7 @@ class RewardModelConfig:
         require(self.max_nonfinite >= 1, "max_nonfinite", self.max_nonfinite, "an int >= 1")
 
 
-RESUMABLE_CHANGES = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "resume", "eval_every"})
+RESUMABLE_CHANGES = frozenset({"out", "log_every", "checkpoint_every", "keep_checkpoints", "resume", "eval_every"})
 
 
 def pair_batch(tokenizer: Any, pairs: list[PreferencePair], max_length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,6 +191,8 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     guard = NonFiniteGuard(cfg.max_nonfinite)
     start = 0
     first_eval: dict[str, float] = {}
+    window: dict[str, float] = {}  # metric sums since the last metrics row
+    n_window = 0
     if resume_from is not None:
         _, state = load_checkpoint(resume_from)
         model.load_state_dict(state["model"])
@@ -198,6 +200,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         restore_rng(state["rng"])
         guard.load_state_dict(state["guard"])
         start, first_eval = int(state["step"]), dict(state["first_eval"])
+        window, n_window = dict(state["window"]), int(state["n_window"])
         run.truncate_metrics(start)
     else:
         if run.metrics_path.exists():
@@ -208,12 +211,12 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     def checkpoint(step: int) -> None:
         save_checkpoint(run.checkpoints, step, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": capture_rng(),
-            "guard": guard.state_dict(), "step": step, "first_eval": first_eval,
+            "guard": guard.state_dict(), "step": step, "first_eval": first_eval, "window": window,
+            "n_window": n_window,
         }, keep_last=cfg.keep_checkpoints)
 
-    last_eval = first_eval
-    window: dict[str, float] = {}
-    n_window = 0
+    # Resumed from the final checkpoint (killed while saving the model): measure the trained model again.
+    last_eval = evaluate(model, tok, held_out, cfg) if start >= total else first_eval
     bar = progress_bar(total, "rm")
     bar.update(start)
     with StopOnSignal() as stop:
