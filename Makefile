@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench-deps clean
+.PHONY: install demo test bench-deps bench-trl-ppo clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ test: install
 
 bench-deps: install
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+
+# TRL's PPO trainer (trl.experimental.ppo) was removed after TRL 1.12: bench/ppo_vs_trl.py runs it from a
+# side directory, leaving the installed TRL and every other dependency as they are.
+bench-trl-ppo: bench-deps
+	$(BIN)/python -m pip install -q --no-deps --target .cache/trl-ppo trl==1.12.0
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -4,8 +4,8 @@ hidden ground truth, with a good reward model and the KL to the reference held n
     HF_HUB_OFFLINE=1 python bench/rlhf_learning.py [--seeds 0 1 2] [--out runs/bench-rlhf]
 
 Each seed runs the `gradascent rlhf` chain with its built-in default config (RLHFConfig(), only `seed` and
-`out` changed): SFT of the qwen2-micro preset from scratch on the chosen completions, the reward model on
-4,000 pairs, then PPO. Figures per seed: held-out pairwise accuracy of the reward model, the hidden score
+`out` changed): SFT of the qwen2-1m preset from scratch on the chosen completions, the reward model on
+6,000 pairs, then PPO. Figures per seed: held-out pairwise accuracy of the reward model, the hidden score
 of greedy completions on held-out prompts for the SFT model and for the PPO policy, the KL of the policy to
 the SFT reference per completion (exact over the vocabulary along sampled completions, in nats) against the
 controller's target, and the wall time of the whole chain. The last line is one JSON object.

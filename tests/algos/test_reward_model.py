@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from _rlhf_fixtures import cli_error, rm_config, sft_dir, state_of  # noqa: F401  (fixtures)
+from _rlhf_fixtures import _one_torch_thread, cli_error, rm_config, sft_dir, state_of  # noqa: F401  (fixtures)
 from gradascent.algos.reward_model import pair_rewards, train_reward_model
 from gradascent.algos.rlhf_data import PreferencePair, check_pairs, encode_sequences
 from gradascent.errors import DataError
@@ -88,3 +88,27 @@ def test_cli_bad_pairs_exit_2_with_one_line_naming_the_row(sft_dir, tmp_path, ca
     data.write_text(json.dumps(good) + "\n\n" + json.dumps(row) + "\n")
     line = cli_error(capsys, "rm", "--model", str(sft_dir), "--data", str(data), "--out", str(tmp_path / "out"))
     assert f"{data}:3: {message}" in line
+
+
+def test_resume_from_a_middle_checkpoint_equals_the_uninterrupted_run(sft_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    cfg = rm_config(sft_dir, tmp_path / "a", train_pairs=96, eval_pairs=16, batch_size=16, log_every=3,
+                    checkpoint_every=2, keep_checkpoints=5)
+    train_reward_model(cfg)
+    # The state of a run killed right after its checkpoint at step 4 (of 6): later checkpoints, the model
+    # and the summary are gone, and metrics.jsonl still holds the row of step 6.
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step_00000006")
+    shutil.rmtree(tmp_path / "b" / "model")
+    (tmp_path / "b" / "summary.json").unlink()
+    train_reward_model(rm_config(sft_dir, tmp_path / "b", train_pairs=96, eval_pairs=16, batch_size=16, log_every=3,
+                                 checkpoint_every=2, keep_checkpoints=5, resume=True))
+    for name in ("model.safetensors", "head.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / "model" / name)), load_file(str(tmp_path / "b" / "model" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = lambda d: [{k: v for k, v in json.loads(line).items() if k != "wall_s"}
+                      for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    assert rows("a") == rows("b") and [r["step"] for r in rows("b")] == [0, 3, 6]

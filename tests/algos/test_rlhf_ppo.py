@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from _rlhf_fixtures import (  # noqa: F401  (fixtures)
+    _one_torch_thread,
     SRC,
     assert_bit_identical,
     cli,
@@ -132,6 +133,14 @@ def test_lora_policy_shares_base_weights_with_reference_and_reward_model(sft_dir
     moved = {k for k in lora0 if not torch.equal(after[k], lora0[k])}
     assert moved and all(".policy." in k for k in moved)  # only the policy adapter trains
     assert {k for k in lora0 if ".policy." in k and "lora_B" in k} <= moved
+    # Sampling sees the adapter: the sampler's log-probs are the trained policy's, not the base's.
+    from gradascent.algos.ppo_rlhf import policy_logprobs, reference_logprobs, sample
+
+    gen = sample(models, ["Describe the sea:"] * 4, cfg, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logp, logp_ref = policy_logprobs(models.policy, gen, 1.0), reference_logprobs(models, gen, 1.0)
+    m = gen.completion_mask
+    assert torch.allclose(gen.logp[m], logp[m], atol=1e-4) and not torch.allclose(logp[m], logp_ref[m], atol=1e-4)
     # The saved policy is the merged model: a plain causal LM directory.
     merged, _ = load_model(tmp_path / "ppo" / "policy")
     assert not any("lora" in k for k in merged.state_dict())
@@ -161,7 +170,7 @@ def test_nan_reward_model_stops_the_run_naming_the_batch_and_keeps_checkpoints(s
     head = load_file(str(rm / "head.safetensors"))
     head["bias"] = torch.tensor([float("nan")])
     save_file(head, str(rm / "head.safetensors"))
-    cfg = ppo_config(sft_dir, rm, out, updates=3)
+    cfg = ppo_config(sft_dir, rm, out, updates=3, resume=True)
     with pytest.raises(NonFiniteError, match=r"reward model returned NaN or inf at update 2, batch of prompts \["):
         train_ppo_rlhf(cfg)
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000001"]
@@ -202,25 +211,26 @@ def _rows(path):
 
 
 def test_exact_resume_after_sigkill(sft_dir, rm_dir, tmp_path):
+    # The uninterrupted run and the resumption run here (one intra-op thread, as the killed subprocess).
+    from gradascent.cli import main
+
     args = ["ppo", "--policy", str(sft_dir), "--reward-model", str(rm_dir), "--updates", "8", "--batch-size", "8",
             "--minibatch-size", "4", "--epochs", "2", "--max-new-tokens", "6", "--eval-prompts", "4",
             "--eval-every", "3", "--checkpoint-every", "2", "--keep-checkpoints", "1"]
-    full = cli(*args, "--out", str(tmp_path / "full"))
-    assert full.returncode == 0, full.stderr[-2000:]
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
 
     out = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=SRC, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "gradascent.cli", *args, "--out", str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not (out / "checkpoints" / "step_00000002").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (out / "summary.json").exists()  # killed mid-run, not after the end
-    resumed = cli(*args, "--out", str(out))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert main(["resume", str(out)]) == 0  # finds the trainer from run.json, continues with the saved config
 
     for sub, name in (("policy", "model.safetensors"), ("value", "model.safetensors"), ("value", "head.safetensors")):
         a, b = load_file(str(tmp_path / "full" / sub / name)), load_file(str(out / sub / name))

@@ -107,3 +107,15 @@ def test_bool_flags_stand_alone_or_take_a_value():
     add_config_flags(parser, Cfg)
     assert flag_values(parser.parse_args(["--anneal"])) == {"anneal": "true"}
     assert load_config(Cfg, flag_overrides=flag_values(parser.parse_args(["--anneal", "false"]))).anneal is False
+
+
+def test_nested_flags_show_the_section_default_not_the_class_default():
+    @dataclass(frozen=True)
+    class Outer:
+        inner: Inner = Inner(lr=0.5)
+        """A section whose default differs from Inner()."""
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, Outer)
+    help_text = " ".join(parser.format_help().split())
+    assert "--inner.lr FLOAT Adam learning rate. [default: 0.5]" in help_text

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import sys
 import time
@@ -135,7 +136,7 @@ class PPORLHFConfig:
     """Weight of the entropy bonus (RLHF usually 0: the KL penalty already keeps entropy up)."""
     agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
     """How per-token losses are reduced (docs/equations.md, R1-R3)."""
-    kl_coef: float = 0.2
+    kl_coef: float = 0.3
     """Initial beta of the KL penalty in the reward (Ziegler et al. 2019: 0.1; TRL: 0.05)."""
     kl_control: Literal["fixed", "proportional", "adaptive"] = "proportional"
     """How beta moves: fixed; Ziegler et al.'s proportional controller (18); PPO-Penalty's doubling/halving (17)."""
@@ -166,8 +167,9 @@ class PPORLHFConfig:
     """How many of the newest checkpoints to keep."""
     max_nonfinite: int = 5
     """Consecutive non-finite losses or gradients tolerated (each skips its step) before the run stops."""
-    resume: bool = True
-    """Continue from the newest checkpoint in `out` when there is one (with the same config)."""
+    resume: bool = False
+    """Continue the run in `out` from its newest checkpoint (same config; the result equals a run that never
+    stopped). Without it, an `out` that already holds a run is an error."""
 
     def __post_init__(self) -> None:
         require(self.updates >= 1, "updates", self.updates, "an int >= 1")
@@ -208,7 +210,8 @@ class PPORLHFConfig:
 
 
 # Fields that may change between a run and its resumption without changing what is computed.
-RESUMABLE_CHANGES = frozenset({"updates", "log_every", "checkpoint_every", "keep_checkpoints", "resume", "eval_every"})
+RESUMABLE_CHANGES = frozenset({"out", "updates", "log_every", "checkpoint_every", "keep_checkpoints", "resume",
+                               "eval_every"})
 
 
 # --- the per-token reward and advantages (pure; the trainer's reward assembly) -------------------------
@@ -489,7 +492,12 @@ def evaluate(models: Models, prompts: list[str], hidden: HiddenScore | None, cfg
 # --- the trainer ---------------------------------------------------------------------------------------
 
 
-def _check_resume(cfg: PPORLHFConfig, run: RunDir) -> None:
+def _check_resume(cfg: PPORLHFConfig, run: RunDir, resuming: bool) -> None:
+    if not resuming:
+        if run.read_metrics() and not cfg.resume:
+            raise ConfigError(f"{run.path} already holds a run (metrics.jsonl); pass resume: true to continue it "
+                              "or choose another out directory")
+        return
     saved_path = run.path / "config.yaml"
     if not saved_path.is_file():
         return
@@ -497,7 +505,7 @@ def _check_resume(cfg: PPORLHFConfig, run: RunDir) -> None:
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
     if changed:
         raise ConfigError(f"{run.path} holds a run with another config ({', '.join(changed)} differ); resume it with "
-                          "the same config, or choose another 'out' (or set resume: false to start afresh)")
+                          "the same config, or choose another 'out'")
 
 
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -522,8 +530,8 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     t_start = time.perf_counter()
     run = RunDir(cfg.out) if is_main else None
     resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
-    if resume_from is not None and run is not None:
-        _check_resume(cfg, run)
+    if run is not None:
+        _check_resume(cfg, run, resume_from is not None)
     if run is not None:
         run.write_config(cfg)
 
@@ -581,7 +589,9 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
             "samples": samples, "baseline": baseline,
         }, keep_last=cfg.keep_checkpoints)
 
-    last_eval: dict[str, float] = dict(baseline)
+    # Resumed from the final checkpoint (killed while saving the models): evaluate the trained policy again.
+    last_eval = evaluate(models, prompt_set.eval, prompt_set.hidden_score, cfg, cfg.seed) if start >= cfg.updates \
+        else dict(baseline)
     bar = progress_bar(cfg.updates, "ppo", unit="update", enabled=None if is_main else False)
     bar.update(start)
     with StopOnSignal() as stop:
@@ -677,7 +687,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
                     list(prompt_set.hidden_score(prompts, texts)), dtype=torch.float64).mean())
             metrics = distributed.reduce_metrics(metrics)
             metrics["kl_coef"] = kl_coef
-            metrics["skipped_steps"] = guard.skipped
+            metrics["skipped_updates"] = guard.skipped
             if done == cfg.updates or (cfg.eval_every and done % cfg.eval_every == 0):
                 last_eval = evaluate(models, prompt_set.eval, prompt_set.hidden_score, cfg, cfg.seed)
                 metrics.update(last_eval)
@@ -702,7 +712,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
         "rm_score_sft": baseline.get("eval_rm_score"), "rm_score_policy": last_eval.get("eval_rm_score"),
         "kl_to_reference": last_eval.get("kl_to_reference"), "kl_coef": kl_coef,
         "length_sft": baseline.get("eval_length"), "length_policy": last_eval.get("eval_length"),
-        "skipped_steps": guard.skipped, "wall_s": time.perf_counter() - t_start,
+        "skipped_updates": guard.skipped, "wall_s": time.perf_counter() - t_start,
     }
     if run is not None:
         save_policy(models, Path(cfg.out) / "policy")
@@ -755,6 +765,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.yaml", default=None, help="YAML file of PPORLHFConfig fields")
     add_config_flags(p, PPORLHFConfig)
     p.set_defaults(func=_cmd)
+
+
+def train(cfg: PPORLHFConfig, resume: bool = False) -> dict[str, Any]:
+    """The trainer as `gradascent resume` calls it: ``train_ppo_rlhf`` with ``resume`` forced on if asked."""
+    return train_ppo_rlhf(dataclasses.replace(cfg, resume=True) if resume else cfg)
 
 
 def _cmd(args: argparse.Namespace) -> int:

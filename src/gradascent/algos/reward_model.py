@@ -25,6 +25,7 @@ Deliberate choices:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -93,8 +94,9 @@ class RewardModelConfig:
     """How many of the newest checkpoints to keep."""
     max_nonfinite: int = 5
     """Consecutive non-finite losses or gradients tolerated (each skips its step) before the run stops."""
-    resume: bool = True
-    """Continue from the newest checkpoint in `out` when there is one (with the same config)."""
+    resume: bool = False
+    """Continue the run in `out` from its newest checkpoint (same config). Without it, an `out` that already
+    holds a run is an error."""
 
     def __post_init__(self) -> None:
         require(self.train_pairs >= 1, "train_pairs", self.train_pairs, "an int >= 1")
@@ -116,7 +118,7 @@ class RewardModelConfig:
         require(self.max_nonfinite >= 1, "max_nonfinite", self.max_nonfinite, "an int >= 1")
 
 
-RESUMABLE_CHANGES = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "resume", "eval_every"})
+RESUMABLE_CHANGES = frozenset({"out", "log_every", "checkpoint_every", "keep_checkpoints", "resume", "eval_every"})
 
 
 def pair_batch(tokenizer: Any, pairs: list[PreferencePair], max_length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,8 +173,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     run = RunDir(cfg.out)
     resume_from = latest_checkpoint(run.checkpoints) if cfg.resume else None
-    if resume_from is not None:
-        _check_resume(cfg, run)
+    _check_resume(cfg, run, resume_from is not None)
     run.write_config(cfg)
     device = torch.device(cfg.device)
 
@@ -190,6 +191,8 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     guard = NonFiniteGuard(cfg.max_nonfinite)
     start = 0
     first_eval: dict[str, float] = {}
+    window: dict[str, float] = {}  # metric sums since the last metrics row
+    n_window = 0
     if resume_from is not None:
         _, state = load_checkpoint(resume_from)
         model.load_state_dict(state["model"])
@@ -197,6 +200,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         restore_rng(state["rng"])
         guard.load_state_dict(state["guard"])
         start, first_eval = int(state["step"]), dict(state["first_eval"])
+        window, n_window = dict(state["window"]), int(state["n_window"])
         run.truncate_metrics(start)
     else:
         if run.metrics_path.exists():
@@ -207,12 +211,12 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     def checkpoint(step: int) -> None:
         save_checkpoint(run.checkpoints, step, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": capture_rng(),
-            "guard": guard.state_dict(), "step": step, "first_eval": first_eval,
+            "guard": guard.state_dict(), "step": step, "first_eval": first_eval, "window": window,
+            "n_window": n_window,
         }, keep_last=cfg.keep_checkpoints)
 
-    last_eval = first_eval
-    window: dict[str, float] = {}
-    n_window = 0
+    # Resumed from the final checkpoint (killed while saving the model): measure the trained model again.
+    last_eval = evaluate(model, tok, held_out, cfg) if start >= total else first_eval
     bar = progress_bar(total, "rm")
     bar.update(start)
     with StopOnSignal() as stop:
@@ -243,7 +247,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
             if done % cfg.log_every == 0 or done == total or row:
                 row = {"pairs": min(done * cfg.batch_size, cfg.epochs * len(train)),
                        **{k: v / n_window for k, v in window.items()}, **row,
-                       "skipped_steps": guard.skipped, "wall_s": time.perf_counter() - t0}
+                       "skipped_updates": guard.skipped, "wall_s": time.perf_counter() - t0}
                 run.log(done, row)
                 window, n_window = {}, 0
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == total:
@@ -266,7 +270,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     summary = {
         "rm_accuracy": last_eval["eval_accuracy"], "rm_accuracy_initial": first_eval["eval_accuracy"],
         "eval_loss": last_eval["eval_loss"], "eval_margin": last_eval["eval_margin"], "steps": total,
-        "train_pairs": len(train), "eval_pairs": len(held_out), "skipped_steps": guard.skipped,
+        "train_pairs": len(train), "eval_pairs": len(held_out), "skipped_updates": guard.skipped,
         "model_dir": str(out_dir), "wall_s": time.perf_counter() - t_start,
     }
     run.write_summary(summary)
@@ -274,7 +278,12 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     return summary
 
 
-def _check_resume(cfg: RewardModelConfig, run: RunDir) -> None:
+def _check_resume(cfg: RewardModelConfig, run: RunDir, resuming: bool) -> None:
+    if not resuming:
+        if run.read_metrics() and not cfg.resume:
+            raise ConfigError(f"{run.path} already holds a run (metrics.jsonl); pass resume: true to continue it "
+                              "or choose another out directory")
+        return
     saved_path = run.path / "config.yaml"
     if not saved_path.is_file():
         return
@@ -282,7 +291,7 @@ def _check_resume(cfg: RewardModelConfig, run: RunDir) -> None:
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
     if changed:
         raise ConfigError(f"{run.path} holds a run with another config ({', '.join(changed)} differ); resume it with "
-                          "the same config, or choose another 'out' (or set resume: false to start afresh)")
+                          "the same config, or choose another 'out'")
 
 
 # --- command line --------------------------------------------------------------------------------------
@@ -295,6 +304,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.yaml", default=None, help="YAML file of RewardModelConfig fields")
     add_config_flags(p, RewardModelConfig)
     p.set_defaults(func=_cmd)
+
+
+def train(cfg: RewardModelConfig, resume: bool = False) -> dict[str, Any]:
+    """The trainer as `gradascent resume` calls it: ``train_reward_model`` with ``resume`` forced on if asked."""
+    return train_reward_model(dataclasses.replace(cfg, resume=True) if resume else cfg)
 
 
 def _cmd(args: argparse.Namespace) -> int:

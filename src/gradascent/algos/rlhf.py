@@ -9,6 +9,7 @@ what connects them, so those fields are not set by hand:
     rm.out  = OUT/rm         rm.data  = task         rm.seed  = seed     rm.model = OUT/sft/model
     ppo.out = OUT/ppo        ppo.prompts = task      ppo.seed = seed     ppo.policy = OUT/sft/model
                                                                         ppo.reward_model = OUT/rm/model
+    and resume = true for every stage.
 
 Each stage writes its own run directory under OUT; OUT itself holds config.yaml, metrics.jsonl (one row
 per finished stage), summary.json and checkpoints/ (empty: the stages checkpoint themselves). Running the
@@ -37,8 +38,8 @@ from gradascent.run.rundir import RunDir
 # Fields of each section that the chain sets (section field -> where its value comes from).
 CHAIN_FIELDS: dict[str, tuple[str, ...]] = {
     "sft": ("out", "task", "seed", "resume"),
-    "rm": ("out", "data", "seed", "model"),
-    "ppo": ("out", "prompts", "seed", "policy", "reward_model"),
+    "rm": ("out", "data", "seed", "model", "resume"),
+    "ppo": ("out", "prompts", "seed", "policy", "reward_model", "resume"),
 }
 
 
@@ -51,10 +52,10 @@ class RLHFConfig:
     the final policy) or a JSONL file of preference rows {prompt, chosen, rejected} (SFT trains on chosen)."""
     seed: int = 0
     """Seed of every stage."""
-    sft: SFTConfig = SFTConfig(model="qwen2-micro", n_train=2000, n_eval=100, steps=300, batch_size=32, lr=3e-3,
+    sft: SFTConfig = SFTConfig(model="qwen2-1m", n_train=2000, n_eval=100, steps=300, batch_size=32, lr=3e-3,
                                warmup_steps=20, eval_every=0, eval_generate=64, save_every=100, log_every=20)
     """Stage 1, supervised fine-tuning on the chosen completions (`gradascent sft`)."""
-    rm: RewardModelConfig = RewardModelConfig(train_pairs=4000, eval_pairs=256, epochs=1, batch_size=32, lr=1e-3,
+    rm: RewardModelConfig = RewardModelConfig(train_pairs=6000, eval_pairs=256, epochs=1, batch_size=32, lr=1e-3,
                                               checkpoint_every=50)
     """Stage 2, the reward model on the preference pairs (`gradascent rm`)."""
     ppo: PPORLHFConfig = PPORLHFConfig()
@@ -76,9 +77,9 @@ def stage_configs(cfg: RLHFConfig) -> tuple[SFTConfig, RewardModelConfig, PPORLH
     out = Path(cfg.out)
     sft_model = str(out / "sft" / "model")
     sft = dataclasses.replace(cfg.sft, out=str(out / "sft"), task=cfg.task, seed=cfg.seed, resume=True)
-    rm = dataclasses.replace(cfg.rm, out=str(out / "rm"), data=cfg.task, seed=cfg.seed, model=sft_model)
+    rm = dataclasses.replace(cfg.rm, out=str(out / "rm"), data=cfg.task, seed=cfg.seed, model=sft_model, resume=True)
     ppo = dataclasses.replace(cfg.ppo, out=str(out / "ppo"), prompts=cfg.task, seed=cfg.seed, policy=sft_model,
-                              reward_model=str(out / "rm" / "model"))
+                              reward_model=str(out / "rm" / "model"), resume=True)
     return sft, rm, ppo
 
 
@@ -165,6 +166,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.yaml", default=None, help="YAML file of RLHFConfig fields")
     add_config_flags(p, RLHFConfig)
     p.set_defaults(func=_cmd)
+
+
+def train(cfg: RLHFConfig, resume: bool = False) -> dict[str, Any]:
+    """The chain as `gradascent resume` calls it (the chain always resumes what it finds in ``out``)."""
+    return run_rlhf(cfg)
 
 
 def _cmd(args: argparse.Namespace) -> int:

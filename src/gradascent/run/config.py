@@ -251,8 +251,11 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """One ``--field-name VALUE`` flag per field (nested: ``--ppo.lr``), its help the field's docstring."""
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", defaults: Any = None) -> None:
+    """One ``--field-name VALUE`` flag per field (nested: ``--ppo.lr``), its help the field's docstring.
+
+    The default shown is the field's default; for a nested section, the value in the section's default
+    instance (``defaults``), which may differ from its class's own defaults."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(f"{cls.__name__} fields" if not prefix else f"{prefix.rstrip('.')} fields")
@@ -260,11 +263,13 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "
         if not f.init:
             continue
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            add_config_flags(parser, tp, prefix=f"{prefix}{f.name}.")  # type: ignore[arg-type]
-            continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(tp):
+            add_config_flags(parser, tp, prefix=f"{prefix}{f.name}.", defaults=default)  # type: ignore[arg-type]
+            continue
         flag = "--" + (prefix + f.name).replace("_", "-")
         # A bool flag alone means true (`--resume`); `--resume false` also works.
         extra: dict[str, Any] = {"nargs": "?", "const": "true"} if tp is bool else {}
