@@ -617,3 +617,7 @@ def _cmd(args: argparse.Namespace) -> int:
         return 130
     print(f"run directory: {args.out} (final model in {Path(args.out) / 'model'})")
     return 0
+
+
+# The entry point of ``gradascent resume DIR``: train(cfg, out=DIR, resume=True).
+train = train_grpo

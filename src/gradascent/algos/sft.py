@@ -21,6 +21,8 @@ tokenizer, loadable with ``lm.load_model``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import argparse
 import math
 import time
@@ -429,3 +431,8 @@ def _main(args: argparse.Namespace) -> int:
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}
     print(" ".join(f"{k}={v}" for k, v in shown.items()))
     return 0
+
+
+def train(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
+    """``train_sft`` with ``resume`` as an argument: the entry point of ``gradascent resume DIR``."""
+    return train_sft(dataclasses.replace(cfg, resume=resume or cfg.resume))

@@ -39,7 +39,10 @@ def resume_run(run_dir: str | Path) -> Any:
         raise GradascentError(f"the trainer of {cls_name} cannot resume runs")
     overrides = {"out": str(run_dir)} if any(f.name == "out" for f in dataclasses.fields(cls)) else None
     cfg = load_config(cls, run_dir / "config.yaml", overrides=overrides)
-    return train(cfg, resume=True)
+    kwargs: dict[str, Any] = {"resume": True}
+    if "out" in inspect.signature(train).parameters:  # trainers that take the run directory as an argument
+        kwargs["out"] = str(run_dir)
+    return train(cfg, **kwargs)
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
