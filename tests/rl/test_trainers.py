@@ -37,9 +37,11 @@ def test_learns_cartpole(tmp_path, algo, budget):
     if algo != "reinforce":
         expected |= {"value_loss", "explained_variance"}
     if algo.startswith("ppo"):
-        expected |= {"approx_kl", "clipfrac"}
+        expected |= {"approx_kl"}
+    if algo == "ppo":
+        expected |= {"clipfrac"}
     if algo == "ppo-penalty":
-        expected |= {"kl", "kl_coef"}
+        expected |= {"kl", "kl_coef"}  # beta is reported; there is no clip to count
     assert expected <= set(rows[-1])
 
 
@@ -100,3 +102,23 @@ def test_non_finite_losses_are_skipped_then_abort(tmp_path):
     rows = RunDir(tmp_path).read_metrics()
     assert [r["nonfinite_skipped"] for r in rows] == [1, 1]
     assert all(r["value_loss"] is None for r in rows)  # the NaN loss itself is logged as null
+
+
+def test_ppo_penalty_adapts_beta_once_per_update_from_the_batch_kl(tmp_path):
+    cfg = ppo.PPOConfig(total_steps=4_096, num_steps=64, loss="kl_penalty", kl_coef=1.0, kl_target=0.01,
+                        tensorboard=False)
+    ppo.train(cfg, tmp_path, progress=False)
+    rows = RunDir(tmp_path).read_metrics()
+    assert rows[0]["kl_coef"] == 1.0 and len({r["kl_coef"] for r in rows}) > 1  # beta did move
+    for prev, row in zip(rows, rows[1:]):
+        # eq. 17 with threshold 2, factor 2: halve below d_targ/2, double above 2 d_targ, else keep.
+        expected = prev["kl_coef"] / 2 if prev["kl"] < 0.005 else prev["kl_coef"] * 2 if prev["kl"] > 0.02 \
+            else prev["kl_coef"]
+        assert row["kl_coef"] == expected
+
+
+def test_target_kl_ends_the_epochs_early(tmp_path):
+    # A target far below what one optimizer step moves the policy: every update stops in its first epoch.
+    cfg = ppo.PPOConfig(total_steps=2_048, num_steps=64, update_epochs=4, target_kl=1e-7, tensorboard=False)
+    ppo.train(cfg, tmp_path, progress=False)
+    assert all(row["epochs_done"] == 0 for row in RunDir(tmp_path).read_metrics())

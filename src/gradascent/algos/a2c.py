@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from gradascent.algos.classic import ClassicConfig, ClassicRun
 from gradascent.core import (
     advantages_from_returns,
