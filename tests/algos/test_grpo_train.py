@@ -107,3 +107,24 @@ def test_minibatches_pair_each_group_with_its_own_old_logprobs(tmp_path, monkeyp
     assert logp1.shape == old1.shape == (8, logp1.shape[1])  # 2 groups of G=4
     assert torch.allclose(logp1.detach(), old1, atol=1e-5)
     assert (logp2.detach() - old2).abs().max() > 1e-3
+
+
+def test_micro_batches_accumulate_to_the_same_update(tmp_path):
+    # One step of 4 prompts in one pass, and in passes of 1 prompt (gradient accumulation with the
+    # minibatch's divisors): the same rollout, so the same gradient and the same AdamW update up to rounding.
+    models = []
+    for micro in (None, 1):
+        model, tok = load_model("qwen2-micro", seed=0)
+        cfg = GRPOConfig(steps=1, prompts_per_step=4, group_size=4, lr=1e-2, save_every=0, micro_batch_prompts=micro)
+        summary = train_grpo(cfg, tmp_path / str(micro), model=model, tokenizer=tok, task=DIGITS, progress=False)
+        models.append((model, summary))
+    (a, sa), (b, sb) = models
+    assert sa["reward"] == sb["reward"]  # the same rollout
+    assert sa["loss"] == pytest.approx(sb["loss"], abs=1e-6) and sa["entropy"] == pytest.approx(sb["entropy"], abs=1e-6)
+    # The accumulated gradient itself (AdamW's first update hardly depends on its scale): per-pass divisors
+    # would make it about 4 times larger.
+    assert sa["grad_norm"] == pytest.approx(sb["grad_norm"], rel=1e-4) and sa["grad_norm"] > 0
+    moved = max((p - q).abs().max().item() for p, q in zip(a.parameters(), load_model("qwen2-micro", seed=0)[0].parameters()))
+    assert moved > 1e-3
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)

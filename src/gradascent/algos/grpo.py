@@ -37,6 +37,7 @@ pure function of (seed, position), so a resumed run continues bit for bit on CPU
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import sys
 import time
@@ -141,6 +142,10 @@ class GRPOConfig:
     """mu: passes over each rollout (GRPO paper, Algorithm 1). 1 is strictly on-policy and needs no old log-probs."""
     num_minibatches: int = 1
     """Optimizer updates per pass: each rank's groups are split into this many minibatches of whole groups."""
+    micro_batch_prompts: int | None = None
+    """Prompts (each with its G completions) per forward/backward pass; a minibatch's gradient is accumulated
+    over its passes with the minibatch's divisors, so the update is unchanged. Lower it to save memory. None:
+    the whole minibatch in one pass."""
     clip_eps_low: float = 0.2
     """epsilon_low of the clipped ratio, 1 - eps_low below (PPO; GRPO paper 0.2)."""
     clip_eps_high: float = 0.2
@@ -194,6 +199,8 @@ class GRPOConfig:
                 "> 0 or null")
         require(self.num_iterations >= 1, "num_iterations", self.num_iterations, ">= 1")
         require(self.num_minibatches >= 1, "num_minibatches", self.num_minibatches, ">= 1")
+        require(self.micro_batch_prompts is None or self.micro_batch_prompts >= 1, "micro_batch_prompts",
+                self.micro_batch_prompts, ">= 1 or null")
         require(self.prompts_per_step % self.num_minibatches == 0, "num_minibatches", self.num_minibatches,
                 "a divisor of prompts_per_step (minibatches hold whole groups)")
         require(0 <= self.clip_eps_low < 1, "clip_eps_low", self.clip_eps_low, "in [0, 1)")
@@ -512,17 +519,27 @@ def train_grpo(
                 order = torch.randperm(len(groups), generator=gen, device=device) if cfg.num_minibatches > 1 \
                     else torch.arange(len(groups), device=device)
                 for mb in order.chunk(cfg.num_minibatches) if len(groups) else ():
-                    rows, kept = rows_of(groups[mb]), rows_of(mb)  # rows of the batch / of the kept groups
-                    m = mask[rows]  # (b, T)
-                    logp, entropy = logprobs(policy, groups[mb], with_entropy=True)
-                    loss, stats = grpo_loss(
-                        logp, logp_old[kept] if logp_old is not None else logp.detach(), adv[rows], m, cfg,
-                        logp_ref=logp_ref[kept] if logp_ref is not None else None,
-                        entropy=entropy if cfg.ent_coef > 0 else entropy.detach(),
-                        num_tokens=distributed.loss_divisor(m.sum()),
-                        num_seqs=distributed.loss_divisor(m.any(-1).sum()), norm_len=max_new)
+                    m = mask[rows_of(groups[mb])]  # (b, T)
+                    num_tokens = distributed.loss_divisor(m.sum())  # the minibatch's divisors, for every pass
+                    num_seqs = distributed.loss_divisor(m.any(-1).sum())
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    passes = mb.split(cfg.micro_batch_prompts or len(mb))  # gradient accumulation over passes
+                    loss, parts = torch.zeros(()), []
+                    for i, part in enumerate(passes):
+                        rows, kept = rows_of(groups[part]), rows_of(part)  # rows of the batch / of the kept groups
+                        logp, entropy = logprobs(policy, groups[part], with_entropy=True)
+                        part_loss, part_stats = grpo_loss(
+                            logp, logp_old[kept] if logp_old is not None else logp.detach(), adv[rows], mask[rows],
+                            cfg, logp_ref=logp_ref[kept] if logp_ref is not None else None,
+                            entropy=entropy if cfg.ent_coef > 0 else entropy.detach(),
+                            num_tokens=num_tokens, num_seqs=num_seqs, norm_len=max_new)
+                        sync = contextlib.nullcontext() if i == len(passes) - 1 or not dist_info.enabled \
+                            else policy.no_sync()  # type: ignore[operator]  (DDP averages once, after the last)
+                        with sync:
+                            part_loss.backward()
+                        loss = loss + part_loss.detach()
+                        parts.append((part_stats, mask[rows].sum()))
+                    stats = _merge_pass_stats(parts)
                     stats["lr"] = torch.tensor(scheduler.get_last_lr()[0])
                     if guard.check(loss, model.parameters(), where=f"step {step + 1}"):
                         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
@@ -575,6 +592,20 @@ def train_grpo(
         run.close()
     distributed.barrier()
     return summary
+
+
+def _merge_pass_stats(parts: list[tuple[dict[str, Tensor], Tensor]]) -> dict[str, Tensor]:
+    """Stats of one update from those of its accumulation passes: the losses (each already divided by the
+    minibatch's divisors) add up; per-token means are weighted by the passes' counted tokens."""
+    if len(parts) == 1:
+        return parts[0][0]
+    total = torch.stack([n for _, n in parts]).sum().clamp(min=1)
+    out = {}
+    for key in parts[0][0]:
+        values = torch.stack([s[key] for s, _ in parts])
+        out[key] = values.sum() if key in ("loss", "policy_loss") else \
+            (values * torch.stack([n for _, n in parts])).sum() / total
+    return out
 
 
 def _device(model: nn.Module) -> torch.device:
