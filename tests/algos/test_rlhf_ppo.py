@@ -113,7 +113,7 @@ def test_ppo_updates_train_policy_and_critic_and_leave_frozen_models_alone(sft_d
 
 
 def test_lora_policy_shares_base_weights_with_reference_and_reward_model(sft_dir, tmp_path):
-    pytest.importorskip("peft")
+    import peft  # noqa: F401  (a dev dependency: the LoRA path is always tested)
     from _rlhf_fixtures import rm_config
     from gradascent.algos.reward_model import train_reward_model
     from gradascent.lm import adapters
