@@ -5,6 +5,7 @@ import torch
 
 from gradascent.errors import ConfigError, DataError
 from gradascent.lm import (
+    PRESETS,
     build_model,
     char_tokenizer,
     completion_logprobs,
@@ -39,8 +40,8 @@ def _step_logits(model, gen):
     return logits[:, P - 1:-1]
 
 
-@pytest.mark.parametrize("preset", ["qwen2-micro", "llama-micro", "qwen2-1m"])
-@pytest.mark.parametrize("engine", ["fused", "hf"])
+@pytest.mark.parametrize("preset,engine", [(p, "fused") for p in PRESETS] + [
+    ("qwen2-micro", "hf"), ("llama-micro", "hf"), ("qwen2-1m", "hf")])
 def test_greedy_equals_transformers_generate(tok, preset, engine):
     model = build_model(preset, tok, seed=11).eval()
     ids, mask = encode_prompts(tok, PROMPTS)

@@ -136,7 +136,7 @@ class PPORLHFConfig:
     """Weight of the entropy bonus (RLHF usually 0: the KL penalty already keeps entropy up)."""
     agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
     """How per-token losses are reduced (docs/equations.md, R1-R3)."""
-    kl_coef: float = 0.3
+    kl_coef: float = 0.5
     """Initial beta of the KL penalty in the reward (Ziegler et al. 2019: 0.1; TRL: 0.05)."""
     kl_control: Literal["fixed", "proportional", "adaptive"] = "proportional"
     """How beta moves: fixed; Ziegler et al.'s proportional controller (18); PPO-Penalty's doubling/halving (17)."""

@@ -21,9 +21,8 @@ tokenizer, loadable with ``lm.load_model``).
 
 from __future__ import annotations
 
-import dataclasses
-
 import argparse
+import dataclasses
 import math
 import time
 from dataclasses import dataclass

@@ -227,7 +227,7 @@ class _FusedDecoder:
             k, v = self.k[i][:, :, :end], self.v[i][:, :, :end]  # (N, Hkv, end, D)
             if T == 1:  # grouped-query attention without repeating k/v: (N, Hkv, Hq/Hkv, D) queries
                 scores = q.reshape(N, Hkv, Hq // Hkv, D) @ k.transpose(-1, -2) + bias  # (N, Hkv, Hq/Hkv, end)
-                att = (torch.softmax(scores.float(), dim=-1).to(self.dtype) @ v).reshape(N, Hq * D)
+                att = (torch.softmax(scores, dim=-1) @ v).reshape(N, Hq * D)  # accumulates in float32
             else:
                 att = F.scaled_dot_product_attention(q, k, v, attn_mask=prefill_mask, enable_gqa=Hq != Hkv,
                                                      scale=1.0)
