@@ -21,7 +21,10 @@ def _rows(path):
 
 def test_resume_command_continues_a_classic_run_exactly(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
+    # The rollout shape is pinned (4 copies x 64 steps = 256 per update: 16 updates, checkpoints at 4, 8, 12,
+    # 16) so that the test does not depend on the CartPole preset.
     assert main(["rl", "ppo", "--env", "CartPole-v1", "--total-steps", "4096", "--save-every", "4",
+                 "--num-envs", "4", "--num-steps", "64",
                  "--seed", "3", "--out", str(a)]) == 0
     shutil.copytree(a, b)
     first, *later = list_checkpoints(b / "checkpoints")
