@@ -23,7 +23,7 @@ def _rows(out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo, budget", [("ppo", 20_480), ("ppo-penalty", 20_480), ("a2c", 32_000),
+@pytest.mark.parametrize("algo, budget", [("ppo", 20_480), ("ppo-penalty", 20_480), ("a2c", 48_000),
                                           ("reinforce", 30_000)])
 def test_learns_cartpole(tmp_path, algo, budget):
     # A short real run with the packaged preset (the learning rate anneals to 0 over this budget) must
