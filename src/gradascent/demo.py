@@ -2,8 +2,8 @@
 
 1. The built-in arithmetic task (``tasks.arithmetic_task``) at the difficulty below: SFT demonstrations
    drawn from the problem space, and held-out test and validation problems that no phase trains on.
-2. SFT (``algos.sft``) of a randomly initialised preset, checkpointed and validated every few steps; GRPO
-   starts from the first checkpoint whose greedy accuracy on the validation problems reaches a modest target:
+2. SFT (``algos.sft``) of a randomly initialised preset, validated every few steps and stopped (``stop_at``) at
+   the first validation whose greedy accuracy on the validation problems reaches a modest target:
    the model has learned the answer format and part of the arithmetic (its errors are mostly one off in the
    last digit). The step differs from seed to seed, since the accuracy of these models rises steeply once
    it starts to rise.
@@ -30,7 +30,6 @@ from gradascent.algos.grpo import GRPOConfig, evaluate, train_grpo
 from gradascent.algos.sft import SFTConfig, train_sft
 from gradascent.errors import ConfigError
 from gradascent.lm import load_model, save_model
-from gradascent.run.checkpoint import checkpoint_name, load_checkpoint
 from gradascent.run.plot import plot_runs
 from gradascent.run.rundir import RunDir
 from gradascent.tasks import Task, arithmetic_task, exact_match
@@ -54,11 +53,11 @@ class DemoSettings:
     n_val: int = 200
     """Validation problems, disjoint from the test problems: they decide when SFT stops."""
     sft_target: float = 0.40
-    """GRPO starts from the first SFT checkpoint whose greedy validation accuracy reaches this."""
-    sft_every: int = 25
-    """SFT steps between two checkpoints (each one validated)."""
-    sft_steps: int = 600
-    """SFT steps (cosine schedule); if no checkpoint reaches the target, the last one is taken."""
+    """SFT stops at the first validation whose greedy accuracy reaches this; GRPO starts from that model."""
+    sft_every: int = 10
+    """SFT steps between two validations."""
+    sft_steps: int = 1500
+    """Most SFT steps (the cosine schedule spans them); if the target is never reached, the last model is taken."""
     sft_batch_size: int = 64
     """SFT examples per step."""
     sft_lr: float = 3e-3
@@ -131,19 +130,18 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSetting
     say(f"task: problems like {task.train[0]['prompt']}{task.train[0]['answer']}; {len(task.train)} SFT "
         f"demonstrations, {len(rl_task.train)} GRPO prompts, {len(task.eval)} held-out test problems")
 
-    # ---- SFT from scratch; GRPO starts from its first checkpoint with a modest validation accuracy
-    say(f"SFT of a random {settings.model}, validated every {settings.sft_every} steps ...", flush=True)
-    train_sft(SFTConfig(
+    # ---- SFT from scratch, stopped at the first validation with a modest accuracy; GRPO starts from there
+    say(f"SFT of a random {settings.model}, validated every {settings.sft_every} steps until "
+        f"{settings.sft_target:.0%} (at most {settings.sft_steps} steps) ...", flush=True)
+    sft = train_sft(SFTConfig(
         model=settings.model, task=str(data / "train.jsonl"), eval_file=str(data / "val.jsonl"), out=str(out / "sft"),
         seed=seed, steps=settings.sft_steps, batch_size=settings.sft_batch_size, lr=settings.sft_lr,
-        warmup_steps=20, eval_every=settings.sft_every, eval_generate=settings.n_val, save_every=settings.sft_every,
-        keep_last=settings.sft_steps // settings.sft_every + 1, log_every=settings.sft_every, progress=progress))
-    curve = [(r["step"], r["eval/reward/exact_match"]) for r in RunDir(out / "sft", tensorboard=False).read_metrics()
-             if "eval/reward/exact_match" in r]
-    steps, val_acc = next(((k, a) for k, a in curve if a >= settings.sft_target), curve[-1])
-    model, tokenizer = load_model(out / "sft" / "model")  # the architecture and tokenizer; weights of `steps`:
-    model.load_state_dict(load_checkpoint(out / "sft" / "checkpoints" / checkpoint_name(steps))[1]["model"])
-    start = save_model(model, tokenizer, out / "sft" / "model-start")  # what GRPO starts from, loadable as is
+        warmup_steps=20, eval_every=settings.sft_every, eval_generate=settings.n_val, save_every=0,
+        stop_at=settings.sft_target, stop_metric="eval/reward/exact_match", log_every=settings.sft_every,
+        progress=progress))
+    steps, val_acc = sft["steps"], sft["eval/reward/exact_match"]
+    start = Path(sft["model_dir"])  # what GRPO starts from, loadable as is
+    model, tokenizer = load_model(start)
     t_sft = time.perf_counter() - t0
     before = accuracy(model, tokenizer, task.eval, task.max_new_tokens)
     say(f"after {steps} SFT steps: validation {val_acc:.1%}, held-out test accuracy (greedy) {before:.1%}  "
@@ -164,7 +162,7 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSetting
                "model": settings.model, "sft_steps": steps, "sft_val_accuracy": val_acc, "grpo_steps": cfg.steps,
                "test_problems": len(task.eval), "sft_seconds": t_sft, "total_seconds": elapsed}
     RunDir(out, tensorboard=False).write_summary(summary)
-    say(f"run directory: {out} (summary.json, sft/ with model-start/, grpo/ with model/, plots/)")
+    say(f"run directory: {out} (summary.json, sft/ and grpo/ each with its model/, plots/)")
     return summary
 
 

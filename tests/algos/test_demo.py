@@ -16,6 +16,6 @@ def test_demo_writes_accuracies_models_and_plots(tmp_path):
     assert on_disk["accuracy_before"] == summary["accuracy_before"]
     assert 0.0 <= summary["accuracy_before"] <= 1.0 and 0.0 <= summary["accuracy_after"] <= 1.0
     assert summary["sft_steps"] == 4  # a target of 200% is never reached: the last checkpoint is taken
-    for path in ("sft/model-start/config.json", "grpo/model/model.safetensors", "plots/overview.png",
+    for path in ("sft/model/config.json", "grpo/model/model.safetensors", "plots/overview.png",
                  "plots/accuracy.png", "data/test.jsonl", "grpo/metrics.jsonl"):
         assert (tmp_path / "demo" / path).is_file(), path

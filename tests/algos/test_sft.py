@@ -18,7 +18,7 @@ import gradascent.algos.sft as sft
 from gradascent.algos.sft import WALL_CLOCK_METRICS, DataOrder, SFTConfig, collate, encode_examples, pack, train_sft
 from gradascent.errors import ConfigError, DataError, NonFiniteError
 from gradascent.lm import build_model, char_tokenizer, load_model, sequence_logprobs
-from gradascent.run.checkpoint import latest_checkpoint, load_checkpoint
+from gradascent.run.checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 TINY = dict(model="qwen2-micro", task="arithmetic", n_train=200, n_eval=16, batch_size=16, lr=3e-3, warmup_steps=0,
@@ -193,3 +193,31 @@ def test_preference_and_jsonl_tasks_train(tmp_path):
     data.write_text("".join(json.dumps({"prompt": f"say {i}:", "completion": f" {i}"}) + "\n" for i in range(20)))
     summary = train_sft(SFTConfig(**{**TINY, "task": str(data), "steps": 5}, out=str(tmp_path / "demo")))
     assert "eval/loss" in summary and "eval/reward" not in summary  # demonstrations carry no reward
+
+
+def test_stop_at_ends_at_the_first_evaluation_that_reaches_it(tmp_path):
+    # Every greedy reward is >= 0, so a threshold of 0 is reached at the first evaluation (step 5).
+    cfg = SFTConfig(**{**TINY, "steps": 40, "eval_every": 5, "eval_generate": 8}, stop_at=0.0,
+                    stop_metric="eval/reward/exact_match", out=str(tmp_path / "run"))
+    summary = train_sft(cfg)
+    assert summary["steps"] == 5
+    assert summary["stopped_at_target"]["step"] == 5
+    assert summary["stopped_at_target"]["value"] == summary["eval/reward/exact_match"] >= 0.0
+    assert [r["step"] for r in _metrics(cfg.out)] == [5]
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == checkpoint_name(5)
+    # A reward above its maximum of 1.1 (exact match + format) is never reached: every step is trained.
+    never = SFTConfig(**{**TINY, "steps": 10, "eval_every": 5, "eval_generate": 8}, stop_at=2.0,
+                      out=str(tmp_path / "never"))
+    summary = train_sft(never)
+    assert summary["steps"] == 10 and "stopped_at_target" not in summary
+
+
+def test_stop_metric_is_checked_before_training(tmp_path):
+    cfg = SFTConfig(**{**TINY, "steps": 10, "eval_every": 5, "eval_generate": 8}, stop_at=0.5,
+                    stop_metric="eval/reward/exact", out=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"stop_metric.*eval/reward/exact_match"):
+        train_sft(cfg)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not _metrics(cfg.out)
+    with pytest.raises(ConfigError, match="stop_at"):
+        SFTConfig(**{**TINY, "eval_every": 0}, stop_at=0.5)

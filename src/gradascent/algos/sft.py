@@ -38,7 +38,7 @@ from gradascent.lm.generate import generate
 from gradascent.lm.logprobs import sequence_logprobs
 from gradascent.lm.models import count_parameters, eval_mode, load_model, save_model
 from gradascent.lm.tokenizers import decode_completions, encode_prompts, eos_token_ids
-from gradascent.rewards import score
+from gradascent.rewards import reward_name, score
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gradascent.run.checkpoint import seed_everything
 from gradascent.run.config import add_config_flags, flag_values, load_config, require
@@ -94,6 +94,12 @@ class SFTConfig:
     """Steps between evaluations (eval loss, and the task reward of greedy completions); 0 = only at the end."""
     eval_generate: int = 100
     """Eval prompts completed greedily to report the task's rewards (0 = off; tasks without rewards skip it)."""
+    stop_at: float | None = None
+    """Stop after the first evaluation whose ``stop_metric`` reaches this value (None = train all steps);
+    the model saved is the one evaluated."""
+    stop_metric: str = "eval/reward"
+    """Evaluation metric that ``stop_at`` watches, e.g. eval/reward or eval/reward/exact_match (a name
+    eval/reward/<reward function> as logged in metrics.jsonl)."""
     save_every: int = 200
     """Steps between checkpoints (0 = only at the end)."""
     keep_last: int = 2
@@ -123,6 +129,12 @@ class SFTConfig:
         require(self.eval_every >= 0, "eval_every", self.eval_every, ">= 0")
         require(self.eval_generate >= 0, "eval_generate", self.eval_generate, ">= 0")
         require(self.save_every >= 0, "save_every", self.save_every, ">= 0")
+        if self.stop_at is not None:
+            require(math.isfinite(self.stop_at), "stop_at", self.stop_at, "a finite number or null")
+            require(self.eval_every >= 1 and self.eval_generate >= 1, "stop_at", self.stop_at,
+                    "null unless eval_every >= 1 and eval_generate >= 1 (it watches greedy evaluations)")
+            require(self.stop_metric.startswith("eval/reward"), "stop_metric", self.stop_metric,
+                    "eval/reward or eval/reward/<reward function>")
         require(self.keep_last >= 1, "keep_last", self.keep_last, ">= 1")
         require(self.max_nonfinite >= 1, "max_nonfinite", self.max_nonfinite, ">= 1")
 
@@ -289,6 +301,15 @@ def eval_rewards(model: Any, tokenizer: Any, task: Task, n: int, device: torch.d
     return {"reward": float(total.mean()), **metrics}
 
 
+def watched(metrics: dict[str, float], cfg: SFTConfig) -> float:
+    """The value of ``cfg.stop_metric`` in an evaluation's metrics; an unknown name is a ConfigError."""
+    if cfg.stop_metric not in metrics:
+        known = sorted(k for k in metrics if k.startswith("eval/reward"))
+        raise ConfigError(f"stop_metric: {cfg.stop_metric!r} is not among the evaluation's metrics "
+                          f"(expected one of: {', '.join(known) or 'none: the task has no reward functions'})")
+    return metrics[cfg.stop_metric]
+
+
 # --- training ------------------------------------------------------------------------------------------
 
 
@@ -306,6 +327,8 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     device = torch.device(cfg.device)
 
     task = load_task(cfg.task, n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed, eval_file=cfg.eval_file)
+    if cfg.stop_at is not None:  # the watched metric must exist before any training starts
+        watched({"eval/reward": 0.0, **{f"eval/reward/{reward_name(fn)}": 0.0 for fn in task.reward_fns}}, cfg)
     model, tokenizer = load_model(cfg.model, seed=cfg.seed, dtype=cfg.dtype, device=device)
     pad_id = tokenizer.pad_token_id
     train_ex = encode_examples(tokenizer, task.train, cfg.max_length)
@@ -347,7 +370,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
                                                                   device).items()})
         return out
 
-    t_start, last_eval, stopped = time.perf_counter(), {}, None
+    t_start, last_eval, stopped, stopped_at = time.perf_counter(), {}, None, None
     bar = progress_bar(cfg.steps, "sft", enabled=cfg.progress, initial=step)
     model.train()
     with StopOnSignal() as stop:
@@ -389,8 +412,13 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
             elif cfg.eval_every and step % cfg.eval_every == 0:
                 last_eval = evaluate()
                 run.log(step, dict(last_eval))
-            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+            reached = cfg.stop_at is not None and bool(last_eval) and cfg.eval_every and step % cfg.eval_every == 0 \
+                and watched(last_eval, cfg) >= cfg.stop_at
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or reached:
                 checkpoint_now()
+            if reached:
+                stopped_at = step
+                break
             if stop.requested:
                 checkpoint_now()
                 stopped = stop.requested
@@ -402,6 +430,8 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     model_dir = Path(cfg.out) / "model"
     summary: dict[str, Any] = {"steps": step, "parameters": count_parameters(model), "tokens": tokens_seen,
                                "skipped_steps": guard.skipped, **last_eval}
+    if stopped_at is not None:
+        summary["stopped_at_target"] = {"step": stopped_at, "metric": cfg.stop_metric, "value": last_eval[cfg.stop_metric]}
     if stopped:
         summary["stopped_by"] = stopped
     else:
