@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from gradascent.run.checkpoint import (
     seed_everything,
 )
 from gradascent.run.config import load_config, require, to_dict
+from gradascent.run.guard import StopOnSignal
 from gradascent.run.progress import progress_bar
 from gradascent.run.rundir import RunDir
 
@@ -206,8 +206,7 @@ class ClassicRun:
         self._start = time.perf_counter() - self._wall0
         self._update_start = time.perf_counter()
         self._bar = progress_bar(cfg.total_steps, algo, unit="step", enabled=progress, initial=self.env_steps)
-        self._signal: int | None = None
-        self._old_handlers: dict[int, Any] = {}
+        self._stop = StopOnSignal()  # SIGINT / SIGTERM: checkpoint at the end of the update, then stop
 
     # --- setup and resume ------------------------------------------------------------------------------
 
@@ -264,23 +263,14 @@ class ClassicRun:
     # --- the loop --------------------------------------------------------------------------------------
 
     def __enter__(self) -> ClassicRun:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+        self._stop.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
-        self._old_handlers.clear()
+        self._stop.__exit__(*exc)
         self._bar.close()
         self.envs.close()
         self.rundir.close()
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._signal is not None:  # a second Ctrl-C: stop now, without a checkpoint
-            raise KeyboardInterrupt
-        self._signal = signum
 
     @property
     def done(self) -> bool:
@@ -359,12 +349,12 @@ class ClassicRun:
         self._bar.update(batch.env_steps)
         if row["episode_return"] is not None:
             self._bar.set_postfix(ret=f"{row['episode_return']:.1f}", sps=f"{row['sps']:.0f}", refresh=False)
-        if self._signal is not None:
+        if self._stop.requested is not None:
             path = self.save()
-            name = signal.Signals(self._signal).name
+            name = self._stop.requested
             raise TrainingInterrupted(f"stopped by {name} after update {self.update} ({self.env_steps} env "
                                       f"steps); checkpoint written to {path}; continue with --resume",
-                                      self._signal)
+                                      signal.Signals[name].value)
         if self.update % self.cfg.save_every == 0:
             self.save()
         self._update_start = time.perf_counter()
