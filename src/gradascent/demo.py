@@ -29,7 +29,7 @@ from typing import Any
 from gradascent.algos.grpo import GRPOConfig, evaluate, train_grpo
 from gradascent.algos.sft import SFTConfig, train_sft
 from gradascent.errors import ConfigError
-from gradascent.lm import load_model, save_model
+from gradascent.lm import load_model
 from gradascent.run.plot import plot_runs
 from gradascent.run.rundir import RunDir
 from gradascent.tasks import Task, arithmetic_task, exact_match

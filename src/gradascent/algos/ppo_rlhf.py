@@ -66,10 +66,10 @@ from gradascent.core import (
 from gradascent.errors import ConfigError, NonFiniteError
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
-from gradascent.run.config import add_config_flags, flag_values, load_config, read_yaml, require, to_dict
+from gradascent.run.config import add_config_flags, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.progress import progress_bar
-from gradascent.run.rundir import RunDir
+from gradascent.run.rundir import RunDir, check_resume
 
 HiddenScore = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -492,22 +492,6 @@ def evaluate(models: Models, prompts: list[str], hidden: HiddenScore | None, cfg
 # --- the trainer ---------------------------------------------------------------------------------------
 
 
-def _check_resume(cfg: PPORLHFConfig, run: RunDir, resuming: bool) -> None:
-    if not resuming:
-        if run.read_metrics() and not cfg.resume:
-            raise ConfigError(f"{run.path} already holds a run (metrics.jsonl); pass resume: true to continue it "
-                              "or choose another out directory")
-        return
-    saved_path = run.path / "config.yaml"
-    if not saved_path.is_file():
-        return
-    saved, now = read_yaml(saved_path), to_dict(cfg)
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
-    if changed:
-        raise ConfigError(f"{run.path} holds a run with another config ({', '.join(changed)} differ); resume it with "
-                          "the same config, or choose another 'out'")
-
-
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -531,7 +515,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     run = RunDir(cfg.out) if is_main else None
     resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
     if run is not None:
-        _check_resume(cfg, run, resume_from is not None)
+        check_resume(run, cfg, resume_from is not None, cfg.resume, RESUMABLE_CHANGES)
     if run is not None:
         run.write_config(cfg)
 

@@ -39,10 +39,10 @@ from gradascent.algos.rlhf_data import PreferencePair, encode_sequences, prefere
 from gradascent.core import bradley_terry_loss
 from gradascent.errors import ConfigError
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
-from gradascent.run.config import add_config_flags, flag_values, load_config, read_yaml, require, to_dict
+from gradascent.run.config import add_config_flags, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.progress import progress_bar
-from gradascent.run.rundir import RunDir
+from gradascent.run.rundir import RunDir, check_resume
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     run = RunDir(cfg.out)
     resume_from = latest_checkpoint(run.checkpoints) if cfg.resume else None
-    _check_resume(cfg, run, resume_from is not None)
+    check_resume(run, cfg, resume_from is not None, cfg.resume, RESUMABLE_CHANGES)
     run.write_config(cfg)
     device = torch.device(cfg.device)
 
@@ -276,22 +276,6 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     run.write_summary(summary)
     run.close()
     return summary
-
-
-def _check_resume(cfg: RewardModelConfig, run: RunDir, resuming: bool) -> None:
-    if not resuming:
-        if run.read_metrics() and not cfg.resume:
-            raise ConfigError(f"{run.path} already holds a run (metrics.jsonl); pass resume: true to continue it "
-                              "or choose another out directory")
-        return
-    saved_path = run.path / "config.yaml"
-    if not saved_path.is_file():
-        return
-    saved, now = read_yaml(saved_path), to_dict(cfg)
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
-    if changed:
-        raise ConfigError(f"{run.path} holds a run with another config ({', '.join(changed)} differ); resume it with "
-                          "the same config, or choose another 'out'")
 
 
 # --- command line --------------------------------------------------------------------------------------

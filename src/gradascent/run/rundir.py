@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gradascent.errors import GradascentError
-from gradascent.run.config import save_yaml
+from gradascent.errors import ConfigError, GradascentError
+from gradascent.run.config import read_yaml, save_yaml, to_dict
 
 
 def _jsonable(v: Any) -> Any:
@@ -101,3 +101,25 @@ class RunDir:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def check_resume(run: RunDir, cfg: Any, resuming: bool, resume_requested: bool, may_change: frozenset[str]) -> None:
+    """Refuse to start over an existing run, or to resume one under a different config.
+
+    Without ``resuming``, a run directory that already holds metrics is an error unless the user asked to
+    resume (``resume_requested``: then the run stopped before its first checkpoint and starts over). When
+    ``resuming``, every config field outside ``may_change`` must equal the one in the run's config.yaml.
+    """
+    if not resuming:
+        if run.read_metrics() and not resume_requested:
+            raise ConfigError(f"{run.path} already holds a run (metrics.jsonl); pass resume: true to continue it "
+                              "or choose another out directory")
+        return
+    saved_path = run.path / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved, now = read_yaml(saved_path), to_dict(cfg)
+    changed = sorted(k for k in now if k not in may_change and saved.get(k) != now[k])
+    if changed:
+        raise ConfigError(f"{run.path} holds a run with another config ({', '.join(changed)} differ); resume it with "
+                          "the same config, or choose another 'out'")
