@@ -123,11 +123,35 @@ def test_gae_lambda_zero_is_td_error(sample, gamma):
     assert torch.allclose(adv, td, atol=1e-12)
 
 
+def _nstep_by_definition(r, nv, gamma, n, term, trunc):
+    """G_t^(n) element by element: rewards of the window, which closes after n steps, at an episode boundary or
+    at the rollout's end; then gamma^k V(s_{t+k}) unless the last step terminated."""
+    B, T = r.shape
+    out = torch.zeros_like(r)
+    for b in range(B):
+        for t in range(T):
+            g, disc = 0.0, 1.0
+            for k in range(t, T):
+                g += disc * float(r[b, k])
+                disc *= gamma
+                if term[b, k]:
+                    break
+                if trunc[b, k] or k == T - 1 or k - t + 1 == n:
+                    g += disc * float(nv[b, k])
+                    break
+            out[b, t] = g
+    return out
+
+
 @settings(max_examples=200, deadline=None)
 @given(episodes, st.floats(0.0, 1.0))
 def test_nstep_with_long_window_is_bootstrapped_return_and_n1_is_td_target(sample, gamma):
     r, v, nv, term, trunc = _unpack(sample)
     T = r.shape[-1]
+    for n in (1, 2, T - 1, T, T + 3):
+        if n >= 1:
+            G = nstep_returns(r, nv, gamma, n=n, terminated=term, truncated=trunc)
+            assert torch.allclose(G, _nstep_by_definition(r, nv, gamma, n, term, trunc), atol=1e-9), n
     long = nstep_returns(r, nv, gamma, n=T + 3, terminated=term, truncated=trunc)
     G = discounted_returns(r, gamma, terminated=term, truncated=trunc, next_values=nv)
     assert torch.allclose(long, G, atol=1e-9)

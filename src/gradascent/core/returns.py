@@ -102,6 +102,8 @@ def nstep_returns(
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if n >= rewards.shape[-1]:  # every window reaches a boundary or the rollout's end: the bootstrapped return
+        return discounted_returns(rewards, gamma, terminated, truncated, next_values)
     term = _flags(rewards, terminated)
     done = term | _flags(rewards, truncated)
     nv = _next_values(rewards, next_values)
