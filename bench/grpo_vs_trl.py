@@ -8,8 +8,9 @@ arithmetic prompts ("12+34=", 6 tokens); 8 prompts per step, G = 8 completions e
 lr 1e-5; a plain-callable reward (the number of 7s written). TRL runs offline on the CPU
 (``report_to=[]``, ``use_cpu=True``, ``bf16=False``) and otherwise at its defaults, which include gradient
 checkpointing (less activation memory for a second forward pass in the backward). Ours saves activation
-memory instead by accumulating each update's gradient over two passes of 4 prompts (``micro_batch_prompts=4``,
-the same update); it is also run in one pass (``ours_one_pass_*``) to show that trade.
+memory instead by accumulating each update's gradient over several passes (``micro_batch_prompts``, ``--micro``,
+default 2 prompts x 8 completions per pass: four passes, the same update); it is also run in one pass
+(``ours_one_pass_*``) to show that trade.
 
 Figures per model size:
     s/step     median wall seconds per step after ``--warmup`` steps (ours: the trainer's own step timer;
@@ -59,7 +60,6 @@ from gradascent.lm.tokenizers import char_tokenizer  # noqa: E402
 from gradascent.tasks import Task  # noqa: E402
 
 PROMPTS_PER_STEP, G, NEW, LR = 8, 8, 32, 1e-5
-MICRO = 4  # ours: two forward/backward passes of 4 prompts x 8 per update (TRL: gradient checkpointing)
 
 
 def reward_sevens(prompts, completions, **_):  # noqa: ANN001, ANN201  (a plain callable for both trainers)
@@ -142,6 +142,8 @@ def main() -> None:
     ap.add_argument("--models", default="qwen2-5m,qwen2-14m")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--micro", type=int, default=2, help="ours: prompts per forward/backward pass of an update "
+                    "(micro_batch_prompts; the update is the same) [default: 2, four passes]")
     ap.add_argument("--quick", action="store_true", help="qwen2-5m only, 4 steps (1 warm-up): a smoke run")
     args = ap.parse_args()
     if args.quick:
@@ -164,7 +166,7 @@ def main() -> None:
             del model
             prompt_len = len(prompts()[0])
             step_flops = 2 * n * PROMPTS_PER_STEP * G * (NEW + prompt_len) + 6 * n * PROMPTS_PER_STEP * G * (prompt_len + NEW)
-            ours = run_ours(model_dir, args.steps, args.warmup, tmp / f"ours-{name}", MICRO)
+            ours = run_ours(model_dir, args.steps, args.warmup, tmp / f"ours-{name}", args.micro)
             one_pass = run_ours(model_dir, args.steps, args.warmup, tmp / f"ours1-{name}", None)
             theirs = run_trl(model_dir, args.steps, args.warmup, tmp / f"trl-{name}")
             flops = max(flops, matmul_flops(n=1024, repeats=10))
@@ -192,6 +194,7 @@ def main() -> None:
     emit({"bench": "grpo_vs_trl", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
           "load_average_end": round(os.getloadavg()[0], 2),
           "matmul_gflops": round(flops / 1e9, 1), "steps": args.steps, "warmup": args.warmup,
+          "micro_batch_prompts": args.micro,
           **{f"{k}_{name}": v for name, f in figures.items() for k, v in f.items()},
           "speedup": {name: f["speedup"] for name, f in figures.items()}})
 
