@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import gradascent.algos.sft as sft
+import gradascent.lm.logprobs as logprobs_module
 from gradascent.algos.sft import WALL_CLOCK_METRICS, DataOrder, SFTConfig, collate, encode_examples, pack, train_sft
 from gradascent.errors import ConfigError, DataError, NonFiniteError
 from gradascent.lm import build_model, char_tokenizer, load_model, sequence_logprobs
@@ -95,9 +95,9 @@ def test_existing_run_and_too_long_examples_are_refused(tmp_path):
 
 
 def _poison(monkeypatch, bad_calls):
-    """Make the training forward return NaN log-probs on the given call numbers (1-based)."""
+    """Make the training forward (``lm.SequenceLogprobs``) return NaN log-probs on the given call numbers (1-based)."""
     calls = {"n": 0}
-    real = sft.sequence_logprobs
+    real = logprobs_module.sequence_logprobs
 
     def wrapped(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -107,7 +107,7 @@ def _poison(monkeypatch, bad_calls):
                 out = out * float("nan")
         return out
 
-    monkeypatch.setattr(sft, "sequence_logprobs", wrapped)
+    monkeypatch.setattr(logprobs_module, "sequence_logprobs", wrapped)
 
 
 def test_guard_skips_nonfinite_steps(tmp_path, monkeypatch):

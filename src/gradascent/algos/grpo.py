@@ -354,6 +354,129 @@ def evaluate(
     return {"eval/" + k.split("/", 1)[1]: v / max(1, len(rows)) for k, v in sums.items()}
 
 
+@dataclass(frozen=True)
+class Rollout:
+    """One step's scored completions on this rank, what ``grpo_update`` trains on: P prompts with G
+    completions each, B = P * G rows, the completions of one prompt contiguous.
+
+    Shapes: prompt_ids, prompt_mask (P, Lp), left-padded; completion_ids, completion_mask (B, T); finished
+    (B,) bool, True where the completion wrote EOS within the budget; rewards (B,).
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    completion_ids: Tensor
+    completion_mask: Tensor
+    finished: Tensor
+    rewards: Tensor
+
+
+def grpo_update(
+    rollout: Rollout,
+    cfg: GRPOConfig,
+    policy: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    guard: NonFiniteGuard,
+    *,
+    ref_model: nn.Module | None = None,
+    generator: torch.Generator | None = None,
+    norm_len: int,
+    where: str = "",
+) -> dict[str, float]:
+    """Everything a GRPO step does after sampling and scoring: advantages (eq. 7/8/9), the loss mask,
+    pi_old and pi_ref, then ``num_iterations`` passes of ``num_minibatches`` optimizer updates.
+
+    ``policy`` is ``GroupedLogprobs(model)``, wrapped in ``DistributedDataParallel`` under torchrun: the
+    divisors are global counts and the batch_mean baseline is taken over all ranks, so one process holding
+    the whole rollout and N processes holding a shard each make the same update. ``generator`` shuffles the
+    minibatches (needed when num_minibatches > 1); ``norm_len`` is L of seq_mean_token_sum_norm.
+
+    Returns the update's metrics: zero_std_frac, tokens_in_loss and the means over its optimizer updates
+    of grpo_loss's stats, lr and grad_norm.
+    """
+    ddp = isinstance(policy, nn.parallel.DistributedDataParallel)
+    model = (policy.module if ddp else policy).model
+    device = rollout.completion_ids.device
+    G, P = cfg.group_size, rollout.prompt_ids.shape[0]
+    rewards = rollout.rewards
+    if cfg.advantage == "batch_mean" and ddp:  # the baseline is the mean over all ranks
+        info = distributed.info()
+        adv = advantages(_all_gather(rewards), "batch_mean", G).chunk(info.world_size)[info.rank]
+    else:
+        adv = advantages(rewards, cfg.advantage, G, cfg.adv_eps)
+    adv = adv.to(device)
+    flat = zero_std_groups(rewards, G).to(device)  # (B,)
+    mask = rollout.completion_mask.clone()  # (B, T)
+    if cfg.filter_zero_std:
+        mask &= ~flat.unsqueeze(-1)
+    if cfg.mask_truncated:
+        mask &= rollout.finished.unsqueeze(-1)
+    # Training runs whole groups, each prompt once for its G completions (lm.grouped). Groups that count
+    # for nothing need no forward, except under DDP, where every rank must make the same passes.
+    groups = torch.arange(P, device=device)  # (P,)
+    if not ddp:
+        groups = groups[mask.view(P, G, -1).any(-1).any(-1)]
+
+    def rows_of(g: Tensor) -> Tensor:  # (n,) group indices -> (n * G,) row indices
+        return (g.unsqueeze(-1) * G + torch.arange(G, device=device)).flatten()
+
+    def logprobs(net: nn.Module, g: Tensor, with_entropy: bool = False) -> Any:
+        r = rows_of(g)
+        return net(rollout.prompt_ids[g], rollout.prompt_mask[g], rollout.completion_ids[r],
+                   rollout.completion_mask[r], G, temperature=cfg.temperature, with_entropy=with_entropy)
+
+    # log-probs fixed during the update: pi_old (only for off-policy updates), pi_ref (beta > 0)
+    logp_old = logp_ref = None  # (len(groups) * G, T)
+    if cfg.needs_old_logprobs and len(groups):
+        with torch.no_grad(), eval_mode(model):
+            logp_old = logprobs(GroupedLogprobs(model), groups)
+    if ref_model is not None and len(groups):
+        with torch.no_grad():
+            logp_ref = logprobs(GroupedLogprobs(ref_model), groups)
+
+    stats_rows: list[dict[str, Tensor]] = []
+    for _ in range(cfg.num_iterations):
+        order = torch.randperm(len(groups), generator=generator, device=device) if cfg.num_minibatches > 1 \
+            else torch.arange(len(groups), device=device)
+        for mb in order.chunk(cfg.num_minibatches) if len(groups) else ():
+            m = mask[rows_of(groups[mb])]  # (b, T)
+            num_tokens = distributed.loss_divisor(m.sum())  # the minibatch's divisors, for every pass
+            num_seqs = distributed.loss_divisor(m.any(-1).sum())
+            optimizer.zero_grad(set_to_none=True)
+            passes = mb.split(cfg.micro_batch_prompts or len(mb))  # gradient accumulation over passes
+            loss, parts = torch.zeros(()), []
+            for i, part in enumerate(passes):
+                rows, kept = rows_of(groups[part]), rows_of(part)  # rows of the batch / of the kept groups
+                logp, entropy = logprobs(policy, groups[part], with_entropy=True)
+                part_loss, part_stats = grpo_loss(
+                    logp, logp_old[kept] if logp_old is not None else logp.detach(), adv[rows], mask[rows],
+                    cfg, logp_ref=logp_ref[kept] if logp_ref is not None else None,
+                    entropy=entropy if cfg.ent_coef > 0 else entropy.detach(),
+                    num_tokens=num_tokens, num_seqs=num_seqs, norm_len=norm_len)
+                sync = contextlib.nullcontext() if i == len(passes) - 1 or not ddp \
+                    else policy.no_sync()  # type: ignore[operator]  (DDP averages once, after the last)
+                with sync:
+                    part_loss.backward()
+                loss = loss + part_loss.detach()
+                parts.append((part_stats, mask[rows].sum()))
+            stats = _merge_pass_stats(parts)
+            stats["lr"] = torch.tensor(scheduler.get_last_lr()[0])
+            if guard.check(loss, model.parameters(), where=where):
+                max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+                stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            stats_rows.append(stats)
+    return {
+        "zero_std_frac": float(flat.float().mean()),
+        "tokens_in_loss": float(mask.sum()),
+        **{k: float(torch.stack([s[k] for s in stats_rows if k in s]).float().mean())
+           for k in dict.fromkeys(k for s in stats_rows for k in s)},
+    }
+
+
 def train_grpo(
     cfg: GRPOConfig,
     out: str | Path,
@@ -477,77 +600,12 @@ def train_grpo(
             columns = {k: [r[k] for r in batch for _ in range(G)] for k in batch[0] if k != "prompt"}
             rewards, reward_means = score(reward_fns, prompts, completions, columns, reward_weights)  # (B,)
 
-            # ---- 4. advantages (eq. 7/8/9) and the tokens that count
-            if cfg.advantage == "batch_mean" and dist_info.enabled:  # the baseline is the mean over all ranks
-                adv = advantages(_all_gather(rewards), "batch_mean", G).chunk(dist_info.world_size)[dist_info.rank]
-            else:
-                adv = advantages(rewards, cfg.advantage, G, cfg.adv_eps)
-            adv = adv.to(device)
-            flat = zero_std_groups(rewards, G).to(device)  # (B,)
-            mask = roll.completion_mask.clone()  # (B, T)
-            if cfg.filter_zero_std:
-                mask &= ~flat.unsqueeze(-1)
-            if cfg.mask_truncated:
-                mask &= roll.finished.unsqueeze(-1)
-            # Training runs whole groups, each prompt once for its G completions (lm.grouped). Groups that
-            # count for nothing need no forward, except under DDP, where every rank must make the same passes.
-            groups = torch.arange(len(batch), device=device)  # (P,)
-            if not dist_info.enabled:
-                groups = groups[mask.view(len(batch), G, -1).any(-1).any(-1)]
-
-            def rows_of(g: Tensor) -> Tensor:  # (n,) group indices -> (n * G,) row indices
-                return (g.unsqueeze(-1) * G + torch.arange(G, device=device)).flatten()
-
-            def logprobs(net: nn.Module, g: Tensor, with_entropy: bool = False) -> Any:
-                r = rows_of(g)
-                return net(prompt_ids[g], prompt_mask[g], roll.completion_ids[r], roll.completion_mask[r], G,
-                           temperature=cfg.temperature, with_entropy=with_entropy)
-
-            # ---- 5. log-probs fixed during the update: pi_old (only for off-policy updates), pi_ref (beta > 0)
-            logp_old = logp_ref = None  # (len(groups) * G, T)
-            if cfg.needs_old_logprobs and len(groups):
-                with torch.no_grad(), eval_mode(model):
-                    logp_old = logprobs(GroupedLogprobs(model), groups)
-            if ref_model is not None and len(groups):
-                with torch.no_grad():
-                    logp_ref = logprobs(GroupedLogprobs(ref_model), groups)
-
-            # ---- 6. epochs of minibatches of whole groups
+            # ---- 4-6. advantages, the tokens that count, epochs of minibatches of whole groups
             t_train = time.perf_counter()
-            stats_rows: list[dict[str, Tensor]] = []
-            for _ in range(cfg.num_iterations):
-                order = torch.randperm(len(groups), generator=gen, device=device) if cfg.num_minibatches > 1 \
-                    else torch.arange(len(groups), device=device)
-                for mb in order.chunk(cfg.num_minibatches) if len(groups) else ():
-                    m = mask[rows_of(groups[mb])]  # (b, T)
-                    num_tokens = distributed.loss_divisor(m.sum())  # the minibatch's divisors, for every pass
-                    num_seqs = distributed.loss_divisor(m.any(-1).sum())
-                    optimizer.zero_grad(set_to_none=True)
-                    passes = mb.split(cfg.micro_batch_prompts or len(mb))  # gradient accumulation over passes
-                    loss, parts = torch.zeros(()), []
-                    for i, part in enumerate(passes):
-                        rows, kept = rows_of(groups[part]), rows_of(part)  # rows of the batch / of the kept groups
-                        logp, entropy = logprobs(policy, groups[part], with_entropy=True)
-                        part_loss, part_stats = grpo_loss(
-                            logp, logp_old[kept] if logp_old is not None else logp.detach(), adv[rows], mask[rows],
-                            cfg, logp_ref=logp_ref[kept] if logp_ref is not None else None,
-                            entropy=entropy if cfg.ent_coef > 0 else entropy.detach(),
-                            num_tokens=num_tokens, num_seqs=num_seqs, norm_len=max_new)
-                        sync = contextlib.nullcontext() if i == len(passes) - 1 or not dist_info.enabled \
-                            else policy.no_sync()  # type: ignore[operator]  (DDP averages once, after the last)
-                        with sync:
-                            part_loss.backward()
-                        loss = loss + part_loss.detach()
-                        parts.append((part_stats, mask[rows].sum()))
-                    stats = _merge_pass_stats(parts)
-                    stats["lr"] = torch.tensor(scheduler.get_last_lr()[0])
-                    if guard.check(loss, model.parameters(), where=f"step {step + 1}"):
-                        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-                        stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                    stats_rows.append(stats)
+            rollout = Rollout(prompt_ids, prompt_mask, roll.completion_ids, roll.completion_mask, roll.finished,
+                              rewards)
+            update_stats = grpo_update(rollout, cfg, policy, optimizer, scheduler, guard, ref_model=ref_model,
+                                       generator=gen, norm_len=max_new, where=f"step {step + 1}")
             step += 1
             t_end = time.perf_counter()
             elapsed += t_end - t0
@@ -559,10 +617,7 @@ def train_grpo(
                 "reward": float(rewards.mean()), "reward_std": float(rewards.std()), **reward_means,
                 "completion_len": float(lengths.mean()),
                 "truncated_frac": float((~roll.finished).float().mean()),
-                "zero_std_frac": float(flat.float().mean()),
-                "tokens_in_loss": float(mask.sum()),
-                **{k: float(torch.stack([s[k] for s in stats_rows if k in s]).float().mean())
-                   for k in dict.fromkeys(k for s in stats_rows for k in s)},
+                **update_stats,
                 "nonfinite_skipped": guard.skipped,
             }
             metrics = distributed.reduce_metrics(metrics)

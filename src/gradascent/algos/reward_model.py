@@ -20,6 +20,10 @@ Deliberate choices:
 - With ``lora_r > 0`` only a LoRA adapter of the backbone and the head are trained; the saved model is the
   merged one (loadable like any other), and the adapter is saved beside it (``model/lora``) so that PPO can
   share the SFT weights between policy, reference and reward model.
+- Data parallel (``torchrun --nproc-per-node N``): every rank draws the same global batch of pairs and
+  trains on its share; the mean over pairs divides by the global number of pairs
+  (``run.distributed.loss_divisor``), so the update does not depend on the number of processes. The
+  held-out evaluation is sharded and gathered; rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +43,7 @@ from torch import nn
 from gradascent.algos.rlhf_data import PreferencePair, encode_sequences, preference_data
 from gradascent.core import bradley_terry_loss
 from gradascent.errors import ConfigError
+from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gradascent.run.config import add_config_flags, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
@@ -67,7 +73,7 @@ class RewardModelConfig:
     epochs: int = 1
     """Passes over the training pairs (Ouyang et al. 2022: 1; more overfits)."""
     batch_size: int = 32
-    """Pairs per gradient step (InstructGPT: 64 prompts of K=4..9 completions)."""
+    """Pairs per gradient step over all processes (InstructGPT: 64 prompts of K=4..9 completions)."""
     lr: float = 1e-3
     """AdamW learning rate (Ouyang et al.: 9e-6 for 6B; tiny models from scratch take larger ones)."""
     weight_decay: float = 0.0
@@ -140,15 +146,20 @@ def pair_rewards(model: nn.Module, tokenizer: Any, pairs: list[PreferencePair], 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, tokenizer: Any, pairs: list[PreferencePair], cfg: RewardModelConfig) -> dict[str, float]:
-    """Held-out pairwise accuracy (fraction with r_chosen > r_rejected), loss and mean margin."""
+    """Held-out pairwise accuracy (fraction with r_chosen > r_rejected), loss and mean margin. Under data
+    parallelism each rank scores its share of the pairs and every rank gathers all the rewards."""
+    info = distributed.info()
+    rows, weight = distributed.local_rows(len(pairs), info.rank, info.world_size)
+    mine = pairs[rows] if weight else []
     was_training = model.training
     model.eval()
-    rc, rr = [], []
-    for k in range(0, len(pairs), 64):
-        c, r = pair_rewards(model, tokenizer, pairs[k:k + 64], cfg.max_length, torch.device(cfg.device))
-        rc.append(c)
-        rr.append(r)
+    scored: list[tuple[torch.Tensor, torch.Tensor]] = []  # (r_chosen, r_rejected) of each chunk, on the CPU
+    for k in range(0, len(mine), 64):
+        c, r = pair_rewards(model, tokenizer, mine[k:k + 64], cfg.max_length, next(model.parameters()).device)
+        scored.append((c.cpu(), r.cpu()))
     model.train(was_training)
+    scored = distributed.gather_list(scored)
+    rc, rr = [c for c, _ in scored], [r for _, r in scored]
     loss, stats = bradley_terry_loss(torch.cat(rc), torch.cat(rr))
     return {"eval_accuracy": float(stats["accuracy"]), "eval_loss": float(loss), "eval_margin": float(stats["margin"]),
             "eval_reward_mean": float(torch.cat(rc + rr).mean())}
@@ -170,12 +181,14 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     if not cfg.model:
         raise ConfigError("config key 'model' is empty: give the SFT model directory the reward model starts from")
     t_start = time.perf_counter()
+    dist_info = distributed.init(cfg.device)
     torch.manual_seed(cfg.seed)
-    run = RunDir(cfg.out)
-    resume_from = latest_checkpoint(run.checkpoints) if cfg.resume else None
-    check_resume(run, cfg, resume_from is not None, cfg.resume, RESUMABLE_CHANGES)
-    run.write_config(cfg)
-    device = torch.device(cfg.device)
+    run = RunDir(cfg.out) if dist_info.is_main else None
+    resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
+    if run is not None:
+        check_resume(run, cfg, resume_from is not None, cfg.resume, RESUMABLE_CHANGES)
+        run.write_config(cfg)
+    device = torch.device(f"cuda:{dist_info.local_rank}" if cfg.device == "cuda" else cfg.device)
 
     train, held_out = preference_data(cfg.data, cfg.train_pairs, cfg.eval_pairs, cfg.seed, cfg.eval_fraction)
     model, tok = RewardModel.from_pretrained(cfg.model, new_head=True, device=device)
@@ -183,7 +196,13 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     if cfg.lora_r > 0:
         fingerprint = adapters.base_fingerprint(model.backbone)
         lora = adapters.add_lora(model.backbone, "reward", cfg.lora_r, cfg.lora_alpha)
+    lm_head = model.backbone.get_output_embeddings()
+    if lm_head is not None and lm_head.weight is not model.backbone.get_input_embeddings().weight:
+        lm_head.requires_grad_(False)  # never used by the reward (and DDP wants every trained weight used)
     model.train()
+    scorer: nn.Module = model  # the training forward; under DDP, gradients averaged over ranks
+    if dist_info.enabled:
+        scorer = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -201,14 +220,18 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         guard.load_state_dict(state["guard"])
         start, first_eval = int(state["step"]), dict(state["first_eval"])
         window, n_window = dict(state["window"]), int(state["n_window"])
-        run.truncate_metrics(start)
+        if run is not None:
+            run.truncate_metrics(start)
     else:
-        if run.metrics_path.exists():
+        if run is not None and run.metrics_path.exists():
             run.metrics_path.unlink()
         first_eval = evaluate(model, tok, held_out, cfg)
-        run.log(0, {"pairs": 0, **first_eval})
+        if run is not None:
+            run.log(0, {"pairs": 0, **first_eval})
 
     def checkpoint(step: int) -> None:
+        if run is None:  # rank 0 writes; the state is the same on every rank
+            return
         save_checkpoint(run.checkpoints, step, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": capture_rng(),
             "guard": guard.state_dict(), "step": step, "first_eval": first_eval, "window": window,
@@ -217,17 +240,25 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
 
     # Resumed from the final checkpoint (killed while saving the model): measure the trained model again.
     last_eval = evaluate(model, tok, held_out, cfg) if start >= total else first_eval
-    bar = progress_bar(total, "rm")
+    bar = progress_bar(total, "rm", enabled=None if dist_info.is_main else False)
     bar.update(start)
     with StopOnSignal() as stop:
         for step in range(start, total):
             t0 = time.perf_counter()
             epoch, k = divmod(step, steps_per_epoch)
             order = _order(len(train), epoch, cfg.seed)
-            batch = [train[i] for i in order[k * cfg.batch_size:(k + 1) * cfg.batch_size]]
-            r_chosen, r_rejected = pair_rewards(model, tok, batch, cfg.max_length, device)
+            batch = [train[i] for i in order[k * cfg.batch_size:(k + 1) * cfg.batch_size]]  # the global batch
+            rows, weight = distributed.local_rows(len(batch), dist_info.rank, dist_info.world_size)
+            batch = batch[rows]  # this rank's pairs
+            r_chosen, r_rejected = pair_rewards(scorer, tok, batch, cfg.max_length, device)
             margin = torch.tensor([p.margin or 0.0 for p in batch], device=device) if cfg.use_margin else None
             loss, stats = bradley_terry_loss(r_chosen, r_rejected, margin, cfg.center_coef)  # (20)
+            if dist_info.enabled:  # the mean over this rank's pairs -> their sum over (global pairs / world size)
+                n = weight * len(batch)
+                loss = weight * loss * (len(batch) / distributed.loss_divisor(n))
+                totals = distributed.global_count(torch.stack([v.double() * n for v in stats.values()] + [
+                    torch.tensor(n, dtype=torch.float64, device=device)]))  # one all-reduce
+                stats = {key: totals[i] / totals[-1] for i, key in enumerate(stats)}  # means over all pairs
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if guard.check(loss, params, where=f"step {step + 1}"):
@@ -248,24 +279,27 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
                 row = {"pairs": min(done * cfg.batch_size, cfg.epochs * len(train)),
                        **{k: v / n_window for k, v in window.items()}, **row,
                        "skipped_updates": guard.skipped, "wall_s": time.perf_counter() - t0}
-                run.log(done, row)
+                if run is not None:
+                    run.log(done, row)
                 window, n_window = {}, 0
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == total:
                 checkpoint(done)
-            if stop.requested and done < total:
+            if distributed.any_rank(stop.requested is not None) and done < total:  # agreed on by every rank
                 checkpoint(done)
                 bar.close()
-                run.close()
-                return {"stopped": f"stopped by {stop.requested} after step {done}; run the same command again "
-                                   "to resume", "steps_done": done}
+                if run is not None:
+                    run.close()
+                by = stop.requested or "a signal to another process"
+                return {"stopped": f"stopped by {by} after step {done}; run the same command again to resume",
+                        "steps_done": done}
     bar.close()
 
-    out_dir = run.path / "model"
-    if lora is not None:
+    out_dir = Path(cfg.out) / "model"
+    if run is not None and lora is not None:
         merged = RewardModel(adapters.merged_copy(lora, "reward"), model.head)
         merged.save_pretrained(out_dir, tok)
         adapters.save_adapter(lora, "reward", out_dir, fingerprint)
-    else:
+    elif run is not None:
         model.save_pretrained(out_dir, tok)
     summary = {
         "rm_accuracy": last_eval["eval_accuracy"], "rm_accuracy_initial": first_eval["eval_accuracy"],
@@ -273,8 +307,10 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         "train_pairs": len(train), "eval_pairs": len(held_out), "skipped_updates": guard.skipped,
         "model_dir": str(out_dir), "wall_s": time.perf_counter() - t_start,
     }
-    run.write_summary(summary)
-    run.close()
+    if run is not None:
+        run.write_summary(summary)
+        run.close()
+    distributed.barrier()
     return summary
 
 
@@ -298,6 +334,10 @@ def train(cfg: RewardModelConfig, resume: bool = False) -> dict[str, Any]:
 def _cmd(args: argparse.Namespace) -> int:
     cfg = load_config(RewardModelConfig, args.config, flag_overrides=flag_values(args))
     summary = train_reward_model(cfg)
+    is_main = distributed.info().is_main
+    distributed.cleanup()
+    if not is_main:
+        return 130 if "stopped" in summary else 0
     if "stopped" in summary:
         print(f"gradascent rm: {summary['stopped']}", file=sys.stderr)
         return 130

@@ -15,6 +15,9 @@ Each stage writes its own run directory under OUT; OUT itself holds config.yaml,
 per finished stage), summary.json and checkpoints/ (empty: the stages checkpoint themselves). Running the
 same command again skips the stages that finished with the same config and resumes the one that was
 interrupted from its newest checkpoint.
+
+Under ``torchrun --nproc-per-node N`` every stage trains data-parallel (each stage's module says how) and
+rank 0 alone writes; the process group is joined once, with the device of the SFT stage.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from gradascent.algos.ppo_rlhf import PPORLHFConfig, train_ppo_rlhf
 from gradascent.algos.reward_model import RewardModelConfig, train_reward_model
 from gradascent.algos.sft import SFTConfig, train_sft
 from gradascent.errors import ConfigError
+from gradascent.run import distributed
 from gradascent.run.config import add_config_flags, flag_values, load_config, read_yaml, require, to_dict
 from gradascent.run.rundir import RunDir
 
@@ -102,29 +106,34 @@ def _finished(stage_cfg: Any, model_dir: str) -> dict[str, Any] | None:
 def run_rlhf(cfg: RLHFConfig) -> dict[str, Any]:
     """SFT -> reward model -> PPO; returns the summary (also in ``out/summary.json``)."""
     t0 = time.perf_counter()
-    run = RunDir(cfg.out)
-    run.write_config(cfg)
+    main = distributed.init(cfg.sft.device).is_main
+    run = RunDir(cfg.out) if main else None  # rank 0 writes
     sft_cfg, rm_cfg, ppo_cfg = stage_configs(cfg)
-    if run.metrics_path.exists():
-        run.metrics_path.unlink()  # one row per stage, rewritten on every invocation
+    if run is not None:
+        run.write_config(cfg)
+        if run.metrics_path.exists():
+            run.metrics_path.unlink()  # one row per stage, rewritten on every invocation
 
     t = time.perf_counter()
     sft = _finished(sft_cfg, rm_cfg.model) or train_sft(sft_cfg)
     if "stopped_by" in sft:
         return _stopped(run, "sft", sft["stopped_by"])
-    run.log(1, {"stage": "sft", "wall_s": time.perf_counter() - t, **_numbers(sft)})
+    if run is not None:
+        run.log(1, {"stage": "sft", "wall_s": time.perf_counter() - t, **_numbers(sft)})
 
     t = time.perf_counter()
     rm = _finished(rm_cfg, ppo_cfg.reward_model) or train_reward_model(rm_cfg)
     if "stopped" in rm:
         return _stopped(run, "rm", rm["stopped"])
-    run.log(2, {"stage": "rm", "wall_s": time.perf_counter() - t, **_numbers(rm)})
+    if run is not None:
+        run.log(2, {"stage": "rm", "wall_s": time.perf_counter() - t, **_numbers(rm)})
 
     t = time.perf_counter()
     ppo = _finished(ppo_cfg, str(Path(ppo_cfg.out) / "policy")) or train_ppo_rlhf(ppo_cfg)
     if "stopped" in ppo:
         return _stopped(run, "ppo", ppo["stopped"])
-    run.log(3, {"stage": "ppo", "wall_s": time.perf_counter() - t, **_numbers(ppo)})
+    if run is not None:
+        run.log(3, {"stage": "ppo", "wall_s": time.perf_counter() - t, **_numbers(ppo)})
 
     summary = {
         "rm_accuracy": rm["rm_accuracy"],
@@ -140,8 +149,9 @@ def run_rlhf(cfg: RLHFConfig) -> dict[str, Any]:
         "sft_model_dir": rm_cfg.model,
         "wall_s": time.perf_counter() - t0,
     }
-    run.write_summary(summary)
-    run.close()
+    if run is not None:
+        run.write_summary(summary)
+        run.close()
     return summary
 
 
@@ -150,8 +160,9 @@ def _numbers(summary: dict[str, Any]) -> dict[str, float]:
             and k != "wall_s"}
 
 
-def _stopped(run: RunDir, stage: str, why: str) -> dict[str, Any]:
-    run.close()
+def _stopped(run: RunDir | None, stage: str, why: str) -> dict[str, Any]:
+    if run is not None:
+        run.close()
     return {"stopped": f"{stage} stage: {why}"}
 
 
@@ -176,6 +187,10 @@ def train(cfg: RLHFConfig, resume: bool = False) -> dict[str, Any]:
 def _cmd(args: argparse.Namespace) -> int:
     cfg = load_config(RLHFConfig, args.config, flag_overrides=flag_values(args))
     summary = run_rlhf(cfg)
+    is_main = distributed.info().is_main
+    distributed.cleanup()
+    if not is_main:
+        return 130 if "stopped" in summary else 0
     if "stopped" in summary:
         print(f"gradascent rlhf: {summary['stopped']}; run the same command again to resume", file=sys.stderr)
         return 130

@@ -14,6 +14,11 @@ tokens are context only. Deliberate choices:
   (epoch, offset) is checkpointed, so a resumed run sees the same batches in the same order.
 - A step whose loss or gradient is NaN/inf is skipped (``run.guard.NonFiniteGuard``); ``max_nonfinite`` in
   a row abort the run.
+- Data parallel (``torchrun --nproc-per-node N``): every rank builds the same global batch of ``batch_size``
+  examples and trains on its share of the rows; the token mean's divisor is the global token count
+  (``run.distributed.loss_divisor``), so the update does not depend on the number of processes.
+  Evaluation is sharded and reduced; rank 0 alone writes the run directory, and its checkpoints resume at
+  any number of processes.
 
 Run directory: config.yaml, metrics.jsonl, summary.json, checkpoints/, tb/ and model/ (the final model and
 tokenizer, loadable with ``lm.load_model``).
@@ -30,15 +35,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from gradascent.core.reduce import aggregate
 from gradascent.errors import ConfigError, DataError
 from gradascent.lm.generate import generate
-from gradascent.lm.logprobs import sequence_logprobs
+from gradascent.lm.logprobs import SequenceLogprobs, sequence_logprobs
 from gradascent.lm.models import count_parameters, eval_mode, load_model, save_model
 from gradascent.lm.tokenizers import decode_completions, encode_prompts, eos_token_ids
 from gradascent.rewards import reward_name, score
+from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gradascent.run.checkpoint import seed_everything
 from gradascent.run.config import add_config_flags, flag_values, load_config, require
@@ -72,7 +78,7 @@ class SFTConfig:
     steps: int = 1000
     """Optimizer steps."""
     batch_size: int = 32
-    """Examples per step (packed rows per step with packing)."""
+    """Examples per step over all processes (packed rows per step with packing)."""
     lr: float = 1e-3
     """Peak AdamW learning rate; ~1e-3 for the small presets from scratch, ~1e-5 to 2e-5 for a pretrained model."""
     lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
@@ -272,30 +278,39 @@ def next_batch(cfg: SFTConfig, examples: list[tuple[list[int], int]], order: Dat
 
 def eval_loss(model: Any, examples: list[tuple[list[int], int]], batch_size: int, pad_id: int,
               device: torch.device) -> float:
-    """Token-mean negative log-likelihood of the completion tokens (EOS included) of ``examples``."""
+    """Token-mean negative log-likelihood of the completion tokens (EOS included) of ``examples``; under
+    data parallelism each rank scores its share and the sums are all-reduced."""
+    info = distributed.info()
+    rows, weight = distributed.local_rows(len(examples), info.rank, info.world_size)
+    mine = examples[rows] if weight else []
     total, count = 0.0, 0
     with torch.no_grad(), eval_mode(model):
-        for s in range(0, len(examples), batch_size):
-            ids, mask, target = (t.to(device) for t in collate(examples[s: s + batch_size], pad_id))
+        for s in range(0, len(mine), batch_size):
+            ids, mask, target = (t.to(device) for t in collate(mine[s: s + batch_size], pad_id))
             logp = sequence_logprobs(model, ids, mask, target)
             total += float(-logp[target].sum())
             count += int(target.sum())
-    return total / max(count, 1)
+    return float(distributed.global_count(total) / distributed.global_count(count).clamp(min=1))
 
 
 def eval_rewards(model: Any, tokenizer: Any, task: Task, n: int, device: torch.device) -> dict[str, float]:
-    """The task's rewards of greedy completions of the first ``n`` eval prompts: 'reward' and 'reward/<fn>'."""
+    """The task's rewards of greedy completions of the first ``n`` eval prompts: 'reward' and 'reward/<fn>'.
+    Under data parallelism each rank completes its share of the prompts and every rank scores them all."""
     rows = task.eval[:n]
     if not rows or not task.reward_fns:
         return {}
     prompts = [str(r["prompt"]) for r in rows]
+    info = distributed.info()
+    share, weight = distributed.local_rows(len(prompts), info.rank, info.world_size)
+    mine = prompts[share] if weight else []
     eos = eos_token_ids(tokenizer, model)
     texts: list[str] = []
-    for s in range(0, len(prompts), 256):
-        ids, mask = encode_prompts(tokenizer, prompts[s: s + 256], device=device)
+    for s in range(0, len(mine), 256):
+        ids, mask = encode_prompts(tokenizer, mine[s: s + 256], device=device)
         g = generate(model, ids, mask, max_new_tokens=task.max_new_tokens, eos_token_ids=eos,
                      pad_token_id=tokenizer.pad_token_id, greedy=True)
         texts += decode_completions(tokenizer, g.completion_ids.cpu(), g.completion_mask.cpu(), strip_eos=eos)
+    texts = distributed.gather_list(texts)  # every rank's completions, in prompt order
     columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
     total, metrics = score(task.reward_fns, prompts, texts, columns, task.reward_weights)
     return {"reward": float(total.mean()), **metrics}
@@ -313,18 +328,53 @@ def watched(metrics: dict[str, float], cfg: SFTConfig) -> float:
 # --- training ------------------------------------------------------------------------------------------
 
 
+def sft_step(lm: nn.Module, optimizer: torch.optim.Optimizer, guard: NonFiniteGuard,
+             batch: tuple[Tensor, Tensor, Tensor, Tensor | None], grad_clip: float, device: torch.device,
+             where: str = "") -> tuple[Tensor, Tensor | None]:
+    """One optimizer update of L^SFT on this rank's rows of a global batch (``next_batch``'s output, the same
+    on every rank).
+
+    ``lm`` is ``SequenceLogprobs(model)``, wrapped in DistributedDataParallel under torchrun. A rank's loss
+    is its completion tokens' negative log-likelihood sum over (global completion tokens / world size), so
+    that DDP's mean of the ranks' gradients is the gradient of the global token mean: one process holding
+    the whole batch and N holding a share each make the same update. ``grad_clip`` 0 does not clip.
+
+    Returns (this rank's loss, the gradient norm before clipping, or None if the guard skipped the update).
+    """
+    info = distributed.info()
+    ids, mask, target, pos = batch  # (R, L) each
+    rows, weight = distributed.local_rows(len(ids), info.rank, info.world_size)
+    ids, mask, target = ids[rows].to(device), mask[rows].to(device), target[rows].to(device)
+    logp = lm(ids, mask, target, position_ids=None if pos is None else pos[rows].to(device))
+    num_tokens = distributed.loss_divisor(weight * target.sum())
+    loss = weight * aggregate(-logp, target, "token_mean", num_tokens=num_tokens)  # L^SFT
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not guard.check(loss, params, where=where):
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), None
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    optimizer.step()
+    return loss.detach(), grad_norm
+
+
 def train_sft(cfg: SFTConfig) -> dict[str, Any]:
-    """Run SFT as configured; returns the summary (also written to out/summary.json)."""
-    run = RunDir(cfg.out)
-    ckpt = latest_checkpoint(run.checkpoints) if cfg.resume else None
-    if ckpt is None and run.read_metrics():
+    """Run SFT as configured; returns the summary (also written to out/summary.json by rank 0).
+
+    Under torchrun each process trains on its share of every global batch (``sft_step``)."""
+    dist_info = distributed.init(cfg.device)
+    run = RunDir(cfg.out) if dist_info.is_main else None
+    ckpt = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
+    if run is not None and ckpt is None and run.read_metrics():
         if not cfg.resume:
             raise ConfigError(f"{cfg.out} already holds a run (metrics.jsonl); pass resume: true to continue it "
                               "or choose another out directory")
         run.truncate_metrics(0)  # stopped before its first checkpoint: start over
-    run.write_config(cfg)
+    if run is not None:
+        run.write_config(cfg)
     seed_everything(cfg.seed)
-    device = torch.device(cfg.device)
+    device = torch.device(f"cuda:{dist_info.local_rank}" if cfg.device == "cuda" else cfg.device)
 
     task = load_task(cfg.task, n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed, eval_file=cfg.eval_file)
     if cfg.stop_at is not None:  # the watched metric must exist before any training starts
@@ -334,6 +384,9 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     train_ex = encode_examples(tokenizer, task.train, cfg.max_length)
     eval_ex = encode_examples(tokenizer, task.eval, cfg.max_length) if task.eval else []
 
+    lm: nn.Module = SequenceLogprobs(model)  # the training forward; under DDP, gradients averaged over ranks
+    if dist_info.enabled:
+        lm = nn.parallel.DistributedDataParallel(lm, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -352,14 +405,19 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
         guard.load_state_dict(state["guard"])
         acc, tokens_seen = dict(state["acc"]), int(state["tokens_seen"])
         restore_rng(state["rng"])
-        run.truncate_metrics(step)
+        if run is not None:
+            run.truncate_metrics(step)
 
     def checkpoint_now() -> None:
-        save_checkpoint(run.checkpoints, step, {
-            "model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
-            "data": order.state_dict(), "guard": guard.state_dict(), "acc": acc, "tokens_seen": tokens_seen,
-            "rng": capture_rng(),
-        }, keep_last=cfg.keep_last)
+        # Nothing in the state belongs to one rank (the running loss is the mean over ranks), so any number
+        # of processes can resume it.
+        mean_acc = {**acc, **distributed.reduce_metrics({"loss_sum": acc["loss_sum"]})}
+        if run is not None:
+            save_checkpoint(run.checkpoints, step, {
+                "model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
+                "data": order.state_dict(), "guard": guard.state_dict(), "acc": mean_acc,
+                "tokens_seen": tokens_seen, "rng": capture_rng(),
+            }, keep_last=cfg.keep_last)
 
     def evaluate() -> dict[str, float]:
         out: dict[str, float] = {}
@@ -371,47 +429,43 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
         return out
 
     t_start, last_eval, stopped, stopped_at = time.perf_counter(), {}, None, None
-    bar = progress_bar(cfg.steps, "sft", enabled=cfg.progress, initial=step)
+    bar = progress_bar(cfg.steps, "sft", enabled=cfg.progress if dist_info.is_main else False, initial=step)
     model.train()
     with StopOnSignal() as stop:
         while step < cfg.steps:
-            ids, mask, target, pos = next_batch(cfg, train_ex, order, pad_id)
-            ids, mask, target = ids.to(device), mask.to(device), target.to(device)
-            logp = sequence_logprobs(model, ids, mask, target, position_ids=None if pos is None else pos.to(device))
-            loss = aggregate(-logp, target, "token_mean")  # L^SFT
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if guard.check(loss, params, where=f"step {step + 1}"):
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                opt.step()
-                acc["loss_sum"] += float(loss.detach())
+            batch = next_batch(cfg, train_ex, order, pad_id)  # the global batch; sft_step takes this rank's rows
+            loss, grad_norm = sft_step(lm, opt, guard, batch, cfg.grad_clip, device, where=f"step {step + 1}")
+            if grad_norm is not None:
+                acc["loss_sum"] += float(loss)
                 acc["steps"] += 1
                 acc["grad_norm"] = float(grad_norm)
-            else:
-                opt.zero_grad(set_to_none=True)
             sched.step()
             step += 1
-            n_tok = int(target.sum())
+            n_tok = int(batch[2].sum())  # completion tokens of the global batch
             tokens_seen += n_tok
             acc["tokens"] += n_tok
             bar.update(1)
 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - t_start
-                row = {"loss": acc["loss_sum"] / max(acc["steps"], 1), "lr": sched.get_last_lr()[0],
+                loss_sum = distributed.reduce_metrics({"loss_sum": acc["loss_sum"]})["loss_sum"]  # over ranks
+                row = {"loss": loss_sum / max(acc["steps"], 1), "lr": sched.get_last_lr()[0],
                        "grad_norm": acc.get("grad_norm", float("nan")), "tokens": tokens_seen,
                        "epoch": order.epoch, "skipped": guard.skipped,
                        "time_s": elapsed, "tokens_per_s": acc["tokens"] / max(elapsed, 1e-9)}
                 if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                     last_eval = evaluate()
                     row.update(last_eval)
-                run.log(step, row)
+                if run is not None:
+                    run.log(step, row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 acc = {"loss_sum": 0.0, "steps": 0, "tokens": 0}
                 t_start = time.perf_counter()
             elif cfg.eval_every and step % cfg.eval_every == 0:
                 last_eval = evaluate()
-                run.log(step, dict(last_eval))
+                if run is not None:
+                    run.log(step, dict(last_eval))
+            # The evaluation is the same on every rank (sharded and reduced), so is this decision.
             reached = cfg.stop_at is not None and bool(last_eval) and cfg.eval_every and step % cfg.eval_every == 0 \
                 and watched(last_eval, cfg) >= cfg.stop_at
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or reached:
@@ -419,9 +473,9 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
             if reached:
                 stopped_at = step
                 break
-            if stop.requested:
+            if distributed.any_rank(stop.requested is not None):  # a signal may reach the ranks a step apart
                 checkpoint_now()
-                stopped = stop.requested
+                stopped = stop.requested or "a signal to another process"
                 break
     bar.close()
     if not last_eval and not stopped:  # resumed from the final checkpoint: nothing left to train
@@ -435,10 +489,13 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     if stopped:
         summary["stopped_by"] = stopped
     else:
-        save_model(model, tokenizer, model_dir)
         summary["model_dir"] = str(model_dir)
-    run.write_summary(summary)
-    run.close()
+    if run is not None:
+        if not stopped:
+            save_model(model, tokenizer, model_dir)
+        run.write_summary(summary)
+        run.close()
+    distributed.barrier()
     return summary
 
 
@@ -457,6 +514,10 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> None:
 def _main(args: argparse.Namespace) -> int:
     cfg = load_config(SFTConfig, args.config, flag_overrides=flag_values(args))
     summary = train_sft(cfg)
+    is_main = distributed.info().is_main
+    distributed.cleanup()
+    if not is_main:
+        return 0
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}
     print(" ".join(f"{k}={v}" for k, v in shown.items()))
     return 0

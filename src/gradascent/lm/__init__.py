@@ -12,7 +12,7 @@ pad id, so a tokenizer whose pad token is its EOS token is handled correctly.
 
 from gradascent.lm.generate import Generation, filter_logits, fused_supported, generate, generate_text, sample_tokens
 from gradascent.lm.heads import RewardModel, ScalarHeadModel, ValueModel, backbone_hidden_states, last_token_index
-from gradascent.lm.logprobs import completion_logprobs, head_logprobs, sequence_logprobs
+from gradascent.lm.logprobs import SequenceLogprobs, completion_logprobs, head_logprobs, sequence_logprobs
 from gradascent.lm.models import (
     PRESETS,
     build_model,
@@ -38,6 +38,7 @@ __all__ = [
     "Generation",
     "RewardModel",
     "ScalarHeadModel",
+    "SequenceLogprobs",
     "ValueModel",
     "backbone_hidden_states",
     "build_model",

@@ -133,6 +133,19 @@ def sequence_logprobs(
     return logp, ent
 
 
+class SequenceLogprobs(nn.Module):
+    """``sequence_logprobs`` of ``model`` as a module's forward, so that DistributedDataParallel can wrap it
+    (DDP synchronises gradients only of passes made through its own forward)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, mask: Tensor, target_mask: Tensor, *,
+                position_ids: Tensor | None = None) -> Tensor:
+        return sequence_logprobs(self.model, input_ids, mask, target_mask, position_ids=position_ids)  # type: ignore[return-value]
+
+
 def completion_logprobs(
     model: nn.Module,
     prompt_ids: Tensor,

@@ -1,15 +1,19 @@
 """Data parallelism on torch.distributed: launch with ``torchrun --nproc-per-node N``.
 
-Nothing here is home-made communication: process groups come from ``torch.distributed`` (gloo on CPU,
-NCCL on GPU), gradients are averaged by ``DistributedDataParallel`` (or sharded by FSDP2's
+Nothing here is home-made communication: process groups come from ``torch.distributed`` (gloo on CPU;
+NCCL for CUDA tensors on GPU, with gloo beside it for small CPU tensors), gradients are averaged by ``DistributedDataParallel`` (or sharded by FSDP2's
 ``fully_shard``). What this module adds is the bookkeeping every trainer needs:
 
 - ``init()``: join the group that torchrun describes in the environment (a no-op for one process);
 - ``shard(items)``: the slice of a global batch that this rank owns (contiguous, so groups stay whole);
+- ``local_rows(n)``: the same for a batch that need not split evenly (the short last batch of an epoch), with
+  the weight of this rank's loss;
 - ``global_count(x)``: all-reduced sums, e.g. the number of loss tokens over all ranks. The loss on each
   rank is its local token sum over ``global_tokens / world_size``, so that DDP's *mean* of the ranks'
   gradients is the gradient of the global token mean, whatever number of tokens each rank holds;
-- ``reduce_metrics``: means of scalar metrics over ranks, for logging on rank 0 only.
+- ``reduce_metrics``: means of scalar metrics over ranks, for logging on rank 0 only;
+- ``gather_list``, ``any_rank``: every rank's results of a sharded evaluation, and one decision for all ranks
+  (a stop requested by a signal that reached some ranks a step before the others).
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ def init(device: str = "cpu") -> DistInfo:
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+        # On GPUs, NCCL for CUDA tensors and gloo for the CPU ones (counts, metrics, pickled objects).
+        backend = "cpu:gloo,cuda:nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -66,6 +71,21 @@ def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
         raise ValueError(f"a global batch of {n} does not split evenly over {world_size} processes")
     per = n // world_size
     return list(items[rank * per:(rank + 1) * per])
+
+
+def local_rows(n: int, rank: int, world_size: int) -> tuple[slice, float]:
+    """This rank's contiguous rows of a global batch of ``n`` rows, and the weight of its loss.
+
+    The rows split as evenly as possible (the first ``n % world_size`` ranks hold one more). A rank left
+    without rows (``n < world_size``) gets row 0 with weight 0.0: it still makes its forward and backward
+    pass, since DDP's gradient all-reduce needs every rank, and adds nothing to the gradient.
+    """
+    per, extra = divmod(n, world_size)
+    start = rank * per + min(rank, extra)
+    stop = start + per + (1 if rank < extra else 0)
+    if start == stop:
+        return slice(0, 1), 0.0
+    return slice(start, stop), 1.0
 
 
 def global_count(x: torch.Tensor | float) -> torch.Tensor:
@@ -94,6 +114,25 @@ def reduce_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     out = dict(metrics)
     out.update({k: v.item() for k, v in zip(keys, vals)})
     return out
+
+
+def gather_list(items: list[T]) -> list[T]:
+    """Every rank's ``items`` concatenated in rank order (``items`` itself for one process). Items are
+    pickled: move tensors to the CPU first."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return items
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is True on any rank."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def barrier() -> None:
