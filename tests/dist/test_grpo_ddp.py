@@ -56,3 +56,27 @@ def test_ddp_ranks_stay_in_step_and_rank0_writes(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3]  # one row per step, written once (rank 0)
     assert rows[-1]["samples"] == 3 * 4 * 4
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
+
+
+def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, capfd):
+    from gradascent.algos.grpo import GRPOConfig, train_grpo
+    from gradascent.lm import load_model
+    from gradascent.tasks import Task
+
+    out = str(tmp_path / "run")
+    with mp.Manager() as manager:
+        mp.spawn(_rank, args=(2, _free_port(), out, manager.dict()), nprocs=2, join=True)
+    rows = [{"prompt": p} for p in ("ab", "cd", "ef", "gh", "ij", "kl", "mn", "op")]
+    task = Task("digits", "completion", rows, [], (digit_fraction,), (1.0,), max_new_tokens=4)
+    model, tok = load_model("qwen2-micro", seed=0)
+    cfg = GRPOConfig(steps=5, prompts_per_step=4, group_size=4, lr=1e-2, save_every=2, loss_agg="token_mean")
+    summary = train_grpo(cfg, out, model=model, tokenizer=tok, task=task, progress=False, resume=True)
+    assert summary["steps"] == 5
+    assert "checkpoint of 2 processes on 1" in capfd.readouterr().err
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in metrics] == [1, 2, 3, 4, 5]
+    assert metrics[-1]["samples"] == 5 * 4 * 4  # the global sample count carries over
+    from gradascent.run.checkpoint import load_checkpoint
+
+    step, state = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000005")
+    assert step == 5 and state["world_size"] == 1

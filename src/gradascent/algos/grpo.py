@@ -59,7 +59,7 @@ from gradascent.core import (
     masked_mean,
     rloo_advantages,
 )
-from gradascent.errors import CheckpointError, ConfigError, DataError
+from gradascent.errors import ConfigError, DataError
 from gradascent.lm import (
     decode_completions,
     encode_prompts,
@@ -501,6 +501,9 @@ def train_grpo(
         NonFiniteError: ``max_nonfinite`` consecutive updates had a NaN/inf loss or gradient.
     """
     dist_info = distributed.init(cfg.device)
+    if cfg.prompts_per_step % dist_info.world_size:
+        raise ConfigError(f"prompts_per_step={cfg.prompts_per_step} does not split evenly over "
+                          f"{dist_info.world_size} processes; choose a multiple of {dist_info.world_size}")
     device = torch.device(f"cuda:{dist_info.local_rank}" if cfg.device == "cuda" else cfg.device)
     seed_everything(cfg.seed)
     run = RunDir(out, tensorboard=True) if dist_info.is_main else None
@@ -546,15 +549,21 @@ def train_grpo(
         run.truncate_metrics(0)  # stopped before its first checkpoint: start over
     if ckpt is not None:
         step, state = load_checkpoint(ckpt)
-        if state["world_size"] != dist_info.world_size:
-            raise CheckpointError(f"checkpoint {ckpt} was written by {state['world_size']} processes; resume "
-                                  f"with the same number (now {dist_info.world_size})")
+        same_world = state["world_size"] == dist_info.world_size
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         guard.load_state_dict(state["guard"])
-        gen.set_state(state["sampler_rng"][dist_info.rank])
         restore_rng(state["rng"])
+        if same_world:  # bit for bit: every rank continues its own sampling stream
+            gen.set_state(state["sampler_rng"][dist_info.rank])
+        else:  # another number of processes: the weights, optimizer, schedule and data position carry over,
+            # the sampling streams start afresh (seeded by the step), so the run goes on but not bit for bit
+            gen.manual_seed(cfg.seed * 7919 + 104729 * dist_info.rank + 1 + 1_000_003 * step)
+            if dist_info.is_main:
+                print(f"resuming a checkpoint of {state['world_size']} processes on {dist_info.world_size}: "
+                      "sampling streams restart from the step (not bit-identical to an uninterrupted run)",
+                      file=sys.stderr)
         elapsed, last_eval = float(state["elapsed_s"]), dict(state["last_eval"])
         if run is not None:
             run.truncate_metrics(step)
@@ -631,10 +640,11 @@ def train_grpo(
                 run.log(step, metrics)
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward']:.3f}")
-            if (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps)) or stop.requested:
+            stopping = distributed.any_rank(stop.requested is not None)  # a signal may reach the ranks a step apart
+            if (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps)) or stopping:
                 checkpoint(step)
-            if stop.requested:
-                stopped_by = stop.requested
+            if stopping:
+                stopped_by = stop.requested or "a signal to another process"
                 break
     bar.close()
 

@@ -547,9 +547,18 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
         policy.load_state_dict(state["policy"])
         critic.load_state_dict(state["critic"])
         optimizer.load_state_dict(state["optimizer"])
-        sample_rng.set_state(state["sample_rng"][dist_info.rank])
-        shuffle_rng.set_state(state["shuffle_rng"][dist_info.rank])
         restore_rng(state["rng"])
+        if len(state["sample_rng"]) == world:  # bit for bit: every rank continues its own streams
+            sample_rng.set_state(state["sample_rng"][dist_info.rank])
+            shuffle_rng.set_state(state["shuffle_rng"][dist_info.rank])
+        else:  # another number of processes: everything but the per-rank streams carries over
+            at = int(state["update"])
+            sample_rng.manual_seed(cfg.seed * 7919 + dist_info.rank + 1_000_003 * at)
+            shuffle_rng.manual_seed(cfg.seed * 104729 + dist_info.rank + 1_000_003 * at)
+            if is_main:
+                print(f"resuming a checkpoint of {len(state['sample_rng'])} processes on {world}: sampling and "
+                      "shuffling streams restart from the update (not bit-identical to an uninterrupted run)",
+                      file=sys.stderr)
         guard.load_state_dict(state["guard"])
         kl_coef, start, samples = float(state["kl_coef"]), int(state["update"]), int(state["samples"])
         baseline = dict(state["baseline"])
@@ -681,12 +690,13 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
             bar.update(1)
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.updates:
                 checkpoint(done)
-            if stop.requested and done < cfg.updates:
+            if distributed.any_rank(stop.requested is not None) and done < cfg.updates:  # agreed on by every rank
                 checkpoint(done)
                 bar.close()
                 if run is not None:
                     run.close()
-                return {"stopped": f"stopped by {stop.requested} after update {done}; run the same command again "
+                return {"stopped": f"stopped by {stop.requested or 'a signal to another process'} after update "
+                                   f"{done}; run the same command again "
                                    "to resume", "updates_done": done}
     bar.close()
 

@@ -25,6 +25,8 @@ from typing import Any, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from gradascent.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -68,7 +70,8 @@ def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
     """This rank's contiguous slice of a global batch; the batch must split evenly."""
     n = len(items)
     if n % world_size:
-        raise ValueError(f"a global batch of {n} does not split evenly over {world_size} processes")
+        raise ConfigError(f"a global batch of {n} does not split evenly over {world_size} processes; choose a "
+                          f"batch size (e.g. prompts_per_step) divisible by the number of processes")
     per = n // world_size
     return list(items[rank * per:(rank + 1) * per])
 
