@@ -196,3 +196,19 @@ def test_value_and_reward_shapes_and_padding_invariance():
     # The same tokens at the same positions score the same whatever the padding side.
     assert torch.allclose(r_left, r_right, atol=1e-5)
     assert torch.allclose(v_left[0, 2:], v_right[0, :n], atol=1e-5)
+
+
+def test_freeze_lm_head_freezes_an_untied_head_only():
+    from gradascent.lm import ValueModel
+    from gradascent.lm.models import preset_config
+
+    tied = ValueModel(build_model("qwen2-micro", seed=0))
+    tied.freeze_lm_head()
+    assert all(p.requires_grad for p in tied.parameters())  # the tied head is the embedding: still trained
+    tok = char_tokenizer()
+    cfg = preset_config("qwen2-micro", len(tok), tok.pad_token_id, tok.eos_token_id, 64)
+    cfg.tie_word_embeddings = False
+    untied = ValueModel(AutoModelForCausalLM.from_config(cfg))
+    untied.freeze_lm_head()
+    frozen = [n for n, p in untied.named_parameters() if not p.requires_grad]
+    assert frozen == ["backbone.lm_head.weight"]

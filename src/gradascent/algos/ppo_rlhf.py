@@ -359,6 +359,7 @@ def load_models(cfg: PPORLHFConfig) -> Models:
     for m in frozen:
         m.eval()
         m.requires_grad_(False)
+    critic.freeze_lm_head()  # the value head never reads it (and DDP wants every trained weight used)
     return Models(policy=policy, critic=critic.to(device), reference=reference, reward=reward, tokenizer=tok,
                   lora=lora, reward_adapter=reward_adapter)
 

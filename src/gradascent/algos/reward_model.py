@@ -196,9 +196,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     if cfg.lora_r > 0:
         fingerprint = adapters.base_fingerprint(model.backbone)
         lora = adapters.add_lora(model.backbone, "reward", cfg.lora_r, cfg.lora_alpha)
-    lm_head = model.backbone.get_output_embeddings()
-    if lm_head is not None and lm_head.weight is not model.backbone.get_input_embeddings().weight:
-        lm_head.requires_grad_(False)  # never used by the reward (and DDP wants every trained weight used)
+    model.freeze_lm_head()  # never used by the reward (and DDP wants every trained weight used)
     model.train()
     scorer: nn.Module = model  # the training forward; under DDP, gradients averaged over ranks
     if dist_info.enabled:

@@ -76,6 +76,13 @@ class ScalarHeadModel(nn.Module):
     def config(self) -> Any:
         return self.backbone.config
 
+    def freeze_lm_head(self) -> None:
+        """Stop training the backbone's LM head when it is a weight of its own (not tied to the embedding): a
+        scalar head never reads it, and DistributedDataParallel requires every trained weight to be used."""
+        lm_head = self.backbone.get_output_embeddings()
+        if lm_head is not None and lm_head.weight is not self.backbone.get_input_embeddings().weight:
+            lm_head.requires_grad_(False)
+
     def token_scores(self, input_ids: Tensor, mask: Tensor) -> Tensor:
         """The head applied at every position, float32. Shapes: (B, T) -> (B, T)."""
         h = backbone_hidden_states(self.backbone, input_ids, mask)
