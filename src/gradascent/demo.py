@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,8 +47,8 @@ class DemoSettings:
     """Operands are drawn from [0, max_operand]: 2,500 problems."""
     ops: str = "+"
     """Operators of the task."""
-    n_train: int = 1500
-    """SFT demonstrations (drawn with repetition from the problems that are neither validation nor test)."""
+    n_train: int | None = None
+    """SFT demonstrations: distinct problems outside test and validation; None: all of them (2,100)."""
     n_eval: int = 200
     """Held-out test problems: accuracy before and after GRPO is measured on them, nothing trains on them."""
     n_val: int = 200
@@ -68,17 +69,20 @@ class DemoSettings:
 
 
 def arithmetic(settings: DemoSettings, seed: int) -> tuple[Task, Task, list[dict[str, Any]]]:
-    """(SFT task, GRPO task, validation rows). Both tasks hold the same test problems; SFT's rows are
-    demonstrations, GRPO's are every problem of the space outside test and validation. Rewards: exact match
-    (1.0) and a bare number (0.1)."""
-    sft = arithmetic_task(n_train=settings.n_train, n_eval=settings.n_eval + settings.n_val, seed=seed,
-                          max_operand=settings.max_operand, ops=settings.ops)
-    test, val = sft.eval[:settings.n_eval], sft.eval[settings.n_eval:]
-    held_out = {r["prompt"] for r in sft.eval}
-    pool = [{"prompt": f"{a}{op}{b}=", "answer": str(solve(a, op, b))}
-            for a in range(settings.max_operand + 1) for op in settings.ops for b in range(settings.max_operand + 1)
-            if f"{a}{op}{b}=" not in held_out]
-    return replace(sft, eval=test), replace(sft, train=pool, eval=test), val
+    """(SFT task, GRPO task, validation rows). Every problem of the space, shuffled by ``seed``: the first
+    ``n_eval`` are the test problems (both tasks' eval rows), the next ``n_val`` the validation problems, and
+    the rest are SFT's demonstrations (each once; the first ``n_train`` if set) and GRPO's prompts. Rewards:
+    exact match (1.0) and a bare number (0.1)."""
+    space = [{"prompt": f"{a}{op}{b}=", "answer": str(solve(a, op, b))}
+             for a in range(settings.max_operand + 1) for op in settings.ops for b in range(settings.max_operand + 1)]
+    random.Random(seed).shuffle(space)
+    held = settings.n_eval + settings.n_val
+    if len(space) <= held:
+        raise ConfigError(f"n_eval + n_val = {held} leaves no training problems among the {len(space)} of the space")
+    test, val, pool = space[:settings.n_eval], space[settings.n_eval:held], space[held:]
+    base = arithmetic_task(n_train=1, n_eval=1, seed=seed, max_operand=settings.max_operand, ops=settings.ops)
+    demos = pool if settings.n_train is None else pool[:settings.n_train]
+    return replace(base, train=demos, eval=test), replace(base, train=pool, eval=test), val
 
 
 def accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int) -> float:
