@@ -57,13 +57,13 @@ class DemoSettings:
     """SFT stops at the first validation whose greedy accuracy reaches this; GRPO starts from that model."""
     sft_every: int = 10
     """SFT steps between two validations."""
-    sft_steps: int = 1500
+    sft_steps: int = 1200
     """Most SFT steps (the cosine schedule spans them); if the target is never reached, the last model is taken."""
     sft_batch_size: int = 64
     """SFT examples per step."""
-    sft_lr: float = 3e-3
+    sft_lr: float = 2e-3
     """SFT peak learning rate (20 warm-up steps, cosine decay to 10%)."""
-    grpo: GRPOConfig = GRPOConfig(steps=300, prompts_per_step=128, group_size=8, lr=3e-4, temperature=1.0,
+    grpo: GRPOConfig = GRPOConfig(steps=500, prompts_per_step=128, group_size=8, lr=3e-4, temperature=1.0,
                                   loss_agg="token_mean", beta=0.0, save_every=100, eval_every=50, eval_prompts=200)
     """The GRPO run (its model, task, rewards and budget are filled in by the demo)."""
 
