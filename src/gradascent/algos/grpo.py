@@ -16,7 +16,9 @@ Deliberate deviations and choices, each a config field:
 - ``clip_eps_high`` may differ from ``clip_eps_low`` (clip-higher, DAPO: Yu et al. 2025).
 - ``loss_agg``: the paper's per-sequence mean (``seq_mean_token_mean``), DAPO's ``token_mean``, or Dr. GRPO's
   ``seq_mean_token_sum_norm`` with the constant L = ``max_new_tokens``. Divisors are global counts over all
-  data-parallel ranks (``run.distributed.loss_divisor``), so the update does not depend on the world size.
+  data-parallel ranks (``run.distributed.loss_divisor``), so the update does not depend on the world size,
+  whether the ranks replicate the policy (DDP) or shard it (``fsdp``, FSDP2). Under FSDP2, sampling and
+  evaluation gather the whole policy for their duration; the reference model is a whole copy per rank.
 - ``beta = 0`` (DAPO, Dr. GRPO) loads no reference model at all and runs no reference forward.
 - ``num_iterations = 1`` and one minibatch: pi_old is pi_theta itself, so ``logp_old = logp.detach()`` and no
   separate pass computes it; otherwise the old log-probs are computed once, before any update, and reused.
@@ -184,6 +186,10 @@ class GRPOConfig:
     """Consecutive updates with a NaN/inf loss or gradient that are skipped before the run stops."""
     device: str = "cpu"
     """Torch device of the policy (cpu, cuda, cuda:1)."""
+    fsdp: bool = False
+    """Under torchrun, shard the policy's weights, gradients and optimizer state over the processes with FSDP2
+    (``fully_shard`` per decoder layer) instead of replicating them with DDP: for a policy whose training
+    state does not fit one device. Same update, same checkpoints; ignored for one process (docs/distributed.md)."""
 
     def __post_init__(self) -> None:
         require(self.steps >= 1, "steps", self.steps, ">= 1")
@@ -387,7 +393,7 @@ def grpo_update(
     """Everything a GRPO step does after sampling and scoring: advantages (eq. 7/8/9), the loss mask,
     pi_old and pi_ref, then ``num_iterations`` passes of ``num_minibatches`` optimizer updates.
 
-    ``policy`` is ``GroupedLogprobs(model)``, wrapped in ``DistributedDataParallel`` under torchrun: the
+    ``policy`` is ``distributed.wrap(GroupedLogprobs(model))``, DDP or FSDP2 under torchrun: the
     divisors are global counts and the batch_mean baseline is taken over all ranks, so one process holding
     the whole rollout and N processes holding a shard each make the same update. ``generator`` shuffles the
     minibatches (needed when num_minibatches > 1); ``norm_len`` is L of seq_mean_token_sum_norm.
@@ -397,10 +403,11 @@ def grpo_update(
     """
     ddp = isinstance(policy, nn.parallel.DistributedDataParallel)
     model = (policy.module if ddp else policy).model
+    synced = ddp or distributed.is_sharded(policy)  # every rank takes part in every forward and backward
     device = rollout.completion_ids.device
     G, P = cfg.group_size, rollout.prompt_ids.shape[0]
     rewards = rollout.rewards
-    if cfg.advantage == "batch_mean" and ddp:  # the baseline is the mean over all ranks
+    if cfg.advantage == "batch_mean" and synced:  # the baseline is the mean over all ranks
         info = distributed.info()
         adv = advantages(_all_gather(rewards), "batch_mean", G).chunk(info.world_size)[info.rank]
     else:
@@ -413,9 +420,9 @@ def grpo_update(
     if cfg.mask_truncated:
         mask &= rollout.finished.unsqueeze(-1)
     # Training runs whole groups, each prompt once for its G completions (lm.grouped). Groups that count
-    # for nothing need no forward, except under DDP, where every rank must make the same passes.
+    # for nothing need no forward, except under DDP or FSDP2, where every rank must make the same passes.
     groups = torch.arange(P, device=device)  # (P,)
-    if not ddp:
+    if not synced:
         groups = groups[mask.view(P, G, -1).any(-1).any(-1)]
 
     def rows_of(g: Tensor) -> Tensor:  # (n,) group indices -> (n * G,) row indices
@@ -429,7 +436,7 @@ def grpo_update(
     # log-probs fixed during the update: pi_old (only for off-policy updates), pi_ref (beta > 0)
     logp_old = logp_ref = None  # (len(groups) * G, T)
     if cfg.needs_old_logprobs and len(groups):
-        with torch.no_grad(), eval_mode(model):
+        with torch.no_grad(), eval_mode(model), distributed.full_weights(policy):
             logp_old = logprobs(GroupedLogprobs(model), groups)
     if ref_model is not None and len(groups):
         with torch.no_grad():
@@ -528,9 +535,8 @@ def train_grpo(
         raise ConfigError(f"no reward functions: task {task.name!r} has none of its own; set 'rewards'")
     max_new = cfg.max_new_tokens or task.max_new_tokens
     eos = eos_token_ids(tokenizer, model) if cfg.stop_at_eos else []
-    policy: nn.Module = GroupedLogprobs(model)  # the training forward; under DDP, gradients averaged over ranks
-    if dist_info.enabled:
-        policy = nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
+    # The training forward; under torchrun in DDP, or sharded with FSDP2 (then model's parameters are shards).
+    policy = distributed.wrap(GroupedLogprobs(model), fsdp=cfg.fsdp)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     updates_per_step = cfg.num_iterations * cfg.num_minibatches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_multiplier(
@@ -550,8 +556,7 @@ def train_grpo(
     if ckpt is not None:
         step, state = load_checkpoint(ckpt)
         same_world = state["world_size"] == dist_info.world_size
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_full_state(model, optimizer, state["model"], state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         guard.load_state_dict(state["guard"])
         restore_rng(state["rng"])
@@ -575,9 +580,10 @@ def train_grpo(
         if dist_info.enabled:
             gens = [None] * dist_info.world_size  # type: ignore[list-item]
             torch.distributed.all_gather_object(gens, gen.get_state())
+        model_state, optim_state = distributed.full_state(model, optimizer)  # whole tensors, also under FSDP2
         if run is not None:
             save_checkpoint(run.checkpoints, at, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": model_state, "optimizer": optim_state,
                 "scheduler": scheduler.state_dict(), "guard": guard.state_dict(), "sampler_rng": gens,
                 "rng": capture_rng(), "elapsed_s": elapsed, "world_size": dist_info.world_size,
                 "last_eval": last_eval, "data_position": at * cfg.prompts_per_step,
@@ -597,9 +603,10 @@ def train_grpo(
             prompt_ids, prompt_mask = encode_prompts(tokenizer, [r["prompt"] for r in batch], device=device)
 
             # ---- 2. sample G completions per prompt from pi_old, the current policy; B = prompts x G rows
-            roll = generate(model, prompt_ids, prompt_mask, max_new_tokens=max_new, eos_token_ids=eos,
-                            pad_token_id=tokenizer.pad_token_id, num_samples=G, temperature=cfg.temperature,
-                            generator=gen)
+            with distributed.full_weights(policy):  # the sampling engine reads the weights directly
+                roll = generate(model, prompt_ids, prompt_mask, max_new_tokens=max_new, eos_token_ids=eos,
+                                pad_token_id=tokenizer.pad_token_id, num_samples=G, temperature=cfg.temperature,
+                                generator=gen)
             completions = decode_completions(tokenizer, roll.completion_ids.cpu(), roll.completion_mask.cpu(),
                                              strip_eos=eos)
             t_sample = time.perf_counter() - t0
@@ -630,10 +637,11 @@ def train_grpo(
                 "nonfinite_skipped": guard.skipped,
             }
             metrics = distributed.reduce_metrics(metrics)
-            if run is not None and eval_rows and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-                with eval_mode(model):
-                    last_eval = evaluate(model, tokenizer, eval_rows, reward_fns, max_new)
-                metrics.update(last_eval)
+            if eval_rows and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                with eval_mode(model), distributed.full_weights(policy):  # rank 0 evaluates, on whole weights
+                    if run is not None:
+                        last_eval = evaluate(model, tokenizer, eval_rows, reward_fns, max_new)
+                        metrics.update(last_eval)
             metrics.update({"time/step_s": t_end - t0, "time/sample_s": t_sample, "time/train_s": t_end - t_train,
                             "time/elapsed_s": elapsed})
             if run is not None and (step % cfg.log_every == 0 or step == cfg.steps):
@@ -650,9 +658,10 @@ def train_grpo(
 
     summary: dict[str, Any] = {"steps": step, "stopped_by": stopped_by, "elapsed_s": elapsed,
                                **{k: v for k, v in metrics.items() if k not in TIME_KEYS}, **last_eval}
+    weights = distributed.full_model_state(model) if stopped_by is None else None  # whole, also under FSDP2
     if run is not None:
         if stopped_by is None:
-            save_model(model, tokenizer, run.path / "model")
+            save_model(model, tokenizer, run.path / "model", state_dict=weights)
         run.write_summary(summary)
         run.close()
     distributed.barrier()

@@ -19,6 +19,9 @@ tokens are context only. Deliberate choices:
   (``run.distributed.loss_divisor``), so the update does not depend on the number of processes.
   Evaluation is sharded and reduced; rank 0 alone writes the run directory, and its checkpoints resume at
   any number of processes.
+- ``fsdp: true`` under torchrun shards weights, gradients and optimizer state over the processes (FSDP2)
+  instead of replicating them (DDP); the update is the same. Checkpoints and the saved model hold whole
+  tensors either way.
 
 Run directory: config.yaml, metrics.jsonl, summary.json, checkpoints/, tb/ and model/ (the final model and
 tokenizer, loadable with ``lm.load_model``).
@@ -118,6 +121,10 @@ class SFTConfig:
     """Torch device: cpu, cuda, cuda:1..."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Parameter dtype during training."""
+    fsdp: bool = False
+    """Under torchrun, shard weights, gradients and optimizer state over the processes with FSDP2
+    (``fully_shard`` per decoder layer) instead of replicating them with DDP: for a model whose training
+    state does not fit one device. Same update, same checkpoints; ignored for one process (docs/distributed.md)."""
     progress: bool | None = None
     """Show a progress bar (None: only on a terminal)."""
 
@@ -334,10 +341,11 @@ def sft_step(lm: nn.Module, optimizer: torch.optim.Optimizer, guard: NonFiniteGu
     """One optimizer update of L^SFT on this rank's rows of a global batch (``next_batch``'s output, the same
     on every rank).
 
-    ``lm`` is ``SequenceLogprobs(model)``, wrapped in DistributedDataParallel under torchrun. A rank's loss
+    ``lm`` is ``distributed.wrap(SequenceLogprobs(model))``: DDP or FSDP2 under torchrun. A rank's loss
     is its completion tokens' negative log-likelihood sum over (global completion tokens / world size), so
     that DDP's mean of the ranks' gradients is the gradient of the global token mean: one process holding
-    the whole batch and N holding a share each make the same update. ``grad_clip`` 0 does not clip.
+    the whole batch and N holding a share each make the same update (FSDP2 averages gradients as DDP does).
+    ``grad_clip`` 0 does not clip.
 
     Returns (this rank's loss, the gradient norm before clipping, or None if the guard skipped the update).
     """
@@ -384,9 +392,8 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     train_ex = encode_examples(tokenizer, task.train, cfg.max_length)
     eval_ex = encode_examples(tokenizer, task.eval, cfg.max_length) if task.eval else []
 
-    lm: nn.Module = SequenceLogprobs(model)  # the training forward; under DDP, gradients averaged over ranks
-    if dist_info.enabled:
-        lm = nn.parallel.DistributedDataParallel(lm, device_ids=[device.index] if device.type == "cuda" else None)
+    # The training forward; under torchrun in DDP, or sharded with FSDP2 (then model's parameters are shards).
+    lm = distributed.wrap(SequenceLogprobs(model), fsdp=cfg.fsdp)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -398,8 +405,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
 
     if ckpt is not None:
         step, state = load_checkpoint(ckpt)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
+        distributed.load_full_state(model, opt, state["model"], state["optim"])
         sched.load_state_dict(state["sched"])
         order.load_state_dict(state["data"])
         guard.load_state_dict(state["guard"])
@@ -412,14 +418,19 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
         # Nothing in the state belongs to one rank (the running loss is the mean over ranks), so any number
         # of processes can resume it.
         mean_acc = {**acc, **distributed.reduce_metrics({"loss_sum": acc["loss_sum"]})}
+        model_state, optim_state = distributed.full_state(model, opt)  # whole tensors, also under FSDP2
         if run is not None:
             save_checkpoint(run.checkpoints, step, {
-                "model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
+                "model": model_state, "optim": optim_state, "sched": sched.state_dict(),
                 "data": order.state_dict(), "guard": guard.state_dict(), "acc": mean_acc,
                 "tokens_seen": tokens_seen, "rng": capture_rng(),
             }, keep_last=cfg.keep_last)
 
     def evaluate() -> dict[str, float]:
+        with distributed.full_weights(lm):  # generation reads the weights directly
+            return _evaluate()
+
+    def _evaluate() -> dict[str, float]:
         out: dict[str, float] = {}
         if eval_ex:
             out["eval/loss"] = eval_loss(model, eval_ex, cfg.batch_size, pad_id, device)
@@ -490,9 +501,10 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
         summary["stopped_by"] = stopped
     else:
         summary["model_dir"] = str(model_dir)
+    weights = distributed.full_model_state(model) if not stopped else None  # whole tensors, also under FSDP2
     if run is not None:
         if not stopped:
-            save_model(model, tokenizer, model_dir)
+            save_model(model, tokenizer, model_dir, state_dict=weights)
         run.write_summary(summary)
         run.close()
     distributed.barrier()

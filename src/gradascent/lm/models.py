@@ -195,14 +195,17 @@ def load_model(
     return model, tokenizer
 
 
-def save_model(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``model`` (safetensors) and ``tokenizer`` to directory ``path``; ``load_model(path)`` reads them back."""
+def save_model(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
+               state_dict: dict[str, Tensor] | None = None) -> Path:
+    """Write ``model`` (safetensors) and ``tokenizer`` to directory ``path``; ``load_model(path)`` reads them back.
+
+    ``state_dict`` replaces the model's own weights, e.g. whole tensors gathered from an FSDP2-sharded model."""
     from transformers.utils import logging as hf_logging
 
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar in a trainer's output
-    model.save_pretrained(str(p), safe_serialization=True)  # type: ignore[operator]
+    model.save_pretrained(str(p), safe_serialization=True, state_dict=state_dict)  # type: ignore[operator]
     if tokenizer is not None:
         tokenizer.save_pretrained(str(p))
     return p

@@ -1,8 +1,9 @@
 """Data parallelism on torch.distributed: launch with ``torchrun --nproc-per-node N``.
 
 Nothing here is home-made communication: process groups come from ``torch.distributed`` (gloo on CPU;
-NCCL for CUDA tensors on GPU, with gloo beside it for small CPU tensors), gradients are averaged by ``DistributedDataParallel`` (or sharded by FSDP2's
-``fully_shard``). What this module adds is the bookkeeping every trainer needs:
+NCCL for CUDA tensors on GPU, with gloo beside it for small CPU tensors), gradients are averaged by
+``DistributedDataParallel``, or parameters, gradients and optimizer state are sharded by FSDP2's
+``fully_shard``. What this module adds is the bookkeeping every trainer needs:
 
 - ``init()``: join the group that torchrun describes in the environment (a no-op for one process);
 - ``shard(items)``: the slice of a global batch that this rank owns (contiguous, so groups stay whole);
@@ -13,17 +14,30 @@ NCCL for CUDA tensors on GPU, with gloo beside it for small CPU tensors), gradie
   gradients is the gradient of the global token mean, whatever number of tokens each rank holds;
 - ``reduce_metrics``: means of scalar metrics over ranks, for logging on rank 0 only;
 - ``gather_list``, ``any_rank``: every rank's results of a sharded evaluation, and one decision for all ranks
-  (a stop requested by a signal that reached some ranks a step before the others).
+  (a stop requested by a signal that reached some ranks a step before the others);
+- ``wrap(lm, fsdp)``: the training forward as the run uses it (itself, in DDP, or sharded with FSDP2), and
+  for a sharded model ``full_weights`` (every parameter whole for the duration of a block: sampling and
+  evaluation), ``full_model_state`` (the final model) and ``full_state`` / ``load_full_state`` (checkpoints
+  in the unsharded layout of a one-process run, so that any number of processes, sharded or not, resumes
+  them).
+
+FSDP2 averages the ranks' gradients as DDP does (its reduce-scatter divides by the world size), so the loss
+divisors of ``loss_divisor`` serve both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
 
 from gradascent.errors import ConfigError
 
@@ -146,3 +160,153 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# --- the training module: DDP or FSDP2 --------------------------------------------------------------------
+
+
+def wrap(lm: nn.Module, fsdp: bool = False) -> nn.Module:
+    """The training forward as the trainer calls it: ``lm`` itself for one process; under torchrun ``lm`` in
+    ``DistributedDataParallel``, or, with ``fsdp``, ``lm`` sharded in place by FSDP2.
+
+    FSDP2 shards each decoder layer (the classes a ``transformers`` model lists in ``_no_split_modules``:
+    Qwen2DecoderLayer, LlamaDecoderLayer...) and then ``lm`` itself, which holds the rest (embeddings, final
+    norm, LM head, tied or not). Every parameter of the model becomes a DTensor holding this rank's shard, so
+    the optimizer must be built after this call. A forward through ``lm`` gathers one layer at a time; code
+    that reads the model's weights without calling ``lm`` (sampling, evaluation, saving) runs inside
+    ``full_weights(lm)``.
+    """
+    if not info().enabled:
+        if fsdp:
+            print("fsdp: one process holds the whole model; training it unsharded", file=sys.stderr)
+        return lm
+    device = next(lm.parameters()).device
+    if not fsdp:
+        return nn.parallel.DistributedDataParallel(lm, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for block in decoder_blocks(lm):
+        fully_shard(block, mesh=mesh)
+    fully_shard(lm, mesh=mesh)
+    return lm
+
+
+def decoder_blocks(module: nn.Module) -> list[nn.Module]:
+    """The modules of ``module`` whose class a ``transformers`` model names in ``_no_split_modules`` (its
+    decoder layers); empty for a model that names none, which FSDP2 then shards as one unit."""
+    names: set[str] = set()
+    for m in module.modules():
+        names.update(getattr(m, "_no_split_modules", None) or ())
+    return [m for m in module.modules() if type(m).__name__ in names]
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """True when ``module``'s parameters are FSDP2 shards (DTensors)."""
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+@contextlib.contextmanager
+def full_weights(lm: nn.Module) -> Iterator[None]:
+    """Every parameter of an FSDP2-sharded ``lm`` whole, on every rank, for the duration of the block; a
+    no-op for a module that is not sharded.
+
+    Inside the block the model's weights are plain tensors: the sampling engine reads them directly, and
+    forwards of the model (or of its layers) gather nothing, so ranks may run different numbers of them.
+    Every rank must enter and leave the block together (entering all-gathers). It costs one full copy of
+    the weights for its duration; gradients and optimizer state stay sharded. ``state_dict()`` still returns
+    shards (FSDP2 reshards for it): save with ``full_model_state``.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(lm, FSDPModule):
+        yield
+        return
+    # The root must be known before any layer runs a forward of its own (FSDP2 takes the first module to
+    # run forward as the root), and layers must not reshard after those forwards.
+    lm._get_fsdp_state()._lazy_init()
+    sharded = [m for m in lm.modules() if isinstance(m, FSDPModule)]
+    lm.set_reshard_after_forward(False)
+    try:
+        for m in sharded:
+            m.unshard()
+        yield
+    finally:
+        for m in sharded:
+            m.reshard()
+        # back to fully_shard's defaults: layers reshard after forward, the root (whose weights the
+        # backward needs at once) does not
+        lm.set_reshard_after_forward(True)
+        lm.set_reshard_after_forward(False, recurse=False)
+
+
+def full_model_state(model: nn.Module) -> dict[str, Any]:
+    """``model.state_dict()`` with whole tensors: under FSDP2 (whose ``state_dict()`` holds shards) every rank
+    must call it, rank 0 receives the tensors on the CPU and the other ranks an empty dict."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``model.state_dict()`` and ``optimizer.state_dict()`` with whole tensors, whether or not ``model`` is
+    sharded: the layout of a one-process run, which any number of processes resumes (``load_full_state``).
+
+    For a sharded model every rank must call it (it gathers); rank 0 receives the tensors, on the CPU, and
+    the other ranks empty dicts. The optimizer state keeps torch's own layout (state keyed by the position
+    of the parameter in the optimizer's groups), not the parameter names of
+    ``torch.distributed.checkpoint``.
+    """
+    if not is_sharded(model):
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    model_state = full_model_state(model)
+    by_name = get_optimizer_state_dict(model, optimizer,
+                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not info().is_main:
+        return {}, {}
+    names = _param_names(model, optimizer)
+    optim_state: dict[str, Any] = {"state": {}, "param_groups": []}
+    for group, saved in zip(optimizer.param_groups, by_name["param_groups"]):
+        ids = [names.index(n) for n in _group_names(model, group)]
+        optim_state["param_groups"].append({**{k: v for k, v in saved.items() if k != "params"}, "params": ids})
+        optim_state["state"].update({i: by_name["state"][names[i]] for i in ids if names[i] in by_name["state"]})
+    return model_state, optim_state
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict[str, Any],
+                    optim_state: dict[str, Any]) -> None:
+    """Load what ``full_state`` returned (read by every rank) into ``model`` and ``optimizer``; a sharded
+    model takes this rank's shard of each tensor."""
+    if not is_sharded(model):
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optim_state)
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, dict(model_state), options=options)  # it replaces the values it loads
+    names = _param_names(model, optimizer)
+    by_name = {
+        "state": {names[int(i)]: v for i, v in optim_state["state"].items()},
+        "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in optim_state["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=options)
+
+
+def _group_names(model: nn.Module, group: dict[str, Any]) -> list[str]:
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    return [name_of[id(p)] for p in group["params"]]
+
+
+def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each parameter of ``optimizer``, in torch's order (group by group)."""
+    return [n for group in optimizer.param_groups for n in _group_names(model, group)]

@@ -17,16 +17,25 @@ from types import FrameType
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from gradascent.errors import NonFiniteError
+from gradascent.run.distributed import any_rank
 
 
 def grads_finite(params: Iterable[torch.nn.Parameter]) -> bool:
-    """True when every gradient present is finite (one fused reduction, one sync)."""
-    norms = [p.grad.detach().norm() for p in params if p.grad is not None]
+    """True when every gradient present is finite (one fused reduction, one sync).
+
+    Of a gradient sharded by FSDP2 (a DTensor) only this rank's shard is read: no communication here, and
+    ranks may disagree (``NonFiniteGuard.check`` makes them agree)."""
+    norms = [_local(p.grad).detach().norm() for p in params if p.grad is not None]
     if not norms:
         return True
     return bool(torch.isfinite(torch.stack(norms).sum()))
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 class NonFiniteGuard:
@@ -39,7 +48,11 @@ class NonFiniteGuard:
 
     def check(self, loss: torch.Tensor, params: Iterable[torch.nn.Parameter], where: str = "") -> bool:
         """True if the update may proceed; False (and counted) if the loss or a gradient is not finite."""
+        params = list(params)
         ok = bool(torch.isfinite(loss.detach()).all()) and grads_finite(params)
+        if any(isinstance(p.grad, DTensor) for p in params):
+            # Sharded gradients: each rank saw its shard only, and all must skip or step together.
+            ok = not any_rank(not ok)
         if ok:
             self.consecutive = 0
             return True
