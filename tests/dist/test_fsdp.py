@@ -11,8 +11,6 @@ clip scales by the norm over all shards, not by this rank's.
 """
 
 import json
-import os
-import socket
 
 import pytest
 import torch
@@ -29,23 +27,13 @@ from gradascent.run import distributed
 from gradascent.run.checkpoint import load_checkpoint
 from gradascent.run.guard import NonFiniteGuard
 from gradascent.tasks import Task, load_task
+from _group import free_port, join
 
 pytestmark = pytest.mark.xdist_group("dist")
 
 CLIP = 0.05  # below every gradient norm of the batches (about 2 to 3), so the clip acts
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _join(rank: int, world: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    distributed.init("cpu")
 
 
 def _flat(model: torch.nn.Module, lm: torch.nn.Module) -> torch.Tensor:
@@ -72,7 +60,7 @@ def _sft(fsdp: bool) -> tuple[list[torch.Tensor], list[float]]:
 
 
 def _rank_sft(rank: int, world: int, port: int, result: dict) -> None:
-    _join(rank, world, port)
+    join(rank, world, port)
     result[rank] = _sft(fsdp=True)
     dist.destroy_process_group()
 
@@ -82,7 +70,7 @@ def test_sft_steps_sharded_on_two_ranks_equal_one_rank():
     single, single_norms = _sft(fsdp=False)
     with mp.Manager() as manager:
         result = manager.dict()
-        mp.spawn(_rank_sft, args=(2, _free_port(), result), nprocs=2, join=True)
+        mp.spawn(_rank_sft, args=(2, free_port(), result), nprocs=2, join=True)
         result = dict(result)
     assert single_norms[-1] > 10 * CLIP  # the last step is clipped
     for r in (0, 1):
@@ -108,7 +96,7 @@ def _grpo(cfg: GRPOConfig, rank: int, world: int) -> tuple[torch.Tensor, torch.T
 
 
 def _rank_grpo(rank: int, world: int, port: int, result: dict) -> None:
-    _join(rank, world, port)
+    join(rank, world, port)
     result[rank] = {name: _grpo(cfg, rank, world)[1] for name, cfg in CONFIGS.items()}
     dist.destroy_process_group()
 
@@ -118,7 +106,7 @@ def test_grpo_update_sharded_on_two_ranks_equals_one_rank():
     single = {name: _grpo(cfg, 0, 1) for name, cfg in CONFIGS.items()}
     with mp.Manager() as manager:
         result = manager.dict()
-        mp.spawn(_rank_grpo, args=(2, _free_port(), result), nprocs=2, join=True)
+        mp.spawn(_rank_grpo, args=(2, free_port(), result), nprocs=2, join=True)
         result = dict(result)
     for name, (before, after) in single.items():
         assert (after - before).abs().max() > 1e-3, name
@@ -128,7 +116,7 @@ def test_grpo_update_sharded_on_two_ranks_equals_one_rank():
 
 
 def _rank_train(rank: int, world: int, port: int, out: str, result: dict) -> None:
-    _join(rank, world, port)
+    join(rank, world, port)
     result[rank] = train_sft(SFTConfig(**TRAIN, steps=3, out=out, fsdp=True))
     dist.destroy_process_group()
 
@@ -137,7 +125,7 @@ def test_sharded_sft_run_writes_whole_tensors_and_resumes_on_one_process(tmp_pat
     out = tmp_path / "run"
     with mp.Manager() as manager:
         result = manager.dict()
-        mp.spawn(_rank_train, args=(2, _free_port(), str(out), result), nprocs=2, join=True)
+        mp.spawn(_rank_train, args=(2, free_port(), str(out), result), nprocs=2, join=True)
         result = dict(result)
     assert result[0]["eval/loss"] == result[1]["eval/loss"]
 
@@ -174,7 +162,7 @@ GRPO = dict(prompts_per_step=4, group_size=4, lr=1e-2, save_every=2, eval_every=
 
 
 def _rank_grpo_run(rank: int, world: int, port: int, out: str, result: dict) -> None:
-    _join(rank, world, port)
+    join(rank, world, port)
     model, tok = load_model("qwen2-micro", seed=0)
     train_grpo(GRPOConfig(steps=2, fsdp=True, **GRPO), out, model=model, tokenizer=tok, task=TASK, progress=False)
     result[rank] = torch.cat([p.detach().flatten() for p in load_model(out + "/model")[0].parameters()]) \
@@ -186,7 +174,7 @@ def test_sharded_grpo_run_samples_evaluates_and_resumes_on_one_process(tmp_path)
     out = tmp_path / "run"
     with mp.Manager() as manager:
         result = manager.dict()
-        mp.spawn(_rank_grpo_run, args=(2, _free_port(), str(out), result), nprocs=2, join=True)
+        mp.spawn(_rank_grpo_run, args=(2, free_port(), str(out), result), nprocs=2, join=True)
         trained = result[0]
     initial = torch.cat([p.detach().flatten() for p in load_model("qwen2-micro", seed=0)[0].parameters()])
     assert (trained - initial).abs().max() > 1e-4  # the saved model is the trained one

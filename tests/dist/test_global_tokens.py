@@ -7,26 +7,20 @@ different gradient, which the test also checks, so the test can fail.
 """
 
 import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from gradascent.core import aggregate
 from gradascent.run import distributed
+from _group import free_port
 
 pytestmark = pytest.mark.xdist_group("dist")
 
 X = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0], [1.0, -1.0, 2.0]])
 MASKS = [torch.tensor([[True, True], [True, False]]), torch.tensor([[True, False], [False, False]])]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_grad(rank: int, world: int, port: int, out: dict, naive: bool) -> None:
@@ -50,7 +44,7 @@ def _rank_grad(rank: int, world: int, port: int, out: dict, naive: bool) -> None
 
 
 def _ddp_grad(naive: bool) -> torch.Tensor:
-    port = _free_port()
+    port = free_port()
     with mp.Manager() as manager:
         out = manager.dict()
         mp.spawn(_rank_grad, args=(2, port, out, naive), nprocs=2, join=True)

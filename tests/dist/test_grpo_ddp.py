@@ -3,20 +3,15 @@ prompts, yet after every update they hold the same weights, and rank 0 alone wri
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _group import free_port
 
 pytestmark = pytest.mark.xdist_group("dist")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def digit_fraction(prompts, completions, **_):
@@ -49,7 +44,7 @@ def test_ddp_ranks_stay_in_step_and_rank0_writes(tmp_path):
     out = str(tmp_path / "run")
     with mp.Manager() as manager:
         result = manager.dict()
-        mp.spawn(_rank, args=(2, _free_port(), out, result), nprocs=2, join=True)
+        mp.spawn(_rank, args=(2, free_port(), out, result), nprocs=2, join=True)
         result = dict(result)
     assert result[0] == result[1] == {"same_weights": True, "moved": True}
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -65,7 +60,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, capfd):
 
     out = str(tmp_path / "run")
     with mp.Manager() as manager:
-        mp.spawn(_rank, args=(2, _free_port(), out, manager.dict()), nprocs=2, join=True)
+        mp.spawn(_rank, args=(2, free_port(), out, manager.dict()), nprocs=2, join=True)
     rows = [{"prompt": p} for p in ("ab", "cd", "ef", "gh", "ij", "kl", "mn", "op")]
     task = Task("digits", "completion", rows, [], (digit_fraction,), (1.0,), max_new_tokens=4)
     model, tok = load_model("qwen2-micro", seed=0)

@@ -11,7 +11,6 @@ components into differences of 2 lr.
 """
 
 import os
-import socket
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from gradascent.lm import char_tokenizer, encode_prompts, load_model
 from gradascent.lm.grouped import GroupedLogprobs
 from gradascent.run import distributed
 from gradascent.run.guard import NonFiniteGuard
+from _group import free_port
 
 pytestmark = pytest.mark.xdist_group("dist")
 
@@ -104,7 +104,7 @@ def test_grpo_update_on_two_ranks_equals_one_rank():
     single = {name: _update(cfg, 0, 1) for name, cfg in CONFIGS.items()}
     with mp.Manager() as manager:
         result = manager.dict()
-        mp.spawn(_rank, args=(2, _free_port(), result), nprocs=2, join=True)
+        mp.spawn(_rank, args=(2, free_port(), result), nprocs=2, join=True)
         result = dict(result)
     for name, (before, after) in single.items():
         assert (after - before).abs().max() > 1e-3, name  # a real update, large against the tolerance
@@ -112,8 +112,3 @@ def test_grpo_update_on_two_ranks_equals_one_rank():
             torch.testing.assert_close(result[r][name], after, atol=1e-6, rtol=1e-5,
                                        msg=lambda m: f"{name}, rank {r}: {m}")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -10,7 +10,6 @@ gradient sums (about 1e-6 of the largest component) to some 1e-5 in the weights.
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ import torch.multiprocessing as mp
 from gradascent.algos.reward_model import RewardModelConfig, train_reward_model
 from gradascent.lm import RewardModel, load_model, save_model
 from gradascent.run import distributed
+from _group import free_port
 
 pytestmark = pytest.mark.xdist_group("dist")
 
@@ -43,11 +43,6 @@ def _rank(rank: int, world: int, port: int, sft: str, out: str, result: dict) ->
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _weights(path) -> tuple[torch.Tensor, torch.Tensor]:
     """(backbone, head) weights of a saved reward model, flat."""
@@ -63,7 +58,7 @@ def test_reward_model_on_two_ranks_equals_one_rank(tmp_path, monkeypatch):
     single = train_reward_model(_config(sft, str(tmp_path / "one")))
     with mp.Manager() as manager:
         result = manager.dict()
-        mp.spawn(_rank, args=(2, _free_port(), sft, str(tmp_path / "two"), result), nprocs=2, join=True)
+        mp.spawn(_rank, args=(2, free_port(), sft, str(tmp_path / "two"), result), nprocs=2, join=True)
         result = dict(result)
 
     one, two = _weights(tmp_path / "one" / "model"), _weights(tmp_path / "two" / "model")

@@ -10,8 +10,6 @@ without rows of its own (it runs row 0 with weight 0 to join the all-reduce).
 """
 
 import json
-import os
-import socket
 
 import pytest
 import torch
@@ -20,9 +18,9 @@ import torch.multiprocessing as mp
 
 from gradascent.algos.sft import SFTConfig, collate, encode_examples, eval_loss, pack, sft_step, train_sft
 from gradascent.lm import SequenceLogprobs, char_tokenizer, load_model
-from gradascent.run import distributed
 from gradascent.run.guard import NonFiniteGuard
 from gradascent.tasks import load_task
+from _group import free_port, join
 
 pytestmark = pytest.mark.xdist_group("dist")
 
@@ -31,17 +29,6 @@ ROWS = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a, b in
 LR = 0.5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _join(rank: int, world: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    distributed.init("cpu")
 
 
 def _batches() -> list:
@@ -74,7 +61,7 @@ def _train(ddp: bool) -> list[torch.Tensor]:
 
 
 def _rank_steps(rank: int, world: int, port: int, result: dict) -> None:
-    _join(rank, world, port)
+    join(rank, world, port)
     result[rank] = _train(ddp=True)
     dist.destroy_process_group()
 
@@ -84,7 +71,7 @@ def test_sft_step_on_two_ranks_equals_one_rank():
     single = _train(ddp=False)
     with mp.Manager() as manager:
         result = manager.dict()
-        mp.spawn(_rank_steps, args=(2, _free_port(), result), nprocs=2, join=True)
+        mp.spawn(_rank_steps, args=(2, free_port(), result), nprocs=2, join=True)
         two = [result[0], result[1]]
     for r in (0, 1):
         for k in range(1, len(single)):
@@ -99,7 +86,7 @@ TRAIN = dict(model="qwen2-micro", task="arithmetic", n_train=64, n_eval=7, batch
 
 
 def _rank_train(rank: int, world: int, port: int, out: str, result: dict) -> None:
-    _join(rank, world, port)
+    join(rank, world, port)
     result[rank] = train_sft(SFTConfig(**TRAIN, steps=3, out=out))
     dist.destroy_process_group()
 
@@ -108,7 +95,7 @@ def test_sft_trainer_on_two_ranks_writes_once_and_resumes_on_one(tmp_path):
     out = str(tmp_path / "run")
     with mp.Manager() as manager:
         result = manager.dict()
-        mp.spawn(_rank_train, args=(2, _free_port(), out, result), nprocs=2, join=True)
+        mp.spawn(_rank_train, args=(2, free_port(), out, result), nprocs=2, join=True)
         result = dict(result)
     s0, s1 = result[0], result[1]
     # The evaluation is sharded (7 eval rows: 4 and 3; 5 prompts completed: 3 and 2) and reduced: both ranks
