@@ -88,6 +88,10 @@ def test_existing_run_and_too_long_examples_are_refused(tmp_path):
     train_sft(cfg)
     with pytest.raises(ConfigError, match="already holds a run"):
         train_sft(cfg)
+    config_before = (tmp_path / "run" / "config.yaml").read_bytes()
+    with pytest.raises(ConfigError, match=r"another config \(lr differ\)"):  # resumed with a different lr
+        train_sft(SFTConfig(**{**TINY, "steps": 5, "lr": 1e-2}, out=str(tmp_path / "run"), resume=True))
+    assert (tmp_path / "run" / "config.yaml").read_bytes() == config_before
     with pytest.raises(DataError, match="example 0 is 10 tokens long"):
         encode_examples(char_tokenizer(), [{"prompt": "12+34=", "answer": "46"} | {"answer": "460"}], max_length=9)
     with pytest.raises(ConfigError, match="steps"):
@@ -218,6 +222,6 @@ def test_stop_metric_is_checked_before_training(tmp_path):
                     stop_metric="eval/reward/exact", out=str(tmp_path / "run"))
     with pytest.raises(ConfigError, match=r"stop_metric.*eval/reward/exact_match"):
         train_sft(cfg)
-    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not _metrics(cfg.out)
+    assert not (tmp_path / "run").exists()  # refused before the run directory is created
     with pytest.raises(ConfigError, match="stop_at"):
         SFTConfig(**{**TINY, "eval_every": 0}, stop_at=0.5)

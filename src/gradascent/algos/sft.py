@@ -53,7 +53,7 @@ from gradascent.run.checkpoint import seed_everything
 from gradascent.run.config import add_config_flags, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.progress import progress_bar
-from gradascent.run.rundir import RunDir
+from gradascent.run.rundir import RunDir, check_resume
 from gradascent.run.schedule import lr_multiplier
 from gradascent.tasks import Task, load_task, sft_example
 
@@ -150,6 +150,12 @@ class SFTConfig:
                     "eval/reward or eval/reward/<reward function>")
         require(self.keep_last >= 1, "keep_last", self.keep_last, ">= 1")
         require(self.max_nonfinite >= 1, "max_nonfinite", self.max_nonfinite, ">= 1")
+
+
+RESUMABLE_CHANGES = frozenset({"out", "resume", "progress", "log_every", "eval_every", "eval_generate", "save_every",
+                               "keep_last", "max_nonfinite", "stop_at", "stop_metric", "steps", "device", "fsdp"})
+"""Config fields a resumed run may change: where and how it runs, what it logs, and how long it goes on
+(more ``steps`` stretches the rest of the learning-rate schedule)."""
 
 
 # --- data ----------------------------------------------------------------------------------------------
@@ -372,21 +378,21 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
 
     Under torchrun each process trains on its share of every global batch (``sft_step``)."""
     dist_info = distributed.init(cfg.device)
+    # Data and settings are checked before the run directory is touched, so bad input leaves it as it was.
+    task = load_task(cfg.task, n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed, eval_file=cfg.eval_file)
+    if cfg.stop_at is not None:  # the watched metric must exist before any training starts
+        watched({"eval/reward": 0.0, **{f"eval/reward/{reward_name(fn)}": 0.0 for fn in task.reward_fns}}, cfg)
     run = RunDir(cfg.out) if dist_info.is_main else None
     ckpt = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
-    if run is not None and ckpt is None and run.read_metrics():
-        if not cfg.resume:
-            raise ConfigError(f"{cfg.out} already holds a run (metrics.jsonl); pass resume: true to continue it "
-                              "or choose another out directory")
-        run.truncate_metrics(0)  # stopped before its first checkpoint: start over
+    if run is not None:
+        check_resume(run, cfg, ckpt is not None, cfg.resume, RESUMABLE_CHANGES)
+        if ckpt is None and run.read_metrics():
+            run.truncate_metrics(0)  # stopped before its first checkpoint: start over
     if run is not None:
         run.write_config(cfg)
     seed_everything(cfg.seed)
     device = torch.device(f"cuda:{dist_info.local_rank}" if cfg.device == "cuda" else cfg.device)
 
-    task = load_task(cfg.task, n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed, eval_file=cfg.eval_file)
-    if cfg.stop_at is not None:  # the watched metric must exist before any training starts
-        watched({"eval/reward": 0.0, **{f"eval/reward/{reward_name(fn)}": 0.0 for fn in task.reward_fns}}, cfg)
     model, tokenizer = load_model(cfg.model, seed=cfg.seed, dtype=cfg.dtype, device=device)
     pad_id = tokenizer.pad_token_id
     train_ex = encode_examples(tokenizer, task.train, cfg.max_length)
