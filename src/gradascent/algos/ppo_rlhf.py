@@ -66,6 +66,7 @@ from gradascent.core import (
 from gradascent.errors import ConfigError, NonFiniteError
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from gradascent.run.command import finish
 from gradascent.run.config import add_config_flags, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.progress import progress_bar
@@ -769,15 +770,7 @@ def train(cfg: PPORLHFConfig, resume: bool = False) -> dict[str, Any]:
 
 def _cmd(args: argparse.Namespace) -> int:
     cfg = load_config(PPORLHFConfig, args.config, flag_overrides=flag_values(args))
-    summary = train_ppo_rlhf(cfg)
-    is_main = distributed.info().is_main
-    distributed.cleanup()
-    if "stopped" in summary:
-        print(f"gradascent ppo: {summary['stopped']}", file=sys.stderr)
-        return 130
-    if is_main:
-        print(_summary_line(summary))
-    return 0
+    return finish("ppo", train_ppo_rlhf(cfg), _summary_line)
 
 
 def _summary_line(summary: dict[str, Any]) -> str:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from gradascent.core import bradley_terry_loss
 from gradascent.errors import ConfigError
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from gradascent.run.command import finish
 from gradascent.run.config import add_config_flags, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.progress import progress_bar
@@ -331,14 +331,5 @@ def train(cfg: RewardModelConfig, resume: bool = False) -> dict[str, Any]:
 
 def _cmd(args: argparse.Namespace) -> int:
     cfg = load_config(RewardModelConfig, args.config, flag_overrides=flag_values(args))
-    summary = train_reward_model(cfg)
-    is_main = distributed.info().is_main
-    distributed.cleanup()
-    if not is_main:
-        return 130 if "stopped" in summary else 0
-    if "stopped" in summary:
-        print(f"gradascent rm: {summary['stopped']}", file=sys.stderr)
-        return 130
-    print(f"rm: held-out pairwise accuracy {summary['rm_accuracy']:.3f} (start {summary['rm_accuracy_initial']:.3f}); "
-          f"model in {summary['model_dir']}")
-    return 0
+    return finish("rm", train_reward_model(cfg), lambda s: f"rm: held-out pairwise accuracy {s['rm_accuracy']:.3f} "
+                  f"(start {s['rm_accuracy_initial']:.3f}); model in {s['model_dir']}")

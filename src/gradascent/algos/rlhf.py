@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from gradascent.algos.reward_model import RewardModelConfig, train_reward_model
 from gradascent.algos.sft import SFTConfig, train_sft
 from gradascent.errors import ConfigError
 from gradascent.run import distributed
+from gradascent.run.command import finish
 from gradascent.run.config import add_config_flags, flag_values, load_config, read_yaml, require, to_dict
 from gradascent.run.rundir import RunDir
 
@@ -117,7 +117,7 @@ def run_rlhf(cfg: RLHFConfig) -> dict[str, Any]:
     t = time.perf_counter()
     sft = _finished(sft_cfg, rm_cfg.model) or train_sft(sft_cfg)
     if "stopped_by" in sft:
-        return _stopped(run, "sft", sft["stopped_by"])
+        return _stopped(run, "sft", f"stopped by {sft['stopped_by']}; run the same command again to resume")
     if run is not None:
         run.log(1, {"stage": "sft", "wall_s": time.perf_counter() - t, **_numbers(sft)})
 
@@ -186,16 +186,8 @@ def train(cfg: RLHFConfig, resume: bool = False) -> dict[str, Any]:
 
 def _cmd(args: argparse.Namespace) -> int:
     cfg = load_config(RLHFConfig, args.config, flag_overrides=flag_values(args))
-    summary = run_rlhf(cfg)
-    is_main = distributed.info().is_main
-    distributed.cleanup()
-    if not is_main:
-        return 130 if "stopped" in summary else 0
-    if "stopped" in summary:
-        print(f"gradascent rlhf: {summary['stopped']}; run the same command again to resume", file=sys.stderr)
-        return 130
-    print(f"rlhf: reward-model accuracy {summary['rm_accuracy']:.3f}; hidden score of greedy completions "
-          f"SFT {summary['hidden_score_sft']:.3f} -> policy {summary['hidden_score_policy']:.3f}; "
-          f"KL to reference {summary['kl_to_reference']:.2f} nats (target {summary['kl_target']:g}); "
-          f"{summary['wall_s']:.0f} s; results in {cfg.out}")
-    return 0
+    return finish("rlhf", run_rlhf(cfg), lambda s: (
+        f"rlhf: reward-model accuracy {s['rm_accuracy']:.3f}; hidden score of greedy completions "
+        f"SFT {s['hidden_score_sft']:.3f} -> policy {s['hidden_score_policy']:.3f}; "
+        f"KL to reference {s['kl_to_reference']:.2f} nats (target {s['kl_target']:g}); "
+        f"{s['wall_s']:.0f} s; results in {cfg.out}"))
