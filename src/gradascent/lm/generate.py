@@ -143,6 +143,10 @@ class _FusedDecoder:
 
     Cache per layer: k, v of shape (N, H_kv, T_max, D); column j holds token j of the sequence (prompt padding
     included) and ``valid`` (N, T_max) says which columns may be attended to.
+
+    In float32 on a CPU with oneDNN, the weights are also packed once into oneDNN's blocked layout
+    (``mkldnn._reorder_linear_weight``): a plain matmul re-packs its right operand on every call, which for the
+    (N=64)-row matmuls of decoding costs about as much as the product itself. Same products, other rounding.
     """
 
     def __init__(self, model: nn.Module, n_rows: int, max_len: int, device: torch.device, dtype: torch.dtype) -> None:
@@ -162,8 +166,12 @@ class _FusedDecoder:
         def f32(t: Tensor) -> Tensor:
             return t.detach().to(device=device, dtype=torch.float32)
 
+        self.packed = dtype == torch.float32 and device.type == "cpu" and _onednn_linear()
+
         def prep(weight: Tensor, norm: Tensor | None = None) -> Tensor:
             w = weight if norm is None else weight * norm[None, :]
+            if self.packed:  # (out, in) in oneDNN's layout, tuned for n_rows-row products
+                return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), n_rows)
             return w.t().contiguous().to(dtype)  # (in, out)
 
         self.embed = base.embed_tokens.weight.detach().to(device=device, dtype=dtype)
@@ -200,6 +208,16 @@ class _FusedDecoder:
         """RMSNorm without its weight (folded into the next matmul)."""
         return F.rms_norm(x, (x.shape[-1],), None, self.eps)
 
+    def _linear(self, x: Tensor, w: Tensor, bias: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
+        """x @ W (+ bias) (+ residual), with W prepared by ``prep``."""
+        if self.packed:
+            if residual is not None:
+                return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, bias, "add")
+            return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+        if residual is not None:
+            return torch.addmm(residual if bias is None else residual + bias, x, w)
+        return x @ w if bias is None else torch.addmm(bias, x, w)
+
     def _forward(self, ids: Tensor, pos: Tensor) -> Tensor:
         """Feed ids (N, T) at positions pos (N, T) into cache columns [filled, filled + T); logits of the last."""
         N, T = ids.shape
@@ -217,8 +235,7 @@ class _FusedDecoder:
         x = F.embedding(ids, self.embed).view(N * T, -1)  # (N T, H) residual stream
         for i, p in enumerate(self.layers):
             h = self._norm(x)
-            qkv = h @ p["qkv"] if p["qkv_b"] is None else torch.addmm(p["qkv_b"], h, p["qkv"])
-            qkv = qkv.view(N, T, Hq + 2 * Hkv, D)
+            qkv = self._linear(h, p["qkv"], p["qkv_b"]).view(N, T, Hq + 2 * Hkv, D)
             qk = qkv[:, :, : Hq + Hkv].float().reshape(N, T, Hq + Hkv, D // 2, 2)
             qk = torch.view_as_real(torch.view_as_complex(qk) * rot).flatten(-2).to(self.dtype)  # RoPE
             q = qk[:, :, :Hq].transpose(1, 2)  # (N, Hq, T, D), already scaled by 1/sqrt(D)
@@ -232,12 +249,12 @@ class _FusedDecoder:
                 att = F.scaled_dot_product_attention(q, k, v, attn_mask=prefill_mask, enable_gqa=Hq != Hkv,
                                                      scale=1.0)
                 att = att.transpose(1, 2).reshape(N * T, Hq * D)
-            x = torch.addmm(x if p["o_b"] is None else x + p["o_b"], att, p["o"])
-            gate, up = (self._norm(x) @ p["gate_up"]).chunk(2, dim=-1)
-            x = torch.addmm(x, F.silu(gate) * up, p["down"])
+            x = self._linear(att, p["o"], p["o_b"], residual=x)
+            gate, up = self._linear(self._norm(x), p["gate_up"]).chunk(2, dim=-1)
+            x = self._linear(F.silu(gate) * up, p["down"], residual=x)
         self.filled = end
         last = x.view(N, T, -1)[:, -1]  # (N, H)
-        return self._norm(last) @ self.lm_head  # (N, V)
+        return self._linear(self._norm(last), self.lm_head)  # (N, V)
 
     def prefill(self, ids: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
         self.valid[:, : ids.shape[1]] = mask
@@ -273,6 +290,13 @@ class _HFDecoder:
     def step(self, tok: Tensor, pos: Tensor) -> Tensor:
         self.mask[:, self.filled] = 1
         return self._forward(tok[:, None], pos[:, None])
+
+
+def _onednn_linear() -> bool:
+    """Whether this torch has oneDNN's packed-weight linear (an internal op, so checked, not assumed)."""
+    mkldnn = getattr(torch.ops, "mkldnn", None)
+    return (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_reorder_linear_weight")
+            and hasattr(mkldnn, "_linear_pointwise"))
 
 
 def fused_supported(model: nn.Module) -> bool:
