@@ -85,6 +85,7 @@ from gradascent.run.checkpoint import (
 )
 from gradascent.run.config import add_config_flags, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
+from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
 from gradascent.run.rundir import RunDir
 from gradascent.run.schedule import lr_multiplier
@@ -537,7 +538,7 @@ def train_grpo(
     eos = eos_token_ids(tokenizer, model) if cfg.stop_at_eos else []
     # The training forward; under torchrun in DDP, or sharded with FSDP2 (then model's parameters are shards).
     policy = distributed.wrap(GroupedLogprobs(model), fsdp=cfg.fsdp)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     updates_per_step = cfg.num_iterations * cfg.num_minibatches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_multiplier(
         u, cfg.steps * updates_per_step, cfg.warmup_steps, cfg.lr_schedule))

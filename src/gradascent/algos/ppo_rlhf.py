@@ -69,6 +69,7 @@ from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_check
 from gradascent.run.command import finish
 from gradascent.run.config import add_config_flags, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
+from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
 from gradascent.run.rundir import RunDir, check_resume
 
@@ -527,7 +528,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     policy.train()
     critic.train()
     policy_params, critic_params = _trainable(policy), _trainable(critic)
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         [{"params": policy_params, "lr": cfg.lr}, {"params": critic_params, "lr": cfg.vf_lr or cfg.lr}],
         weight_decay=cfg.weight_decay, eps=1e-5,
     )

@@ -47,6 +47,7 @@ from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_check
 from gradascent.run.command import finish
 from gradascent.run.config import add_config_flags, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
+from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
 from gradascent.run.rundir import RunDir, check_resume
 
@@ -202,7 +203,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     if dist_info.enabled:
         scorer = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     guard = NonFiniteGuard(cfg.max_nonfinite)

@@ -52,6 +52,7 @@ from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_check
 from gradascent.run.checkpoint import seed_everything
 from gradascent.run.config import add_config_flags, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
+from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
 from gradascent.run.rundir import RunDir, check_resume
 from gradascent.run.schedule import lr_multiplier
@@ -401,7 +402,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     # The training forward; under torchrun in DDP, or sharded with FSDP2 (then model's parameters are shards).
     lm = distributed.wrap(SequenceLogprobs(model), fsdp=cfg.fsdp)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_multiplier(s, cfg.steps, cfg.warmup_steps, cfg.lr_schedule, min_ratio=0.1))
     order = DataOrder(len(train_ex), cfg.seed)
