@@ -63,6 +63,21 @@ def test_greedy_equals_transformers_generate(tok, preset, engine):
         assert m == [True] * n + [False] * (len(row) - n)
 
 
+@pytest.mark.parametrize("engine", ["fused", "hf"])
+def test_samples_of_one_prompt_equal_the_prompt_repeated(tok, engine):
+    """num_samples=3 prefills each prompt once and copies its cache: the same draws as three copies of it."""
+    model = build_model("qwen2-micro", tok, seed=13).eval()
+    ids, mask = encode_prompts(tok, PROMPTS)
+    kw = dict(max_new_tokens=8, eos_token_ids=[1], pad_token_id=0, engine=engine)
+    shared = generate(model, ids, mask, num_samples=3, generator=torch.Generator().manual_seed(5), **kw)
+    copies = generate(model, ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), num_samples=1,
+                      generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(shared.completion_ids, copies.completion_ids)
+    assert torch.equal(shared.completion_mask, copies.completion_mask)
+    torch.testing.assert_close(shared.logp, copies.logp, atol=1e-5, rtol=1e-5)
+    assert torch.equal(shared.prompt_ids, copies.prompt_ids)
+
+
 def test_sampled_logprobs_equal_recomputed_logprobs(tok):
     model = build_model("qwen2-micro", tok, seed=12)
     ids, mask = encode_prompts(tok, PROMPTS)

@@ -7,7 +7,9 @@ completion mask and the sampling log-probs. Two engines share one sampling loop:
   (embedding, RMSNorm, q/k/v/o, SwiGLU MLP, RoPE table taken from the model's rotary module). The KV cache
   is one tensor per layer allocated once at full length; each step runs one matmul per projection, attends
   over the filled prefix, and computes logits for the last position only. There is no logits-processor
-  chain, no per-step cache bookkeeping and no host sync except an all-finished check every 8 steps.
+  chain, no per-step cache bookkeeping and no host sync except an all-finished check every 8 steps. The
+  prefill runs each distinct prompt once and copies its keys and values into the cache rows of its
+  ``num_samples`` completions (GRPO's G samples of one prompt share one prefill).
 - ``hf``: any other causal LM, through its own ``forward`` with a ``transformers.StaticCache`` and
   ``logits_to_keep=1``.
 
@@ -218,47 +220,59 @@ class _FusedDecoder:
             return torch.addmm(residual if bias is None else residual + bias, x, w)
         return x @ w if bias is None else torch.addmm(bias, x, w)
 
-    def _forward(self, ids: Tensor, pos: Tensor) -> Tensor:
-        """Feed ids (N, T) at positions pos (N, T) into cache columns [filled, filled + T); logits of the last."""
-        N, T = ids.shape
+    def _forward(self, ids: Tensor, pos: Tensor, prefill_mask: Tensor | None = None, repeats: int = 1) -> Tensor:
+        """Feed ids (n, T) at positions pos (n, T) into cache columns [filled, filled + T); logits of the last.
+
+        Decoding (``prefill_mask`` None): one token for each of the N cache rows. Prefill: n = N / repeats
+        distinct prompts under ``prefill_mask`` (n, 1, T, T); their keys and values fill the cache ``repeats``
+        times each (rows i * repeats ... i * repeats + repeats - 1), and so do the logits returned.
+        """
+        n, T = ids.shape
         Hq, Hkv, D = self.n_heads, self.n_kv, self.head_dim
         start, end = self.filled, self.filled + T
-        rot = self.rot[pos].unsqueeze(2)  # (N, T, 1, D/2) complex
-        if T == 1:  # decode: one query per row over the filled prefix, (N, 1, 1, end) additive bias
-            bias = torch.zeros(N, 1, 1, end, dtype=self.dtype, device=ids.device)
+        rot = self.rot[pos].unsqueeze(2)  # (n, T, 1, D/2) complex
+        if prefill_mask is None:  # decode: one query per row over the filled prefix, (N, 1, 1, end) additive bias
+            bias = torch.zeros(n, 1, 1, end, dtype=self.dtype, device=ids.device)
             bias.masked_fill_(~self.valid[:, None, None, :end], float("-inf"))
-        else:  # prefill: causal over the prompt, padding hidden, each token always sees itself
-            causal = torch.ones(T, end, dtype=torch.bool, device=ids.device).tril(diagonal=start)
-            eye = torch.zeros_like(causal)
-            eye[:, start:end] = torch.eye(T, dtype=torch.bool, device=ids.device)
-            prefill_mask = ((causal[None] & self.valid[:, None, :end]) | eye[None])[:, None]  # (N, 1, T, end)
-        x = F.embedding(ids, self.embed).view(N * T, -1)  # (N T, H) residual stream
+        x = F.embedding(ids, self.embed).view(n * T, -1)  # (n T, H) residual stream
         for i, p in enumerate(self.layers):
             h = self._norm(x)
-            qkv = self._linear(h, p["qkv"], p["qkv_b"]).view(N, T, Hq + 2 * Hkv, D)
-            qk = qkv[:, :, : Hq + Hkv].float().reshape(N, T, Hq + Hkv, D // 2, 2)
+            qkv = self._linear(h, p["qkv"], p["qkv_b"]).view(n, T, Hq + 2 * Hkv, D)
+            qk = qkv[:, :, : Hq + Hkv].float().reshape(n, T, Hq + Hkv, D // 2, 2)
             qk = torch.view_as_real(torch.view_as_complex(qk) * rot).flatten(-2).to(self.dtype)  # RoPE
-            q = qk[:, :, :Hq].transpose(1, 2)  # (N, Hq, T, D), already scaled by 1/sqrt(D)
-            self.k[i][:, :, start:end] = qk[:, :, Hq:].transpose(1, 2)
-            self.v[i][:, :, start:end] = qkv[:, :, Hq + Hkv:].transpose(1, 2)
-            k, v = self.k[i][:, :, :end], self.v[i][:, :, :end]  # (N, Hkv, end, D)
-            if T == 1:  # grouped-query attention without repeating k/v: (N, Hkv, Hq/Hkv, D) queries
-                scores = q.reshape(N, Hkv, Hq // Hkv, D) @ k.transpose(-1, -2) + bias  # (N, Hkv, Hq/Hkv, end)
-                att = (torch.softmax(scores, dim=-1) @ v).reshape(N, Hq * D)  # accumulates in float32
-            else:
+            q = qk[:, :, :Hq].transpose(1, 2)  # (n, Hq, T, D), already scaled by 1/sqrt(D)
+            k, v = qk[:, :, Hq:].transpose(1, 2), qkv[:, :, Hq + Hkv:].transpose(1, 2)  # (n, Hkv, T, D)
+            if prefill_mask is None:
+                self.k[i][:, :, start:end], self.v[i][:, :, start:end] = k, v
+                k, v = self.k[i][:, :, :end], self.v[i][:, :, :end]  # (N, Hkv, end, D)
+                # grouped-query attention without repeating k/v: (N, Hkv, Hq/Hkv, D) queries
+                scores = q.reshape(n, Hkv, Hq // Hkv, D) @ k.transpose(-1, -2) + bias  # (N, Hkv, Hq/Hkv, end)
+                att = (torch.softmax(scores, dim=-1) @ v).reshape(n, Hq * D)  # accumulates in float32
+            else:  # the cache is empty before the prefill: attend over this call's keys and values
+                self.k[i][:, :, start:end] = k.repeat_interleave(repeats, dim=0) if repeats > 1 else k
+                self.v[i][:, :, start:end] = v.repeat_interleave(repeats, dim=0) if repeats > 1 else v
                 att = F.scaled_dot_product_attention(q, k, v, attn_mask=prefill_mask, enable_gqa=Hq != Hkv,
                                                      scale=1.0)
-                att = att.transpose(1, 2).reshape(N * T, Hq * D)
+                att = att.transpose(1, 2).reshape(n * T, Hq * D)
             x = self._linear(att, p["o"], p["o_b"], residual=x)
             gate, up = self._linear(self._norm(x), p["gate_up"]).chunk(2, dim=-1)
             x = self._linear(F.silu(gate) * up, p["down"], residual=x)
         self.filled = end
-        last = x.view(N, T, -1)[:, -1]  # (N, H)
-        return self._linear(self._norm(last), self.lm_head)  # (N, V)
+        last = x.view(n, T, -1)[:, -1]  # (n, H)
+        logits = self._linear(self._norm(last), self.lm_head)  # (n, V)
+        return logits.repeat_interleave(repeats, dim=0) if repeats > 1 else logits
 
-    def prefill(self, ids: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
-        self.valid[:, : ids.shape[1]] = mask
-        return self._forward(ids, pos)
+    def prefill(self, ids: Tensor, mask: Tensor, pos: Tensor, repeats: int = 1) -> Tensor:
+        """The B distinct prompts (B, P), each run once and copied into ``repeats`` cache rows."""
+        if self.filled:
+            raise RuntimeError("prefill runs once, on an empty cache")
+        T = ids.shape[1]
+        self.valid[:, :T] = mask.repeat_interleave(repeats, dim=0)
+        # causal over the prompt, padding hidden, each token always sees itself (no empty softmax row)
+        causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
+        eye = torch.eye(T, dtype=torch.bool, device=ids.device)
+        prefill_mask = ((causal[None] & mask[:, None, :]) | eye[None])[:, None]  # (B, 1, T, T)
+        return self._forward(ids, pos, prefill_mask, repeats)
 
     def step(self, tok: Tensor, pos: Tensor) -> Tensor:
         self.valid[:, self.filled] = True
@@ -283,7 +297,8 @@ class _HFDecoder:
         self.filled = end
         return out.logits[:, -1]
 
-    def prefill(self, ids: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
+    def prefill(self, ids: Tensor, mask: Tensor, pos: Tensor, repeats: int = 1) -> Tensor:
+        ids, mask, pos = (t.repeat_interleave(repeats, dim=0) for t in (ids, mask, pos))
         self.mask[:, : ids.shape[1]] = mask.long()
         return self._forward(ids, pos)
 
@@ -420,7 +435,8 @@ def generate(
         out_mask = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=run_device)
         done = torch.zeros(N, dtype=torch.bool, device=run_device)
         next_pos = mask.sum(-1)  # position of the first completion token: prompts count from 0
-        logits = dec.prefill(ids, mask, position_ids_from_mask(mask))
+        prompts, prompts_mask = prompt_ids.to(run_device), prompt_mask.to(run_device)
+        logits = dec.prefill(prompts, prompts_mask, position_ids_from_mask(prompts_mask), num_samples)
         steps = max_new_tokens
         for t in range(max_new_tokens):
             tok, logp = sample_tokens(logits, temperature, top_k, top_p, greedy, generator)
