@@ -79,11 +79,3 @@ def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Micro models gain nothing from intra-op threads; oversubscribed ones slow a shared machine down."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from _rlhf_fixtures import _one_torch_thread, cli_error, rm_config, sft_dir, state_of  # noqa: F401  (fixtures)
+from _rlhf_fixtures import cli_error, rm_config, sft_dir, state_of  # noqa: F401  (fixtures)
 from gradascent.algos.reward_model import pair_rewards, train_reward_model
 from gradascent.algos.rlhf_data import PreferencePair, check_pairs, encode_sequences
 from gradascent.errors import DataError

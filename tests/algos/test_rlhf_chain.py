@@ -2,7 +2,7 @@
 
 import json
 
-from _rlhf_fixtures import _one_torch_thread, cli_error  # noqa: F401  (fixture)
+from _rlhf_fixtures import cli_error
 from gradascent.cli import main
 from gradascent.lm import RewardModel, ValueModel, load_model
 

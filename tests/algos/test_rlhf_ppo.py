@@ -13,7 +13,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from _rlhf_fixtures import (  # noqa: F401  (fixtures)
-    _one_torch_thread,
     SRC,
     assert_bit_identical,
     cli,
