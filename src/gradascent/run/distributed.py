@@ -71,6 +71,10 @@ def init(device: str = "cpu") -> DistInfo:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda") and torch.cuda.is_available():
         torch.cuda.set_device(local)
+    if dist.get_rank() != 0:  # one weight-loading progress bar per run, not one per process
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local)
 
 
