@@ -63,12 +63,13 @@ def test_greedy_equals_transformers_generate(tok, preset, engine):
         assert m == [True] * n + [False] * (len(row) - n)
 
 
-@pytest.mark.parametrize("engine", ["fused", "hf"])
-def test_samples_of_one_prompt_equal_the_prompt_repeated(tok, engine):
-    """num_samples=3 prefills each prompt once and copies its cache: the same draws as three copies of it."""
+@pytest.mark.parametrize("engine,dtype", [("fused", None), ("fused", "bfloat16"), ("hf", None)])
+def test_samples_of_one_prompt_equal_the_prompt_repeated(tok, engine, dtype):
+    """num_samples=3 prefills each prompt once and copies its cache: the same draws as three copies of it
+    (float32: oneDNN-packed weights on a CPU; bfloat16: the plain matmul path)."""
     model = build_model("qwen2-micro", tok, seed=13).eval()
     ids, mask = encode_prompts(tok, PROMPTS)
-    kw = dict(max_new_tokens=8, eos_token_ids=[1], pad_token_id=0, engine=engine)
+    kw = dict(max_new_tokens=8, eos_token_ids=[1], pad_token_id=0, engine=engine, dtype=dtype)
     shared = generate(model, ids, mask, num_samples=3, generator=torch.Generator().manual_seed(5), **kw)
     copies = generate(model, ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), num_samples=1,
                       generator=torch.Generator().manual_seed(5), **kw)

@@ -27,8 +27,33 @@ def test_fused_adamw_makes_adamws_update():
         assert not torch.equal(a, _params(0)[0] if a.dim() == 2 else _params(0)[1])  # it moved
 
 
+def test_state_dict_round_trip_between_fused_and_unfused():
+    """A checkpoint of the per-tensor AdamW resumes in a fused one (and on with the same update)."""
+    a, b = _params(0), _params(0)
+    old, ref = torch.optim.AdamW(a, lr=0.1, foreach=False), torch.optim.AdamW(b, lr=0.1, foreach=False)
+    g = torch.Generator().manual_seed(2)
+    grads = [[torch.randn(p.shape, generator=g) for p in a] for _ in range(4)]
+    for step in grads[:2]:
+        for p, q, gr in zip(a, b, step):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        old.step()
+        ref.step()
+    resumed = adamw(a, lr=0.1)
+    resumed.load_state_dict(old.state_dict())
+    for step in grads[2:]:
+        for p, q, gr in zip(a, b, step):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        resumed.step()
+        ref.step()
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
 def test_parameter_groups_and_unfusable_parameters():
-    groups = [{"params": _params(0), "lr": 0.1}, {"params": _params(1), "lr": 0.2}]
-    assert adamw(groups).defaults["fused"] is True
+    groups = [{"params": _params(0), "lr": 0.1}, {"params": iter(_params(1)), "lr": 0.2}]  # an iterator too
+    opt = adamw(groups)
+    assert opt.defaults["fused"] is True
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 2]
+    assert adamw(_params(0), foreach=True).defaults["fused"] is None  # an explicit choice is kept
     double = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))  # float64 keeps the default path
     assert adamw([double]).defaults["fused"] is None

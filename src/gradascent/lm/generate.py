@@ -135,8 +135,9 @@ class _FusedDecoder:
 
     Weights are prepared once per call, in exact re-arrangements of the same computation:
 
-    - stored transposed (in, out) for plain ``x @ W`` matmuls; q/k/v and gate/up concatenated into one
-      matmul each; residual additions fused into the o and down matmuls (``addmm``);
+    - q/k/v and gate/up concatenated into one matmul each; residual additions fused into the o and down
+      matmuls (``addmm``, or oneDNN's binary post-op when packed, see below); stored transposed (in, out)
+      for plain ``x @ W`` matmuls when not packed;
     - each RMSNorm's weight folded into the projection after it: RMSNorm(x) * w @ W^T = RMSNorm_1(x) @ (W * w)^T;
     - the attention scale 1/sqrt(D) folded into the q projection (RoPE is linear, so it commutes);
     - the two halves of every q and k head interleaved, so that RoPE's rotate-half becomes one complex
@@ -249,8 +250,9 @@ class _FusedDecoder:
                 scores = q.reshape(n, Hkv, Hq // Hkv, D) @ k.transpose(-1, -2) + bias  # (N, Hkv, Hq/Hkv, end)
                 att = (torch.softmax(scores, dim=-1) @ v).reshape(n, Hq * D)  # accumulates in float32
             else:  # the cache is empty before the prefill: attend over this call's keys and values
-                self.k[i][:, :, start:end] = k.repeat_interleave(repeats, dim=0) if repeats > 1 else k
-                self.v[i][:, :, start:end] = v.repeat_interleave(repeats, dim=0) if repeats > 1 else v
+                # row j of the cache gets prompt j // repeats, copied through a (n, repeats, ...) view
+                self.k[i][:, :, start:end].unflatten(0, (n, repeats)).copy_(k.unsqueeze(1))
+                self.v[i][:, :, start:end].unflatten(0, (n, repeats)).copy_(v.unsqueeze(1))
                 att = F.scaled_dot_product_attention(q, k, v, attn_mask=prefill_mask, enable_gqa=Hq != Hkv,
                                                      scale=1.0)
                 att = att.transpose(1, 2).reshape(n * T, Hq * D)
@@ -310,8 +312,8 @@ class _HFDecoder:
 def _onednn_linear() -> bool:
     """Whether this torch has oneDNN's packed-weight linear (an internal op, so checked, not assumed)."""
     mkldnn = getattr(torch.ops, "mkldnn", None)
-    return (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_reorder_linear_weight")
-            and hasattr(mkldnn, "_linear_pointwise"))
+    return (torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
+            and hasattr(mkldnn, "_reorder_linear_weight") and hasattr(mkldnn, "_linear_pointwise"))
 
 
 def fused_supported(model: nn.Module) -> bool:
