@@ -15,7 +15,6 @@ import json
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from test_grpo_equivalence import CONFIGS, _rollout
 from test_sft_ddp import TRAIN, _batches
 
@@ -27,7 +26,7 @@ from gradascent.run import distributed
 from gradascent.run.checkpoint import load_checkpoint
 from gradascent.run.guard import NonFiniteGuard
 from gradascent.tasks import Task, load_task
-from _group import free_port, join
+from _group import join, run_ranks
 
 pytestmark = pytest.mark.xdist_group("dist")
 
@@ -68,10 +67,7 @@ def _rank_sft(rank: int, world: int, port: int, result: dict) -> None:
 def test_sft_steps_sharded_on_two_ranks_equal_one_rank():
     torch.set_num_threads(1)
     single, single_norms = _sft(fsdp=False)
-    with mp.Manager() as manager:
-        result = manager.dict()
-        mp.spawn(_rank_sft, args=(2, free_port(), result), nprocs=2, join=True)
-        result = dict(result)
+    result = run_ranks(_rank_sft)
     assert single_norms[-1] > 10 * CLIP  # the last step is clipped
     for r in (0, 1):
         weights, norms = result[r]
@@ -104,10 +100,7 @@ def _rank_grpo(rank: int, world: int, port: int, result: dict) -> None:
 def test_grpo_update_sharded_on_two_ranks_equals_one_rank():
     torch.set_num_threads(1)
     single = {name: _grpo(cfg, 0, 1) for name, cfg in CONFIGS.items()}
-    with mp.Manager() as manager:
-        result = manager.dict()
-        mp.spawn(_rank_grpo, args=(2, free_port(), result), nprocs=2, join=True)
-        result = dict(result)
+    result = run_ranks(_rank_grpo)
     for name, (before, after) in single.items():
         assert (after - before).abs().max() > 1e-3, name
         for r in (0, 1):
@@ -123,10 +116,7 @@ def _rank_train(rank: int, world: int, port: int, out: str, result: dict) -> Non
 
 def test_sharded_sft_run_writes_whole_tensors_and_resumes_on_one_process(tmp_path):
     out = tmp_path / "run"
-    with mp.Manager() as manager:
-        result = manager.dict()
-        mp.spawn(_rank_train, args=(2, free_port(), str(out), result), nprocs=2, join=True)
-        result = dict(result)
+    result = run_ranks(_rank_train, str(out))
     assert result[0]["eval/loss"] == result[1]["eval/loss"]
 
     # The final model is a plain model directory, the one the ranks evaluated.
@@ -172,10 +162,7 @@ def _rank_grpo_run(rank: int, world: int, port: int, out: str, result: dict) -> 
 
 def test_sharded_grpo_run_samples_evaluates_and_resumes_on_one_process(tmp_path):
     out = tmp_path / "run"
-    with mp.Manager() as manager:
-        result = manager.dict()
-        mp.spawn(_rank_grpo_run, args=(2, free_port(), str(out), result), nprocs=2, join=True)
-        trained = result[0]
+    trained = run_ranks(_rank_grpo_run, str(out))[0]
     initial = torch.cat([p.detach().flatten() for p in load_model("qwen2-micro", seed=0)[0].parameters()])
     assert (trained - initial).abs().max() > 1e-4  # the saved model is the trained one
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

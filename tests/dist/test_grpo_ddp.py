@@ -7,8 +7,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from _group import free_port
+from _group import run_ranks
 
 pytestmark = pytest.mark.xdist_group("dist")
 
@@ -42,10 +41,7 @@ def _rank(rank: int, world: int, port: int, out: str, result: dict) -> None:
 
 def test_ddp_ranks_stay_in_step_and_rank0_writes(tmp_path):
     out = str(tmp_path / "run")
-    with mp.Manager() as manager:
-        result = manager.dict()
-        mp.spawn(_rank, args=(2, free_port(), out, result), nprocs=2, join=True)
-        result = dict(result)
+    result = run_ranks(_rank, out)
     assert result[0] == result[1] == {"same_weights": True, "moved": True}
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]  # one row per step, written once (rank 0)
@@ -59,8 +55,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, capfd):
     from gradascent.tasks import Task
 
     out = str(tmp_path / "run")
-    with mp.Manager() as manager:
-        mp.spawn(_rank, args=(2, free_port(), out, manager.dict()), nprocs=2, join=True)
+    run_ranks(_rank, out)
     rows = [{"prompt": p} for p in ("ab", "cd", "ef", "gh", "ij", "kl", "mn", "op")]
     task = Task("digits", "completion", rows, [], (digit_fraction,), (1.0,), max_new_tokens=4)
     model, tok = load_model("qwen2-micro", seed=0)

@@ -15,14 +15,13 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from gradascent.algos.grpo import GRPOConfig, Rollout, grpo_update, load_reference
 from gradascent.lm import char_tokenizer, encode_prompts, load_model
 from gradascent.lm.grouped import GroupedLogprobs
 from gradascent.run import distributed
 from gradascent.run.guard import NonFiniteGuard
-from _group import free_port
+from _group import run_ranks
 
 pytestmark = pytest.mark.xdist_group("dist")
 
@@ -102,10 +101,7 @@ def test_fixed_rollout_counts_differ_between_the_halves():
 def test_grpo_update_on_two_ranks_equals_one_rank():
     torch.set_num_threads(1)
     single = {name: _update(cfg, 0, 1) for name, cfg in CONFIGS.items()}
-    with mp.Manager() as manager:
-        result = manager.dict()
-        mp.spawn(_rank, args=(2, free_port(), result), nprocs=2, join=True)
-        result = dict(result)
+    result = run_ranks(_rank)
     for name, (before, after) in single.items():
         assert (after - before).abs().max() > 1e-3, name  # a real update, large against the tolerance
         for r in (0, 1):

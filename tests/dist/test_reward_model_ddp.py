@@ -14,12 +14,11 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from gradascent.algos.reward_model import RewardModelConfig, train_reward_model
 from gradascent.lm import RewardModel, load_model, save_model
 from gradascent.run import distributed
-from _group import free_port
+from _group import run_ranks
 
 pytestmark = pytest.mark.xdist_group("dist")
 
@@ -56,10 +55,7 @@ def test_reward_model_on_two_ranks_equals_one_rank(tmp_path, monkeypatch):
     save_model(*load_model("qwen2-micro", seed=0), sft)
     monkeypatch.setattr(torch.optim, "AdamW", _sgd)
     single = train_reward_model(_config(sft, str(tmp_path / "one")))
-    with mp.Manager() as manager:
-        result = manager.dict()
-        mp.spawn(_rank, args=(2, free_port(), sft, str(tmp_path / "two"), result), nprocs=2, join=True)
-        result = dict(result)
+    result = run_ranks(_rank, sft, str(tmp_path / "two"))
 
     one, two = _weights(tmp_path / "one" / "model"), _weights(tmp_path / "two" / "model")
     start = torch.cat([p.detach().flatten() for p in load_model(sft)[0].parameters()])

@@ -14,13 +14,12 @@ import json
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from gradascent.algos.sft import SFTConfig, collate, encode_examples, eval_loss, pack, sft_step, train_sft
 from gradascent.lm import SequenceLogprobs, char_tokenizer, load_model
 from gradascent.run.guard import NonFiniteGuard
 from gradascent.tasks import load_task
-from _group import free_port, join
+from _group import join, run_ranks
 
 pytestmark = pytest.mark.xdist_group("dist")
 
@@ -69,10 +68,8 @@ def _rank_steps(rank: int, world: int, port: int, result: dict) -> None:
 def test_sft_step_on_two_ranks_equals_one_rank():
     torch.set_num_threads(1)
     single = _train(ddp=False)
-    with mp.Manager() as manager:
-        result = manager.dict()
-        mp.spawn(_rank_steps, args=(2, free_port(), result), nprocs=2, join=True)
-        two = [result[0], result[1]]
+    result = run_ranks(_rank_steps)
+    two = [result[0], result[1]]
     for r in (0, 1):
         for k in range(1, len(single)):
             # The update is large against the tolerance: the comparison has something to compare.
@@ -93,10 +90,7 @@ def _rank_train(rank: int, world: int, port: int, out: str, result: dict) -> Non
 
 def test_sft_trainer_on_two_ranks_writes_once_and_resumes_on_one(tmp_path):
     out = str(tmp_path / "run")
-    with mp.Manager() as manager:
-        result = manager.dict()
-        mp.spawn(_rank_train, args=(2, free_port(), out, result), nprocs=2, join=True)
-        result = dict(result)
+    result = run_ranks(_rank_train, out)
     s0, s1 = result[0], result[1]
     # The evaluation is sharded (7 eval rows: 4 and 3; 5 prompts completed: 3 and 2) and reduced: both ranks
     # report the same figures, and the loss equals the one process's loss over all 7 rows.
