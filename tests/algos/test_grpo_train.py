@@ -20,13 +20,21 @@ ROWS = [{"prompt": p} for p in ("ab", "cd", "ef", "gh", "ij", "kl", "mn", "op")]
 DIGITS = Task("digits", "completion", ROWS, [], (digit_fraction,), (1.0,), max_new_tokens=4)
 
 
-def _run(tmp_path, monkeypatch=None, **overrides):
+def code_sum(prompts, completions, **_):
+    """The sum of a completion's character codes / 1000: completions that differ score differently."""
+    return [sum(map(ord, s)) / 1000 for s in completions]
+
+
+CODES = Task("codes", "completion", ROWS, [], (code_sum,), (1.0,), max_new_tokens=4)
+
+
+def _run(tmp_path, monkeypatch=None, task=DIGITS, **overrides):
     torch.set_num_threads(1)
     fields = dict(steps=2, prompts_per_step=2, group_size=4, lr=1e-2, save_every=0)
     fields.update(overrides)
     model, tok = load_model("qwen2-micro", seed=0)
     cfg = GRPOConfig(**fields)
-    summary = train_grpo(cfg, tmp_path, model=model, tokenizer=tok, task=DIGITS, progress=False)
+    summary = train_grpo(cfg, tmp_path, model=model, tokenizer=tok, task=task, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     return summary, rows
 
@@ -39,7 +47,9 @@ def test_reward_rises_on_a_tiny_task(tmp_path):
     last = sum(r["reward"] for r in rows[-5:]) / 5
     assert first < 0.2
     assert last > 0.8, [round(r["reward"], 3) for r in rows]
-    assert rows[-1]["entropy"] < rows[0]["entropy"]
+    # entropy is logged over the trained groups: a step whose groups all scored alike trains none
+    entropies = [r["entropy"] for r in rows if "entropy" in r]
+    assert entropies[-1] < entropies[0]
 
 
 def test_beta_zero_loads_no_reference(tmp_path, monkeypatch):
@@ -101,7 +111,7 @@ def test_minibatches_pair_each_group_with_its_own_old_logprobs(tmp_path, monkeyp
     # Two minibatches of whole groups, shuffled: the first update sees an unchanged policy, so its ratio is
     # 1 only if every row is paired with its own stored old log-prob; the second comes after one update.
     seen = _spy_losses(monkeypatch)
-    _run(tmp_path, steps=1, prompts_per_step=4, num_minibatches=2)
+    _run(tmp_path, steps=1, prompts_per_step=4, num_minibatches=2, task=CODES)  # no group without spread
     assert len(seen) == 2
     (logp1, old1), (logp2, old2) = seen
     assert logp1.shape == old1.shape == (8, logp1.shape[1])  # 2 groups of G=4
@@ -128,3 +138,50 @@ def test_micro_batches_accumulate_to_the_same_update(tmp_path):
     assert moved > 1e-3
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_groups_with_zero_advantages_run_no_pass_and_leave_the_update_unchanged():
+    # beta = 0, ent_coef = 0: the second group's rewards agree, so its advantages are 0 and its tokens add
+    # exactly 0 to the gradient. grpo_update must not forward it, yet keep its tokens in the token_mean
+    # divisor: the SGD update equals the one computed by hand over all three groups.
+    from gradascent.algos.grpo import Rollout, grpo_loss, grpo_update
+    from gradascent.lm.grouped import GroupedLogprobs, grouped_completion_logprobs
+    from gradascent.run.guard import NonFiniteGuard
+
+    G = 4
+    gen = torch.Generator().manual_seed(0)
+    prompt_ids, prompt_mask = torch.randint(3, 90, (3, 5), generator=gen), torch.ones(3, 5, dtype=torch.bool)
+    completion_ids = torch.randint(3, 90, (3 * G, 6), generator=gen)
+    completion_mask = torch.ones(3 * G, 6, dtype=torch.bool)
+    completion_mask[1, 3:] = completion_mask[5, 2:] = False
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.0, 0.25, 1.0, 0.0])
+    rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask,
+                      torch.ones(3 * G, dtype=torch.bool), rewards)
+    cfg = GRPOConfig(group_size=G, prompts_per_step=3, loss_agg="token_mean", max_grad_norm=None, lr=0.5)
+
+    model, _ = load_model("qwen2-micro", seed=0)
+    seen = []
+
+    class Spy(GroupedLogprobs):
+        def forward(self, prompt_ids, *args, **kwargs):
+            seen.append(prompt_ids.clone())
+            return super().forward(prompt_ids, *args, **kwargs)
+
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda u: 1.0)
+    grpo_update(rollout, cfg, Spy(model), opt, sched, NonFiniteGuard(1), norm_len=6)
+    assert [p.tolist() for p in seen] == [prompt_ids[[0, 2]].tolist()]  # one pass, group 1 left out
+
+    by_hand, _ = load_model("qwen2-micro", seed=0)
+    logp = grouped_completion_logprobs(by_hand, prompt_ids, prompt_mask, completion_ids, completion_mask, G)
+    adv = grpo.advantages(rewards, "group", G, cfg.adv_eps)
+    assert adv[4:8].abs().max() == 0 and adv.abs().min() == 0
+    loss, _ = grpo_loss(logp, logp.detach(), adv, completion_mask, cfg, num_tokens=completion_mask.sum())
+    loss.backward()
+    with torch.no_grad():
+        for p in by_hand.parameters():
+            p -= cfg.lr * p.grad
+    moved = max((p - q).abs().max().item() for p, q in zip(model.parameters(), load_model("qwen2-micro", seed=0)[0].parameters()))
+    assert moved > 1e-4
+    for p, q in zip(model.parameters(), by_hand.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)

@@ -30,6 +30,9 @@ Deliberate deviations and choices, each a config field:
 - Not a deviation in the maths: the training forward runs each prompt once for its G completions
   (``lm.grouped``), which gives the same log-probs and gradients as G separate rows for less compute;
   minibatches therefore hold whole groups.
+- Not a deviation either: with ``beta = 0`` and ``ent_coef = 0``, a group whose advantages are all 0 adds
+  exactly 0 to the gradient, so it runs no forward or backward (it stays in the loss divisors). The
+  entropy and ratio metrics are then means over the groups that were trained.
 
 Sampling and per-token log-probs come from ``gradascent.lm``; this file never calls ``model.generate``.
 Sampling draws from an explicit ``torch.Generator`` whose state is checkpointed, and the prompt order is a
@@ -425,6 +428,10 @@ def grpo_update(
     groups = torch.arange(P, device=device)  # (P,)
     if not synced:
         groups = groups[mask.view(P, G, -1).any(-1).any(-1)]
+    # With beta = 0 and ent_coef = 0 a group whose advantages are all 0 adds exactly 0 to the gradient: it
+    # keeps its place in the minibatches and their divisors, but needs no forward or backward either.
+    silent = (adv.view(P, G) == 0).all(-1) if not synced and cfg.beta == 0 and cfg.ent_coef == 0 \
+        else torch.zeros(P, dtype=torch.bool, device=device)  # (P,)
 
     def rows_of(g: Tensor) -> Tensor:  # (n,) group indices -> (n * G,) row indices
         return (g.unsqueeze(-1) * G + torch.arange(G, device=device)).flatten()
@@ -452,8 +459,13 @@ def grpo_update(
             num_tokens = distributed.loss_divisor(m.sum())  # the minibatch's divisors, for every pass
             num_seqs = distributed.loss_divisor(m.any(-1).sum())
             optimizer.zero_grad(set_to_none=True)
-            passes = mb.split(cfg.micro_batch_prompts or len(mb))  # gradient accumulation over passes
+            trained = mb[~silent[groups[mb]]]
+            passes = trained.split(cfg.micro_batch_prompts or len(mb)) if len(trained) else ()  # accumulated
             loss, parts = torch.zeros(()), []
+            if not len(trained):  # every group silent: the gradient is 0 (and AdamW still steps)
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.grad = torch.zeros_like(p)
             for i, part in enumerate(passes):
                 rows, kept = rows_of(groups[part]), rows_of(part)  # rows of the batch / of the kept groups
                 logp, entropy = logprobs(policy, groups[part], with_entropy=True)
@@ -468,7 +480,7 @@ def grpo_update(
                     part_loss.backward()
                 loss = loss + part_loss.detach()
                 parts.append((part_stats, mask[rows].sum()))
-            stats = _merge_pass_stats(parts)
+            stats = _merge_pass_stats(parts) if parts else {"loss": torch.zeros(()), "policy_loss": torch.zeros(())}
             stats["lr"] = torch.tensor(scheduler.get_last_lr()[0])
             if guard.check(loss, model.parameters(), where=where):
                 max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
