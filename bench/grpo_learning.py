@@ -1,10 +1,10 @@
 """GRPO's learning gain: held-out exact-match accuracy of an SFT model before and after GRPO, over seeds.
 
 For each seed, the demo's recipe (``gradascent.demo.DemoSettings``, docs/grpo.md): two-number addition with
-operands 0-49, SFT of a randomly initialised qwen2-1m from scratch, stopped at the first validation with 40%
-greedy accuracy (at most 1,200 steps), then GRPO on the exact-match reward. Accuracy is that of greedy answers on 200
-held-out test problems that neither phase trains on. Target: a gain of at least 25 points in every seed,
-each seed (SFT + GRPO, evaluations included) within 10 minutes on a 2-core CPU.
+operands 0-49, SFT of a randomly initialised qwen2-1m from scratch (AdamW weight decay 1.0), stopped at the
+first validation with 40% greedy accuracy (at most 1,200 steps), then GRPO on the exact-match reward. Accuracy
+is that of greedy answers on 200 held-out test problems that neither phase trains on. Target: a gain of at
+least 25 points in every seed, each seed (SFT + GRPO, evaluations included) within 10 minutes on a 2-core CPU.
 
 ``--jobs 2`` runs two seeds at a time, each on one torch thread (on 2 cores this is faster than one seed
 at a time on two threads; a seed's wall time is then measured with the other seed running beside it).
