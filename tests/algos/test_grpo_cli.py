@@ -76,7 +76,8 @@ def test_sigkill_then_resume_matches_an_unbroken_run_bit_for_bit(tmp_path):
     rows_a, rows_b = _rows(whole), _rows(broken)
     assert [r["step"] for r in rows_b] == list(range(1, 31))
     assert rows_a == rows_b  # every metric of every step, including those after the resume
-    assert any(r["step"] > killed_at and r["approx_kl"] > 0 for r in rows_b)  # the resumed part really trained
+    # the resumed part really trained (a step whose groups all scored alike trains none and logs no approx_kl)
+    assert any(r["step"] > killed_at and r.get("approx_kl", 0) > 0 for r in rows_b)
 
 
 BAD_REWARDS = '''
