@@ -126,7 +126,7 @@ def test_micro_batches_accumulate_to_the_same_update(tmp_path):
     for micro in (None, 1):
         model, tok = load_model("qwen2-micro", seed=0)
         cfg = GRPOConfig(steps=1, prompts_per_step=4, group_size=4, lr=1e-2, save_every=0, micro_batch_prompts=micro)
-        summary = train_grpo(cfg, tmp_path / str(micro), model=model, tokenizer=tok, task=DIGITS, progress=False)
+        summary = train_grpo(cfg, tmp_path / str(micro), model=model, tokenizer=tok, task=CODES, progress=False)
         models.append((model, summary))
     (a, sa), (b, sb) = models
     assert sa["reward"] == sb["reward"]  # the same rollout
@@ -185,3 +185,56 @@ def test_groups_with_zero_advantages_run_no_pass_and_leave_the_update_unchanged(
     assert moved > 1e-4
     for p, q in zip(model.parameters(), by_hand.parameters()):
         assert torch.allclose(p, q, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+@pytest.mark.parametrize("num_minibatches", [2, 6])
+def test_skipping_silent_groups_gives_the_same_adamw_updates(monkeypatch, loss_agg, num_minibatches):
+    # Six groups of 4: group 0 never finished (mask_truncated takes it out before any pass, so the kept
+    # groups' positions differ from their ids), groups 1 and 3 scored alike (silent), 2, 4, 5 did not. Two
+    # iterations (the second off-policy, against the stored old log-probs), shuffled minibatches, one group
+    # per accumulation pass, AdamW with weight decay; with 6 minibatches two of them are wholly silent, whose
+    # update is AdamW's step on a zero gradient. The same updates with the skip turned off (every group run).
+    from gradascent.algos.grpo import Rollout, grpo_update
+    from gradascent.lm.grouped import GroupedLogprobs
+    from gradascent.run.guard import NonFiniteGuard
+
+    G, P = 4, 6
+    gen = torch.Generator().manual_seed(1)
+    prompt_ids, prompt_mask = torch.randint(3, 90, (P, 5), generator=gen), torch.ones(P, 5, dtype=torch.bool)
+    completion_ids = torch.randint(3, 90, (P * G, 6), generator=gen)
+    completion_mask = torch.ones(P * G, 6, dtype=torch.bool)
+    completion_mask[9, 2:] = completion_mask[13, 4:] = False
+    finished = torch.ones(P * G, dtype=torch.bool)
+    finished[:G] = False
+    rewards = torch.tensor([0.0, 1.0, 0.0, 1.0] + [0.1] * G + [1.0, 0.0, 0.3, 0.0] + [1.0] * G + [0.5, 0.0, 0.0, 0.2]
+                           + [0.0, 0.0, 1.0, 0.0])
+    rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, finished, rewards)
+    cfg = GRPOConfig(group_size=G, prompts_per_step=P, loss_agg=loss_agg, lr=1e-2, weight_decay=0.1,
+                     num_iterations=2, num_minibatches=num_minibatches, micro_batch_prompts=1, mask_truncated=True)
+
+    def update(skip: bool):
+        if not skip:
+            monkeypatch.setattr(grpo, "silent_groups", lambda adv, cfg: torch.zeros(P, dtype=torch.bool))
+        model, _ = load_model("qwen2-micro", seed=0)
+        seen = []
+
+        class Spy(GroupedLogprobs):
+            def forward(self, ids, *args, **kwargs):
+                if torch.is_grad_enabled():
+                    seen.extend(int((prompt_ids == row).all(-1).nonzero()) for row in ids)
+                return super().forward(ids, *args, **kwargs)
+
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda u: 1.0)
+        grpo_update(rollout, cfg, Spy(model), opt, sched, NonFiniteGuard(1),
+                    generator=torch.Generator().manual_seed(0), norm_len=6)
+        return model, sorted(set(seen))
+
+    skipped, trained = update(skip=True)
+    full, trained_full = update(skip=False)
+    assert trained == [2, 4, 5] and trained_full == [1, 2, 3, 4, 5]
+    before, _ = load_model("qwen2-micro", seed=0)
+    assert max((p - q).abs().max().item() for p, q in zip(skipped.parameters(), before.parameters())) > 1e-3
+    for p, q in zip(skipped.parameters(), full.parameters()):
+        assert torch.allclose(p, q, atol=1e-7, rtol=0)

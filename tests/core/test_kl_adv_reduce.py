@@ -88,6 +88,17 @@ def test_group_advantages_by_hand():
     assert torch.equal(group_advantages(T_([2.0, 4.0, 6.0]), group_size=3, scale_by_std=False), T_([-2.0, 0.0, 2.0]))
 
 
+def test_groups_of_equal_rewards_get_exactly_zero():
+    # Eight rewards of 0.1: in float32 their mean is not exactly 0.1, and (r - mean) / (std + 1e-4) would be
+    # -7.45e-5 for every completion. Exactly 0 is the advantage of a group that scored alike.
+    r = torch.full((2, 8), 0.1)
+    r[1, 0] = 0.3
+    assert float((r[0] - r[0].mean()).abs().max()) > 0  # the rounding the functions must not pass on
+    for adv in (group_advantages(r), group_advantages(r, scale_by_std=False), rloo_advantages(r)):
+        assert torch.equal(adv[0], torch.zeros(8))
+        assert bool((adv[1] != 0).all())
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 5), st.integers(2, 6), st.data())
 def test_group_advantages_have_zero_mean_per_group(P, G, data):

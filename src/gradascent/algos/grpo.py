@@ -31,8 +31,9 @@ Deliberate deviations and choices, each a config field:
   (``lm.grouped``), which gives the same log-probs and gradients as G separate rows for less compute;
   minibatches therefore hold whole groups.
 - Not a deviation either: with ``beta = 0`` and ``ent_coef = 0``, a group whose advantages are all 0 adds
-  exactly 0 to the gradient, so it runs no forward or backward (it stays in the loss divisors). The
-  entropy and ratio metrics are then means over the groups that were trained.
+  exactly 0 to the gradient (while its log-probs are finite), so in one process it runs no forward or
+  backward (``silent_groups``; it stays in the loss divisors). The entropy and ratio metrics are then means
+  over the groups that were trained.
 
 Sampling and per-token log-probs come from ``gradascent.lm``; this file never calls ``model.generate``.
 Sampling draws from an explicit ``torch.Generator`` whose state is checkpointed, and the prompt order is a
@@ -309,6 +310,19 @@ def grpo_loss(
     return loss, stats
 
 
+def silent_groups(adv: Tensor, cfg: GRPOConfig) -> Tensor:
+    """(P,) bool: the groups whose tokens add exactly 0 to the gradient, which the update need not run.
+
+    With beta = 0 and ent_coef = 0 a token's loss is min(r A, clip(r) A): 0 with a 0 gradient when A = 0 and
+    r is finite. So a group whose advantages are all exactly 0 (``group``/``rloo``/``group_no_std`` give
+    that to every group whose rewards agree) is silent; with a KL or entropy term no group is.
+    """
+    P = adv.numel() // cfg.group_size
+    if cfg.beta != 0 or cfg.ent_coef != 0:
+        return torch.zeros(P, dtype=torch.bool, device=adv.device)
+    return (adv.view(P, cfg.group_size) == 0).all(-1)
+
+
 def zero_std_groups(rewards: Tensor, group_size: int) -> Tensor:
     """(B,) bool: True for the completions of groups whose rewards are all equal (no learning signal)."""
     g = rewards.reshape(-1, group_size)
@@ -428,10 +442,9 @@ def grpo_update(
     groups = torch.arange(P, device=device)  # (P,)
     if not synced:
         groups = groups[mask.view(P, G, -1).any(-1).any(-1)]
-    # With beta = 0 and ent_coef = 0 a group whose advantages are all 0 adds exactly 0 to the gradient: it
-    # keeps its place in the minibatches and their divisors, but needs no forward or backward either.
-    silent = (adv.view(P, G) == 0).all(-1) if not synced and cfg.beta == 0 and cfg.ent_coef == 0 \
-        else torch.zeros(P, dtype=torch.bool, device=device)  # (P,)
+    # Groups that add exactly 0 to the gradient keep their place in the minibatches and their divisors, but
+    # need no forward or backward. Under DDP or FSDP2 every rank runs every pass, so none is skipped.
+    silent = silent_groups(adv, cfg) if not synced else torch.zeros(P, dtype=torch.bool, device=device)  # (P,)
 
     def rows_of(g: Tensor) -> Tensor:  # (n,) group indices -> (n * G,) row indices
         return (g.unsqueeze(-1) * G + torch.arange(G, device=device)).flatten()
@@ -461,7 +474,7 @@ def grpo_update(
             optimizer.zero_grad(set_to_none=True)
             trained = mb[~silent[groups[mb]]]
             passes = trained.split(cfg.micro_batch_prompts or len(mb)) if len(trained) else ()  # accumulated
-            loss, parts = torch.zeros(()), []
+            loss, parts = torch.zeros((), device=device), []
             if not len(trained):  # every group silent: the gradient is 0 (and AdamW still steps)
                 for p in model.parameters():
                     if p.requires_grad:
@@ -480,7 +493,7 @@ def grpo_update(
                     part_loss.backward()
                 loss = loss + part_loss.detach()
                 parts.append((part_stats, mask[rows].sum()))
-            stats = _merge_pass_stats(parts) if parts else {"loss": torch.zeros(()), "policy_loss": torch.zeros(())}
+            stats = _merge_pass_stats(parts) if parts else {"loss": loss.clone(), "policy_loss": loss.clone()}
             stats["lr"] = torch.tensor(scheduler.get_last_lr()[0])
             if guard.check(loss, model.parameters(), where=where):
                 max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")

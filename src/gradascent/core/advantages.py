@@ -61,31 +61,37 @@ def group_advantages(
             (completions of one prompt contiguous).
         group_size: G when ``rewards`` is flat.
         scale_by_std: divide by the group std.
-        eps: added to the std; a group whose rewards all agree gets advantage 0.
+        eps: added to the std.
 
     Returns:
-        Advantages of the same shape as ``rewards``.
+        Advantages of the same shape as ``rewards``. A group whose rewards all agree gets exactly 0 (its
+        float mean may differ from the rewards by a rounding error, which the division would magnify).
     """
     g = _groups(rewards, group_size)
     adv = g - g.mean(dim=-1, keepdim=True)
     if scale_by_std:
         std = g.std(dim=-1, keepdim=True) if g.shape[-1] > 1 else torch.zeros_like(adv[..., :1])
         adv = adv / (std + eps)
-    return adv.reshape(rewards.shape)
+    return adv.masked_fill(_all_equal(g), 0.0).reshape(rewards.shape)
+
+
+def _all_equal(g: Tensor) -> Tensor:
+    """(..., 1) bool: True for the groups whose rewards are all equal."""
+    return (g == g[..., :1]).all(dim=-1, keepdim=True)
 
 
 def rloo_advantages(rewards: Tensor, group_size: int | None = None) -> Tensor:
     """Leave-one-out baseline: A_i = r_i - (1/(G-1)) sum_{j != i} r_j = G/(G-1) (r_i - mean(r_group)).
 
     Unbiased, since each baseline is independent of its own sample. Needs G >= 2.
-    Shapes as ``group_advantages``.
+    Shapes as ``group_advantages``; a group whose rewards all agree gets exactly 0.
     """
     g = _groups(rewards, group_size)
     G = g.shape[-1]
     if G < 2:
         raise ValueError("the leave-one-out baseline needs at least 2 completions per prompt")
     baseline = (g.sum(dim=-1, keepdim=True) - g) / (G - 1)
-    return (g - baseline).reshape(rewards.shape)
+    return (g - baseline).masked_fill(_all_equal(g), 0.0).reshape(rewards.shape)
 
 
 def batch_mean_advantages(rewards: Tensor) -> Tensor:
