@@ -5,8 +5,8 @@
 2. SFT (``algos.sft``, with weight decay) of a randomly initialised preset, validated every few steps and
    stopped (``stop_at``) at the first validation whose greedy accuracy on the validation problems reaches a
    modest target: the model has learned the answer format and part of the arithmetic (its errors are mostly
-   one off in the last digit). The step differs from seed to seed, since the accuracy of these models rises steeply once
-   it starts to rise.
+   one off in the last digit). The step differs from seed to seed, since the accuracy of these models rises
+   steeply once it starts to rise.
 3. GRPO (``algos.grpo``) from the SFT model on the exact-match reward (plus a small format reward), its
    prompts drawn from every problem of the space except the held-out ones. No answer is ever shown to the
    model in this phase: it only learns which of its own answers were right.
