@@ -194,7 +194,8 @@ def test_skipping_silent_groups_gives_the_same_adamw_updates(monkeypatch, loss_a
     # groups' positions differ from their ids), groups 1 and 3 scored alike (silent), 2, 4, 5 did not. Two
     # iterations (the second off-policy, against the stored old log-probs), shuffled minibatches, one group
     # per accumulation pass, AdamW with weight decay; with 6 minibatches two of them are wholly silent, whose
-    # update is AdamW's step on a zero gradient. The same updates with the skip turned off (every group run).
+    # update is AdamW's step on a zero gradient. The same updates with the skip turned off (every group run);
+    # with it on, neither the training passes nor the pi_old pass run a silent group.
     from gradascent.algos.grpo import Rollout, grpo_update
     from gradascent.lm.grouped import GroupedLogprobs
     from gradascent.run.guard import NonFiniteGuard
@@ -217,19 +218,20 @@ def test_skipping_silent_groups_gives_the_same_adamw_updates(monkeypatch, loss_a
         if not skip:
             monkeypatch.setattr(grpo, "silent_groups", lambda adv, cfg: torch.zeros(P, dtype=torch.bool))
         model, _ = load_model("qwen2-micro", seed=0)
-        seen = []
+        seen = []  # the groups of every pass: training passes and the one computing pi_old
 
-        class Spy(GroupedLogprobs):
-            def forward(self, ids, *args, **kwargs):
-                if torch.is_grad_enabled():
-                    seen.extend(int((prompt_ids == row).all(-1).nonzero()) for row in ids)
-                return super().forward(ids, *args, **kwargs)
+        def spy(self, ids, *args, **kwargs):
+            seen.extend(int((prompt_ids == row).all(-1).nonzero()) for row in ids)
+            return real(self, ids, *args, **kwargs)
 
+        monkeypatch.setattr(grpo.GroupedLogprobs, "forward", spy)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda u: 1.0)
-        grpo_update(rollout, cfg, Spy(model), opt, sched, NonFiniteGuard(1),
+        grpo_update(rollout, cfg, GroupedLogprobs(model), opt, sched, NonFiniteGuard(1),
                     generator=torch.Generator().manual_seed(0), norm_len=6)
         return model, sorted(set(seen))
+
+    real = GroupedLogprobs.forward
 
     skipped, trained = update(skip=True)
     full, trained_full = update(skip=False)

@@ -457,8 +457,11 @@ def grpo_update(
     # log-probs fixed during the update: pi_old (only for off-policy updates), pi_ref (beta > 0)
     logp_old = logp_ref = None  # (len(groups) * G, T)
     if cfg.needs_old_logprobs and len(groups):
-        with torch.no_grad(), eval_mode(model), distributed.full_weights(policy):
-            logp_old = logprobs(GroupedLogprobs(model), groups)
+        live = (~silent[groups]).nonzero().flatten()  # positions of the groups that will be trained
+        logp_old = torch.zeros(len(groups) * G, rollout.completion_ids.shape[1], device=device)
+        if len(live):
+            with torch.no_grad(), eval_mode(model), distributed.full_weights(policy):
+                logp_old[rows_of(live)] = logprobs(GroupedLogprobs(model), groups[live])
     if ref_model is not None and len(groups):
         with torch.no_grad():
             logp_ref = logprobs(GroupedLogprobs(ref_model), groups)
