@@ -3,9 +3,9 @@
 Peak memory is the highest resident set size while a phase runs, minus the RSS when it started: CPU tensors
 are invisible to tracemalloc, and ru_maxrss only ever grows over a process. On Linux the kernel's own
 high-water mark (VmHWM) is reset at the start of each phase (``/proc/self/clear_refs``, "5") and read at its
-end: it misses nothing and costs nothing. Elsewhere a background thread samples the RSS every millisecond, which misses nothing
-that lasts longer, but takes the GIL a thousand times a second and so slows the code it measures (by ~10% on a
-GRPO step here).
+end: it misses nothing and costs nothing. Elsewhere a background thread samples the RSS every millisecond,
+which misses nothing that lasts longer, but takes the GIL a thousand times a second and so slows the code it
+measures (by ~10% on a GRPO step here).
 """
 
 from __future__ import annotations

@@ -216,7 +216,7 @@ def test_skipping_silent_groups_gives_the_same_adamw_updates(monkeypatch, loss_a
 
     def update(skip: bool):
         if not skip:
-            monkeypatch.setattr(grpo, "silent_groups", lambda adv, cfg: torch.zeros(P, dtype=torch.bool))
+            monkeypatch.setattr(grpo, "silent_groups", lambda adv, cfg, run_all=False: torch.zeros(P, dtype=torch.bool))
         model, _ = load_model("qwen2-micro", seed=0)
         seen = []  # the groups of every pass: training passes and the one computing pi_old
 

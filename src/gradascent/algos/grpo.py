@@ -310,15 +310,16 @@ def grpo_loss(
     return loss, stats
 
 
-def silent_groups(adv: Tensor, cfg: GRPOConfig) -> Tensor:
+def silent_groups(adv: Tensor, cfg: GRPOConfig, run_all: bool = False) -> Tensor:
     """(P,) bool: the groups whose tokens add exactly 0 to the gradient, which the update need not run.
 
     With beta = 0 and ent_coef = 0 a token's loss is min(r A, clip(r) A): 0 with a 0 gradient when A = 0 and
     r is finite. So a group whose advantages are all exactly 0 (``group``/``rloo``/``group_no_std`` give
-    that to every group whose rewards agree) is silent; with a KL or entropy term no group is.
+    that to every group whose rewards agree) is silent; with a KL or entropy term no group is, nor with
+    ``run_all`` (DDP and FSDP2, where every rank must make the same passes).
     """
     P = adv.numel() // cfg.group_size
-    if cfg.beta != 0 or cfg.ent_coef != 0:
+    if run_all or cfg.beta != 0 or cfg.ent_coef != 0:
         return torch.zeros(P, dtype=torch.bool, device=adv.device)
     return (adv.view(P, cfg.group_size) == 0).all(-1)
 
@@ -444,7 +445,7 @@ def grpo_update(
         groups = groups[mask.view(P, G, -1).any(-1).any(-1)]
     # Groups that add exactly 0 to the gradient keep their place in the minibatches and their divisors, but
     # need no forward or backward. Under DDP or FSDP2 every rank runs every pass, so none is skipped.
-    silent = silent_groups(adv, cfg) if not synced else torch.zeros(P, dtype=torch.bool, device=device)  # (P,)
+    silent = silent_groups(adv, cfg, run_all=synced)  # (P,)
 
     def rows_of(g: Tensor) -> Tensor:  # (n,) group indices -> (n * G,) row indices
         return (g.unsqueeze(-1) * G + torch.arange(G, device=device)).flatten()
