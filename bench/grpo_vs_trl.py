@@ -12,10 +12,16 @@ memory instead by accumulating each update's gradient over several passes (``mic
 default 2 prompts x 8 completions per pass: four passes, the same update); it is also run in one pass
 (``ours_one_pass_*``) to show that trade.
 
+The two trainers take turns: ``--rounds`` rounds of one run each (``--steps`` steps), ours first in even
+rounds and TRL first in odd ones, so that a change in the machine's speed during the bench (this machine's
+throughput drifts by 15-25% over minutes) falls on both alike instead of on whichever ran in that minute.
+
 Figures per model size:
-    s/step     median wall seconds per step after ``--warmup`` steps (ours: the trainer's own step timer;
-               TRL: a callback from on_step_begin to on_step_end, which encloses its generation)
-    peak RSS   highest resident set size during the whole run minus the RSS before it (bench/_common.PeakRSS)
+    s/step     median wall seconds per step over all rounds' steps after each run's first ``--warmup`` (ours:
+               the trainer's own step timer; TRL: a callback from on_step_begin to on_step_end, which encloses
+               its generation); ``speedup`` = TRL's over ours, and each round's own ratio beside it
+    peak RSS   highest resident set size during a run minus the RSS before it (bench/_common.PeakRSS), the
+               highest over the rounds
     floor      model FLOPs of one step over the measured fp32 matmul throughput: 2 N per generated token
                (64 x 32 sampled tokens plus the 64 x 6 prompt tokens of the prefill) plus 6 N per trained token
                (forward + backward over 64 x (6 + 32) tokens), N = parameters
@@ -25,11 +31,11 @@ Figures per model size:
 
 Ours runs with ``save_every=0`` (no checkpoint; TRL runs with ``save_strategy="no"``) and still saves its
 final model, which TRL does not. Before each run the heap is collected and trimmed (``gc.collect``, glibc ``malloc_trim``), so that neither
-run starts with free memory the allocator kept from the other; ours runs first.
+run starts with free memory the allocator kept from the other.
 The last line is one JSON object with ``speedup`` (TRL s/step / ours) per model size.
 
-    PYTHONPATH=src python bench/grpo_vs_trl.py            # both sizes, 12 steps each
-    PYTHONPATH=src python bench/grpo_vs_trl.py --quick    # qwen2-5m, 4 steps: a smoke run
+    PYTHONPATH=src python bench/grpo_vs_trl.py            # both sizes, 3 rounds of 8 steps each
+    PYTHONPATH=src python bench/grpo_vs_trl.py --quick    # qwen2-5m, one round of 4 steps: a smoke run
 """
 
 from __future__ import annotations
@@ -92,9 +98,9 @@ def run_ours(model_dir: Path, steps: int, warmup: int, out: Path, micro: int | N
         train_grpo(cfg, out, model=model, tokenizer=tok, task=task, progress=False)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(m["completion_len"] == NEW for m in metrics), "every completion must be exactly 32 tokens"
-    times = [m["time/step_s"] for m in metrics][warmup:]
-    return {"s_per_step": median(times), "sample_s": median([m["time/sample_s"] for m in metrics][warmup:]),
-            "train_s": median([m["time/train_s"] for m in metrics][warmup:]), "peak_rss_mb": mem.delta / 2**20}
+    return {"times": [m["time/step_s"] for m in metrics][warmup:],
+            "sample_times": [m["time/sample_s"] for m in metrics][warmup:],
+            "train_times": [m["time/train_s"] for m in metrics][warmup:], "peak_rss_mb": mem.delta / 2**20}
 
 
 def run_trl(model_dir: Path, steps: int, warmup: int, out: Path) -> dict[str, float]:
@@ -134,20 +140,21 @@ def run_trl(model_dir: Path, steps: int, warmup: int, out: Path) -> dict[str, fl
                               train_dataset=Dataset.from_dict({"prompt": prompts()}), callbacks=[timer])
         trainer.train()
     assert all(abs(n - NEW) < 1e-6 for n in timer.lengths), f"TRL completions not all {NEW} tokens: {timer.lengths}"
-    return {"s_per_step": median(timer.times[warmup:]), "peak_rss_mb": mem.delta / 2**20}
+    return {"times": timer.times[warmup:], "peak_rss_mb": mem.delta / 2**20}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="qwen2-5m,qwen2-14m")
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=8, help="steps per run [default: 8]")
+    ap.add_argument("--warmup", type=int, default=2, help="first steps of each run left out [default: 2]")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each trainer, taking turns [default: 3]")
     ap.add_argument("--micro", type=int, default=2, help="ours: prompts per forward/backward pass of an update "
                     "(micro_batch_prompts; the update is the same) [default: 2, four passes]")
-    ap.add_argument("--quick", action="store_true", help="qwen2-5m only, 4 steps (1 warm-up): a smoke run")
+    ap.add_argument("--quick", action="store_true", help="qwen2-5m only, one round of 4 steps (1 warm-up): a smoke run")
     args = ap.parse_args()
     if args.quick:
-        args.models, args.steps, args.warmup = "qwen2-5m", 4, 1
+        args.models, args.steps, args.warmup, args.rounds = "qwen2-5m", 4, 1, 1
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     import torch.utils.tensorboard  # noqa: F401  (imported before any measurement: imports are not part of a run)
@@ -166,9 +173,23 @@ def main() -> None:
             del model
             prompt_len = len(prompts()[0])
             step_flops = 2 * n * PROMPTS_PER_STEP * G * (NEW + prompt_len) + 6 * n * PROMPTS_PER_STEP * G * (prompt_len + NEW)
-            ours = run_ours(model_dir, args.steps, args.warmup, tmp / f"ours-{name}", args.micro)
+            runs: dict[str, list[dict]] = {"ours": [], "trl": []}
+            for r in range(args.rounds):
+                for who in ("ours", "trl") if r % 2 == 0 else ("trl", "ours"):
+                    out = tmp / f"{who}-{name}-{r}"
+                    runs[who].append(run_ours(model_dir, args.steps, args.warmup, out, args.micro) if who == "ours"
+                                     else run_trl(model_dir, args.steps, args.warmup, out))
+                ratio = median(runs["trl"][-1]["times"]) / median(runs["ours"][-1]["times"])
+                print(f"{name} round {r + 1}: ours {median(runs['ours'][-1]['times']):.3f} s/step, TRL "
+                      f"{median(runs['trl'][-1]['times']):.3f} s/step: {ratio:.2f}x", flush=True)
             one_pass = run_ours(model_dir, args.steps, args.warmup, tmp / f"ours1-{name}", None)
-            theirs = run_trl(model_dir, args.steps, args.warmup, tmp / f"trl-{name}")
+            ours = {"s_per_step": median([t for x in runs["ours"] for t in x["times"]]),
+                    "sample_s": median([t for x in runs["ours"] for t in x["sample_times"]]),
+                    "train_s": median([t for x in runs["ours"] for t in x["train_times"]]),
+                    "peak_rss_mb": max(x["peak_rss_mb"] for x in runs["ours"])}
+            theirs = {"s_per_step": median([t for x in runs["trl"] for t in x["times"]]),
+                      "peak_rss_mb": max(x["peak_rss_mb"] for x in runs["trl"])}
+            round_ratios = [median(b["times"]) / median(a["times"]) for a, b in zip(runs["ours"], runs["trl"])]
             flops = max(flops, matmul_flops(n=1024, repeats=10))
             floor = step_flops / flops
             speedup = theirs["s_per_step"] / ours["s_per_step"]
@@ -177,7 +198,8 @@ def main() -> None:
                 "ours_sample_s": round(ours["sample_s"], 4), "ours_train_s": round(ours["train_s"], 4),
                 "trl_s_per_step": round(theirs["s_per_step"], 4), "speedup": round(speedup, 3),
                 "ours_peak_rss_mb": round(ours["peak_rss_mb"], 1), "trl_peak_rss_mb": round(theirs["peak_rss_mb"], 1),
-                "ours_one_pass_s_per_step": round(one_pass["s_per_step"], 4),
+                "speedup_by_round": [round(x, 3) for x in round_ratios],
+                "ours_one_pass_s_per_step": round(median(one_pass["times"]), 4),
                 "ours_one_pass_peak_rss_mb": round(one_pass["peak_rss_mb"], 1),
                 "floor_s": round(floor, 4), "ours_of_floor": round(ours["s_per_step"] / floor, 2),
                 "trl_of_floor": round(theirs["s_per_step"] / floor, 2),
@@ -186,14 +208,14 @@ def main() -> None:
             print(f"{name} ({n / 1e6:.1f} M params): ours {f['ours_s_per_step']:.3f} s/step (sample "
                   f"{f['ours_sample_s']:.3f}, train {f['ours_train_s']:.3f}), peak RSS +{f['ours_peak_rss_mb']:.0f} MB | "
                   f"TRL {f['trl_s_per_step']:.3f} s/step, peak RSS +{f['trl_peak_rss_mb']:.0f} MB | speedup "
-                  f"{f['speedup']:.2f}x | floor {f['floor_s']:.3f} s: ours {f['ours_of_floor']:.1f}x, "
+                  f"{f['speedup']:.2f}x (rounds: {', '.join(f'{x:.2f}' for x in f['speedup_by_round'])}) | floor {f['floor_s']:.3f} s: ours {f['ours_of_floor']:.1f}x, "
                   f"TRL {f['trl_of_floor']:.1f}x of it | ours in one pass: {f['ours_one_pass_s_per_step']:.3f} s/step, "
                   f"peak RSS +{f['ours_one_pass_peak_rss_mb']:.0f} MB", flush=True)
     print(f"fp32 matmul throughput, best measured: {flops / 1e9:.1f} GFLOP/s; load average now "
           f"{os.getloadavg()[0]:.2f}")
     emit({"bench": "grpo_vs_trl", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
           "load_average_end": round(os.getloadavg()[0], 2),
-          "matmul_gflops": round(flops / 1e9, 1), "steps": args.steps, "warmup": args.warmup,
+          "matmul_gflops": round(flops / 1e9, 1), "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
           "micro_batch_prompts": args.micro,
           **{f"{k}_{name}": v for name, f in figures.items() for k, v in f.items()},
           "speedup": {name: f["speedup"] for name, f in figures.items()}})
