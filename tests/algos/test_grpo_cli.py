@@ -106,3 +106,21 @@ def test_failing_reward_function_exits_2_with_one_line_naming_it(tmp_path, capsy
     assert rc == 2
     lines = [line for line in err if line.startswith("gradascent: error:")]
     assert len(lines) == 1 and f"reward function '{fn}'" in lines[0] and says in lines[0], err
+
+
+def test_a_file_of_prompts_alone_trains_with_a_reward_reading_its_columns(tmp_path):
+    # rows {"prompt", "digit"}: the reward counts the row's digit in the completion, and takes the column as a
+    # required argument, so the run fails unless every batch passes it
+    rows = [{"prompt": f"{i}:", "digit": str(i % 10)} for i in range(12)]
+    (tmp_path / "only_prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "mine.py").write_text(
+        "def count_digit(prompts, completions, digit, **_):\n"
+        "    assert [p[:-1][-1] for p in prompts] == digit\n"
+        "    return [float(c.count(d)) for c, d in zip(completions, digit)]\n")
+    cfg = _config(tmp_path, task=str(tmp_path / "only_prompts.jsonl"), rewards=[f"{tmp_path / 'mine.py'}:count_digit"],
+                  steps=2, save_every=0, max_new_tokens=5)
+    assert main(["grpo", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    metrics = _rows(tmp_path / "run")
+    assert len(metrics) == 2 and all("reward/count_digit" in m for m in metrics)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2

@@ -44,6 +44,15 @@ def test_binary_file_as_data(fails_cleanly, tmp_path):
     fails_cleanly(["grpo", "--task", str(data), "--out", str(tmp_path / "o")], "weights.jsonl")
 
 
+def test_prompts_alone_are_no_sft_data_and_need_rewards_in_grpo(fails_cleanly, tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "note": "x"}) + "\n" for i in range(5)))
+    line = fails_cleanly(["sft", "--task", str(data), "--out", str(tmp_path / "o")], "prompts alone")
+    assert "note, prompt" in line and "'completion' or an 'answer'" in line
+    fails_cleanly(["grpo", "--task", str(data), "--model", "qwen2-micro", "--out", str(tmp_path / "g")],
+                  "set 'rewards'")
+
+
 def test_empty_dataset(fails_cleanly, tmp_path):
     data = tmp_path / "empty.jsonl"
     data.write_text("\n")

@@ -135,8 +135,8 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
     f = _write(tmp_path / "type.jsonl", [json.dumps({"prompt": ["a"], "answer": "2"})])
     with pytest.raises(DataError, match=r"type\.jsonl:1: field 'prompt' must be text"):
         load_task(str(f))
-    f = _write(tmp_path / "fields.jsonl", [json.dumps({"prompt": "a", "output": "b"})])
-    with pytest.raises(DataError, match=r"fields\.jsonl:1: a row needs 'answer', 'completion'"):
+    f = _write(tmp_path / "noprompt.jsonl", [json.dumps({"question": "a", "answer": "b"})])
+    with pytest.raises(DataError, match=r"noprompt\.jsonl:1: missing field 'prompt'"):
         load_task(str(f))
 
 
@@ -156,3 +156,12 @@ def test_empty_binary_and_missing_files(tmp_path):
         load_task(str(tmp_path / "nope.jsonl"))
     with pytest.raises(DataError, match="is a directory"):
         read_jsonl(tmp_path)
+
+
+def test_a_file_of_prompts_alone_is_a_prompt_task_whose_other_fields_are_columns(tmp_path):
+    rows = [{"prompt": f"q{i}", "topic": "t" * i} for i in range(10)]
+    f = _write(tmp_path / "prompts.jsonl", [json.dumps(r) for r in rows])
+    task = load_task(str(f), eval_fraction=0.2)
+    assert task.kind == "prompt" and task.reward_fns == () and task.max_new_tokens == 64
+    assert sorted(task.train + task.eval, key=lambda r: r["prompt"]) == rows  # nothing lost, columns kept
+    assert task.eval and task.train  # split as any file is (split_rows)

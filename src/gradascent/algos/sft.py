@@ -381,6 +381,10 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     dist_info = distributed.init(cfg.device)
     # Data and settings are checked before the run directory is touched, so bad input leaves it as it was.
     task = load_task(cfg.task, n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed, eval_file=cfg.eval_file)
+    if task.kind == "prompt":
+        raise DataError(f"task {cfg.task!r} holds prompts alone (fields of its first row: "
+                        f"{', '.join(sorted(task.train[0] if task.train else task.eval[0]))}); SFT needs a "
+                        "'completion' or an 'answer' beside each prompt")
     if cfg.stop_at is not None:  # the watched metric must exist before any training starts
         watched({"eval/reward": 0.0, **{f"eval/reward/{reward_name(fn)}": 0.0 for fn in task.reward_fns}}, cfg)
     run = RunDir(cfg.out) if dist_info.is_main else None

@@ -4,7 +4,8 @@
 
     arithmetic   rows {"prompt": "47+38=", "answer": "85"}; rewards exact_match (1.0) + format_number (0.1)
     preference   rows {"prompt", "chosen", "rejected"} from a hidden rule; reward preference_reward (the rule)
-    FILE.jsonl   rows as in ``tasks.data``; an answer file gets the arithmetic rewards, the others none
+    FILE.jsonl   rows as in ``tasks.data``; an answer file gets the arithmetic rewards, the others none (a file
+                 of prompts alone is for reward functions of one's own)
 
 Reward functions are plain callables ``(prompts, completions, **columns) -> list[float]`` (see
 ``gradascent.rewards``); a row's other fields are the columns. ``sft_example`` turns any row into the
@@ -25,7 +26,7 @@ from gradascent.tasks.data import FORMATS, load_rows, read_jsonl
 from gradascent.tasks.preference import preference_pairs, preference_prompts, preference_reward, preference_score
 
 RewardFn = Callable[..., Sequence[float]]
-TaskKind = Literal["answer", "completion", "preference"]
+TaskKind = Literal["answer", "completion", "preference", "prompt"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Task:
 
     Attributes:
         name: the built-in name or the file path.
-        kind: 'answer' | 'completion' | 'preference' (the row format, ``tasks.data.FORMATS``).
+        kind: 'answer' | 'completion' | 'preference' | 'prompt' (the row format, ``tasks.data.FORMATS``).
         train, eval: rows (dicts with at least "prompt").
         reward_fns, reward_weights: the task's rewards and their weights (empty for plain demonstrations).
         max_new_tokens: a completion budget, in characters of the built-in tokenizer, that fits the task.
@@ -124,8 +125,9 @@ def load_task(
         train, evals = split_rows(rows, eval_fraction, seed)
     fns: tuple[RewardFn, ...] = (exact_match, format_number) if kind == "answer" else ()
     weights: tuple[float, ...] = (1.0, 0.1) if kind == "answer" else ()
-    longest = max(len(sft_example(r)[1]) for r in rows)
-    return Task(spec, kind, train, evals, fns, weights, max_new_tokens=max(8, 2 * longest))  # type: ignore[arg-type]
+    # completion budget: twice the longest target text, or 64 tokens where the rows hold only prompts
+    budget = max(8, 2 * max(len(sft_example(r)[1]) for r in rows)) if kind != "prompt" else 64
+    return Task(spec, kind, train, evals, fns, weights, max_new_tokens=budget)  # type: ignore[arg-type]
 
 
 __all__ = [

@@ -1,10 +1,12 @@
 """Reading task data from JSONL files: one JSON object per line, strict, errors naming file and line.
 
-Three row formats, told apart by their fields:
+Four row formats, told apart by their fields (the first that fits, in this order):
 
-    {"prompt": ..., "answer": ...}                  a task with a verifiable answer
-    {"prompt": ..., "completion": ...}              demonstrations for SFT
     {"prompt": ..., "chosen": ..., "rejected": ...} preference pairs
+    {"prompt": ..., "completion": ...}              demonstrations for SFT
+    {"prompt": ..., "answer": ...}                  a task with a verifiable answer
+    {"prompt": ...}                                 prompts alone, for GRPO or PPO with reward functions of
+                                                    one's own (any other field is a column they receive)
 
 Blank lines are skipped. Extra fields are kept (reward functions receive them as columns). A line that is not
 JSON, not an object, or lacks a field is a ``DataError`` naming ``file:line``; so is a binary file, a file
@@ -26,6 +28,7 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "preference": ("prompt", "chosen", "rejected"),
     "completion": ("prompt", "completion"),
     "answer": ("prompt", "answer"),
+    "prompt": ("prompt",),
 }
 
 
@@ -72,13 +75,9 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",)) -> list[
 
 
 def detect_format(path: str | Path) -> str:
-    """'preference', 'completion' or 'answer': the first format whose fields the first row has."""
+    """'preference', 'completion', 'answer' or 'prompt': the first format whose fields the first row has."""
     first = read_jsonl(path, required=("prompt",))[0]
-    for name, fields in FORMATS.items():
-        if all(f in first for f in fields):
-            return name
-    raise DataError(f"{path}:1: a row needs 'answer', 'completion', or 'chosen' and 'rejected' beside 'prompt'; "
-                    f"found fields {', '.join(sorted(first))}")
+    return next(name for name, fields in FORMATS.items() if all(f in first for f in fields))
 
 
 def load_rows(path: str | Path) -> tuple[str, list[Row]]:
