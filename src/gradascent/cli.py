@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "gradascent.algos.ppo_rlhf",
     "gradascent.algos.rlhf",
     "gradascent.algos.grpo",
+    "gradascent.lm.cli",
     "gradascent.run.plot",
     "gradascent.run.resume",
 ]

@@ -1,0 +1,146 @@
+"""``gradascent generate`` and ``gradascent eval``: try a trained language model from the command line.
+
+Both are thin shells over the Python API: ``generate`` is ``lm.load_model`` then ``lm.generate_text``;
+``eval`` is ``lm.load_model``, ``tasks.load_task`` and ``algos.grpo.evaluate`` (greedy completions scored by
+reward functions: with the exact-match reward, the accuracy). After ``make demo``::
+
+    gradascent generate runs/demo/grpo/model --prompt "12+34=" -n 4
+    gradascent eval runs/demo/grpo/model --task runs/demo/data/test.jsonl    # the demo's accuracy_after
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from gradascent.errors import ConfigError
+
+_SPLITS = ("eval", "train", "all")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a model directory (a run's model/, any local Hugging Face causal LM) or a preset "
+                                 "name (random weights)")
+    p.add_argument("--device", default=None, help="torch device [default: cpu]")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="compute dtype [default: as saved]")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let a model directory run its own code (off by default)")
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("generate", parents=[common], help="sample completions of prompts from a language model",
+                       description="Sample completions of the given prompts (lm.generate_text) and print them.")
+    _model_args(p)
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeatable)")
+    p.add_argument("--prompts-file", metavar="FILE", help="a JSONL file of rows with a 'prompt' (a task file)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N prompts of the file")
+    p.add_argument("-n", "--num-samples", type=int, default=1, help="completions per prompt [default: 1]")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="[default: 64]")
+    p.add_argument("--temperature", type=float, default=1.0, help="[default: 1.0]")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
+    p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws [default: 0]")
+    p.add_argument("--json", action="store_true", help="one JSON object per completion instead of text")
+    p.set_defaults(func=_generate_cmd)
+
+    p = sub.add_parser("eval", parents=[common], help="score a language model's greedy answers on a task",
+                       description="Greedy completions of a task's prompts scored by its reward functions "
+                                   "(algos.grpo.evaluate): with the exact-match reward, the accuracy.")
+    _model_args(p)
+    p.add_argument("--task", required=True, help="a built-in task (arithmetic) or a JSONL file of prompts "
+                                                  "(and answers)")
+    p.add_argument("--split", choices=_SPLITS, default=None,
+                   help="rows to score: a built-in task's held-out 'eval' rows or its 'train' rows; a file's "
+                        "'all' rows, or its 'eval'/'train' split as the trainers make it [default: eval for a "
+                        "built-in task, all for a file]")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N rows")
+    p.add_argument("--rewards", nargs="+", default=None, metavar="FN",
+                   help="reward functions (built-in names or module:function) instead of the task's")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="[default: the task's budget]")
+    p.add_argument("--seed", type=int, default=0, help="data seed of a built-in task / of a file's split")
+    p.add_argument("--batch-size", type=int, default=128, help="prompts per generation batch [default: 128]")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.set_defaults(func=_eval_cmd)
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from gradascent.lm import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"{name} must be >= 1, got {value}")
+
+
+def _generate_cmd(args: argparse.Namespace) -> int:
+    import torch
+
+    from gradascent.lm import generate_text
+    from gradascent.tasks.data import read_jsonl
+
+    _positive("--limit", args.limit)
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        prompts += [r["prompt"] for r in read_jsonl(args.prompts_file, required=("prompt",))][:args.limit]
+    if not prompts:
+        raise ConfigError("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE.jsonl")
+    model, tokenizer = _load(args)
+    device = next(model.parameters()).device
+    gen, texts = generate_text(
+        model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, num_samples=args.num_samples,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
+        generator=torch.Generator(device=device).manual_seed(args.seed))
+    lengths, logp, finished = gen.lengths.tolist(), gen.logp.sum(-1).tolist(), gen.finished.tolist()
+    for i, prompt in enumerate(prompts):
+        if not args.json:
+            print(f"prompt {i + 1}: {json.dumps(prompt, ensure_ascii=False)}")
+        for j in range(args.num_samples):
+            row = i * args.num_samples + j  # the samples of one prompt are contiguous
+            if args.json:
+                print(json.dumps({"prompt": prompt, "sample": j, "completion": texts[row], "tokens": lengths[row],
+                                  "finished": finished[row], "logp": round(logp[row], 4)}, ensure_ascii=False))
+            else:
+                end = "" if finished[row] else "  [cut at max_new_tokens]"
+                print(f"  {j + 1}: {json.dumps(texts[row], ensure_ascii=False)}{end}")
+    return 0
+
+
+def _eval_cmd(args: argparse.Namespace) -> int:
+    from gradascent.algos.grpo import evaluate
+    from gradascent.rewards import resolve_reward
+    from gradascent.tasks import BUILTIN_TASKS, load_task
+    from gradascent.tasks.data import load_rows
+
+    _positive("--limit", args.limit)
+    _positive("--batch-size", args.batch_size)
+    _positive("--max-new-tokens", args.max_new_tokens)
+    task = load_task(args.task, seed=args.seed)
+    builtin = args.task in BUILTIN_TASKS
+    split = args.split or ("eval" if builtin else "all")
+    if builtin and split == "all":
+        raise ConfigError("--split all is for a file; a built-in task has 'eval' and 'train' rows")
+    if split == "all":  # the file's rows in its own order
+        rows = load_rows(args.task)[1][:args.limit]
+    else:
+        rows = (task.eval if split == "eval" else task.train)[:args.limit]
+    if not rows:
+        raise ConfigError(f"task {args.task!r} has no {split!r} rows to score")
+    fns = [resolve_reward(r) for r in args.rewards] if args.rewards else list(task.reward_fns)
+    if not fns:
+        raise ConfigError(f"task {args.task!r} has no reward functions of its own ({task.kind} rows); "
+                          "pass --rewards")
+    model, tokenizer = _load(args)
+    metrics = evaluate(model, tokenizer, rows, fns, args.max_new_tokens or task.max_new_tokens,
+                       batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps({"task": args.task, "split": split, "rows": len(rows), **metrics}))
+    else:
+        print(f"{len(rows)} prompts of {args.task} ({split}), greedy:")
+        for key, value in metrics.items():
+            print(f"  {key}: {value:.4f}")
+    return 0

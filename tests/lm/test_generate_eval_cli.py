@@ -1,0 +1,98 @@
+"""`gradascent generate` and `gradascent eval`: what they print is what the Python API returns, and bad input
+is a one-line error."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradascent.algos.grpo import evaluate
+from gradascent.cli import main
+from gradascent.lm import build_model, generate_text, load_model, save_model
+from gradascent.lm.tokenizers import char_tokenizer
+from gradascent.tasks import arithmetic_task
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    tok = char_tokenizer()
+    return save_model(build_model("qwen2-micro", tok, seed=3), tok, tmp_path_factory.mktemp("m") / "model")
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _lines(capsys) -> list[str]:
+    return capsys.readouterr().out.splitlines()
+
+
+def test_generate_prints_the_api_completions_grouped_by_prompt(model_dir, capsys):
+    assert main(["generate", str(model_dir), "--prompt", "1+2=", "--prompt", "30+4=", "-n", "3",
+                 "--max-new-tokens", "5", "--seed", "7", "--json"]) == 0
+    printed = [json.loads(line) for line in _lines(capsys)]
+    model, tok = load_model(model_dir)
+    gen, texts = generate_text(model, tok, ["1+2=", "30+4="], max_new_tokens=5, num_samples=3,
+                               generator=torch.Generator().manual_seed(7))
+    assert [(r["prompt"], r["sample"]) for r in printed] == [(p, j) for p in ("1+2=", "30+4=") for j in range(3)]
+    assert [r["completion"] for r in printed] == texts
+    assert [r["tokens"] for r in printed] == gen.lengths.tolist()
+    assert all(1 <= r["tokens"] <= 5 for r in printed)
+    assert [r["logp"] for r in printed] == pytest.approx(gen.logp.sum(-1).tolist(), abs=1e-4)
+
+
+def test_generate_reads_prompts_from_a_task_file(model_dir, tmp_path, capsys):
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "5+5=", "answer": "10"}, {"prompt": "6+1=", "answer": "7"},
+                                         {"prompt": "9+9=", "answer": "18"}])
+    assert main(["generate", str(model_dir), "--prompts-file", str(path), "--limit", "2", "--greedy",
+                 "--max-new-tokens", "4"]) == 0
+    lines = _lines(capsys)
+    assert [line for line in lines if line.startswith("prompt")] == ['prompt 1: "5+5="', 'prompt 2: "6+1="']
+    assert len(lines) == 4  # one greedy completion under each prompt
+
+
+def test_eval_scores_rows_in_file_order_with_a_user_reward(model_dir, tmp_path, capsys):
+    # the reward is the prompt's length, whatever the model writes: rows "a", "bbb", "cccccc" score 1, 3, 6
+    (tmp_path / "lenreward.py").write_text(
+        "def prompt_len(prompts, completions, **_):\n    return [float(len(p)) for p in prompts]\n")
+    task = _jsonl(tmp_path / "t.jsonl", [{"prompt": p} for p in ("a", "bbb", "cccccc")])
+    reward = f"{tmp_path / 'lenreward.py'}:prompt_len"
+    assert main(["eval", str(model_dir), "--task", str(task), "--rewards", reward, "--max-new-tokens", "3",
+                 "--json"]) == 0
+    out = json.loads(_lines(capsys)[-1])
+    assert (out["split"], out["rows"]) == ("all", 3)
+    assert out["eval/prompt_len"] == pytest.approx(10 / 3)
+    assert main(["eval", str(model_dir), "--task", str(task), "--rewards", reward, "--max-new-tokens", "3",
+                 "--limit", "2", "--json"]) == 0
+    assert json.loads(_lines(capsys)[-1])["eval/prompt_len"] == pytest.approx(2.0)  # (1 + 3) / 2
+
+
+def test_eval_of_a_builtin_task_is_evaluate_on_its_held_out_rows(model_dir, capsys):
+    assert main(["eval", str(model_dir), "--task", "arithmetic", "--limit", "16", "--json"]) == 0
+    out = json.loads(_lines(capsys)[-1])
+    task = arithmetic_task(seed=0)
+    model, tok = load_model(model_dir)
+    expected = evaluate(model, tok, task.eval[:16], list(task.reward_fns), task.max_new_tokens)
+    assert (out["split"], out["rows"]) == ("eval", 16)
+    assert {k: out[k] for k in expected} == pytest.approx(expected)
+    assert set(expected) == {"eval/exact_match", "eval/format_number"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "{model}", "--max-new-tokens", "2"], "no prompts"),
+    (["generate", "{model}", "--prompt", "x", "-n", "0"], "num_samples must be >= 1"),
+    (["generate", "{model}", "--prompts-file", "{tmp}/missing.jsonl"], "does not exist"),
+    (["generate", "{tmp}/no-model", "--prompt", "x"], "no-model"),
+    (["eval", "{model}", "--task", "arithmetic", "--split", "all"], "--split all is for a file"),
+    (["eval", "{model}", "--task", "arithmetic", "--limit", "0"], "--limit must be >= 1"),
+    (["eval", "{model}", "--task", "{tmp}/prefs.jsonl"], "pass --rewards"),
+    (["eval", "{model}", "--task", "arithmetic", "--rewards", "no_such_reward"], "no_such_reward"),
+])
+def test_bad_input_is_a_one_line_error(model_dir, tmp_path, capsys, argv, message):
+    _jsonl(tmp_path / "prefs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    argv = [a.format(model=model_dir, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gradascent: error:") and message in err[-1], err
