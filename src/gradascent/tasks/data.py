@@ -5,8 +5,8 @@ Four row formats, told apart by their fields (the first that fits, in this order
     {"prompt": ..., "chosen": ..., "rejected": ...} preference pairs
     {"prompt": ..., "completion": ...}              demonstrations for SFT
     {"prompt": ..., "answer": ...}                  a task with a verifiable answer
-    {"prompt": ...}                                 prompts alone, for GRPO or PPO with reward functions of
-                                                    one's own (any other field is a column they receive)
+    {"prompt": ...}                                 prompts alone: for GRPO with reward functions of one's own
+                                                    (any other field is a column they receive), or PPO
 
 Blank lines are skipped. Extra fields are kept (reward functions receive them as columns). A line that is not
 JSON, not an object, or lacks a field is a ``DataError`` naming ``file:line``; so is a binary file, a file
