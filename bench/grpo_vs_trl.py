@@ -22,6 +22,8 @@ Figures per model size:
                its generation); ``speedup`` = TRL's over ours, and each round's own ratio beside it
     peak RSS   highest resident set size during a run minus the RSS before it (bench/_common.PeakRSS), the
                highest over the rounds
+    one pass   ours with the whole update in one forward/backward pass, one run after the rounds (not
+               interleaved: a side figure for the memory/time trade of ``--micro``)
     floor      model FLOPs of one step over the measured fp32 matmul throughput: 2 N per generated token
                (64 x 32 sampled tokens plus the 64 x 6 prompt tokens of the prefill) plus 6 N per trained token
                (forward + backward over 64 x (6 + 32) tokens), N = parameters
@@ -155,6 +157,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.models, args.steps, args.warmup, args.rounds = "qwen2-5m", 4, 1, 1
+    if args.rounds < 1 or args.warmup < 0 or args.steps <= args.warmup:
+        ap.error("need --rounds >= 1 and --steps > --warmup >= 0")
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     import torch.utils.tensorboard  # noqa: F401  (imported before any measurement: imports are not part of a run)

@@ -168,7 +168,8 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSetting
     plots.append(plot_accuracy(out, steps, before))
     summary = {"accuracy_before": before, "accuracy_after": after, "gain": after - before, "seed": seed,
                "model": settings.model, "sft_steps": steps, "sft_val_accuracy": val_acc, "grpo_steps": cfg.steps,
-               "test_problems": len(task.eval), "sft_seconds": t_sft, "total_seconds": elapsed}
+               "test_problems": len(task.eval), "max_new_tokens": task.max_new_tokens, "sft_seconds": t_sft,
+               "total_seconds": elapsed}
     RunDir(out, tensorboard=False).write_summary(summary)
     say(f"run directory: {out} (summary.json, sft/ and grpo/ each with its model/, plots/)")
     return summary

@@ -11,7 +11,7 @@ from gradascent.algos.grpo import evaluate
 from gradascent.cli import main
 from gradascent.lm import build_model, generate_text, load_model, save_model
 from gradascent.lm.tokenizers import char_tokenizer
-from gradascent.tasks import arithmetic_task
+from gradascent.tasks import arithmetic_task, load_task
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +80,32 @@ def test_eval_of_a_builtin_task_is_evaluate_on_its_held_out_rows(model_dir, caps
     assert set(expected) == {"eval/exact_match", "eval/format_number"}
 
 
+@pytest.mark.parametrize("split", ["eval", "train"])
+def test_eval_scores_the_rows_of_the_split_it_names(model_dir, tmp_path, capsys, split):
+    # a reward that reads the prompt tells which rows were scored: the mean prompt length of the split's rows
+    (tmp_path / "lenreward.py").write_text(
+        "def prompt_len(prompts, completions, **_):\n    return [float(len(p)) for p in prompts]\n")
+    reward = f"{tmp_path / 'lenreward.py'}:prompt_len"
+    rows = [{"prompt": "x" * (i + 1), "answer": "1"} for i in range(40)]
+    task_file = _jsonl(tmp_path / "t.jsonl", rows)
+    for spec, task in [("arithmetic", arithmetic_task(seed=2)), (str(task_file), load_task(str(task_file), seed=2))]:
+        assert main(["eval", str(model_dir), "--task", spec, "--split", split, "--seed", "2", "--limit", "24",
+                     "--rewards", reward, "--max-new-tokens", "2", "--json"]) == 0
+        out = json.loads(_lines(capsys)[-1])
+        picked = (task.eval if split == "eval" else task.train)[:24]
+        assert out["rows"] == len(picked) and len(picked) >= 2
+        assert out["eval/prompt_len"] == pytest.approx(sum(len(r["prompt"]) for r in picked) / len(picked))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["generate", "{model}", "--max-new-tokens", "2"], "no prompts"),
+    (["generate", "{model}", "--prompt", "x", "--limit", "2"], "--limit applies to the prompts of --prompts-file"),
     (["generate", "{model}", "--prompt", "x", "-n", "0"], "num_samples must be >= 1"),
     (["generate", "{model}", "--prompts-file", "{tmp}/missing.jsonl"], "does not exist"),
     (["generate", "{tmp}/no-model", "--prompt", "x"], "no-model"),
     (["eval", "{model}", "--task", "arithmetic", "--split", "all"], "--split all is for a file"),
     (["eval", "{model}", "--task", "arithmetic", "--limit", "0"], "--limit must be >= 1"),
-    (["eval", "{model}", "--task", "{tmp}/prefs.jsonl"], "pass --rewards"),
+    (["eval", "{model}", "--task", "{tmp}/prefs.jsonl"], "fields chosen, prompt, rejected) has no reward"),
     (["eval", "{model}", "--task", "arithmetic", "--rewards", "no_such_reward"], "no_such_reward"),
 ])
 def test_bad_input_is_a_one_line_error(model_dir, tmp_path, capsys, argv, message):

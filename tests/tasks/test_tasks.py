@@ -165,3 +165,14 @@ def test_a_file_of_prompts_alone_is_a_prompt_task_whose_other_fields_are_columns
     assert task.kind == "prompt" and task.reward_fns == () and task.max_new_tokens == 64
     assert sorted(task.train + task.eval, key=lambda r: r["prompt"]) == rows  # nothing lost, columns kept
     assert task.eval and task.train  # split as any file is (split_rows)
+
+
+def test_every_row_of_a_task_file_needs_the_first_rows_fields(tmp_path):
+    # the fields become the reward functions' columns, so a row with more, fewer or other fields is an error
+    # naming its line, also when a later row adds an answer to a file that began with a prompt alone
+    for name, second in [("extra", {"prompt": "b", "topic": "x", "note": "y"}), ("fewer", {"prompt": "b"}),
+                         ("answer", {"prompt": "b", "topic": "x", "answer": "2"})]:
+        f = _write(tmp_path / f"{name}.jsonl", [json.dumps({"prompt": "a", "topic": "x"}), json.dumps(second)])
+        with pytest.raises(DataError, match=rf"{name}\.jsonl:2: fields .* differ from the first row's "
+                                            r"\(prompt, topic\)"):
+            load_task(str(f))

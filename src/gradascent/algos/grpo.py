@@ -77,7 +77,7 @@ from gradascent.lm import (
 from gradascent.lm.grouped import GroupedLogprobs
 from gradascent.lm.models import eval_mode
 from gradascent.rewards import RewardFn, resolve_reward, score
-from gradascent.tasks import Task, load_task
+from gradascent.tasks import Task, describe_rows, load_task
 from gradascent.run import distributed
 from gradascent.run.checkpoint import (
     capture_rng,
@@ -562,7 +562,8 @@ def train_grpo(
     else:
         reward_fns, reward_weights = list(task.reward_fns), list(task.reward_weights) or None
     if not reward_fns:
-        raise ConfigError(f"no reward functions: task {task.name!r} has none of its own; set 'rewards'")
+        raise ConfigError(f"no reward functions: task {task.name!r} ({describe_rows(task)}) has none of its own; "
+                          "set 'rewards'")
     max_new = cfg.max_new_tokens or task.max_new_tokens
     eos = eos_token_ids(tokenizer, model) if cfg.stop_at_eos else []
     # The training forward; under torchrun in DDP, or sharded with FSDP2 (then model's parameters are shards).

@@ -56,7 +56,7 @@ from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
 from gradascent.run.rundir import RunDir, check_resume
 from gradascent.run.schedule import lr_multiplier
-from gradascent.tasks import Task, load_task, sft_example
+from gradascent.tasks import Task, describe_rows, load_task, sft_example
 
 # Metrics that measure the clock, not the run: they differ between a resumed run and an uninterrupted one.
 WALL_CLOCK_METRICS = ("time_s", "tokens_per_s")
@@ -382,8 +382,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     # Data and settings are checked before the run directory is touched, so bad input leaves it as it was.
     task = load_task(cfg.task, n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed, eval_file=cfg.eval_file)
     if task.kind == "prompt":
-        raise DataError(f"task {cfg.task!r} holds prompts alone (fields of its first row: "
-                        f"{', '.join(sorted(task.train[0] if task.train else task.eval[0]))}); SFT needs a "
+        raise DataError(f"task {cfg.task!r} holds prompts alone ({describe_rows(task)}); SFT needs a "
                         "'completion' or an 'answer' beside each prompt")
     if cfg.stop_at is not None:  # the watched metric must exist before any training starts
         watched({"eval/reward": 0.0, **{f"eval/reward/{reward_name(fn)}": 0.0 for fn in task.reward_fns}}, cfg)

@@ -5,7 +5,7 @@ Both are thin shells over the Python API: ``generate`` is ``lm.load_model`` then
 reward functions: with the exact-match reward, the accuracy). After ``make demo``::
 
     gradascent generate runs/demo/grpo/model --prompt "12+34=" -n 4
-    gradascent eval runs/demo/grpo/model --task runs/demo/data/test.jsonl    # the demo's accuracy_after
+    gradascent eval runs/demo/grpo/model --task runs/demo/data/test.jsonl --max-new-tokens 4  # accuracy_after
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                        description="Greedy completions of a task's prompts scored by its reward functions "
                                    "(algos.grpo.evaluate): with the exact-match reward, the accuracy.")
     _model_args(p)
-    p.add_argument("--task", required=True, help="a built-in task (arithmetic) or a JSONL file of prompts "
-                                                  "(and answers)")
+    p.add_argument("--task", required=True, help="a built-in task (arithmetic, preference) or a JSONL task file")
     p.add_argument("--split", choices=_SPLITS, default=None,
-                   help="rows to score: a built-in task's held-out 'eval' rows or its 'train' rows; a file's "
-                        "'all' rows, or its 'eval'/'train' split as the trainers make it [default: eval for a "
-                        "built-in task, all for a file]")
+                   help="rows to score: a built-in task's held-out 'eval' rows or its 'train' rows (as "
+                        "load_task makes them with --seed and its default sizes); a file's 'all' rows in its "
+                        "order, or its 'eval'/'train' split as load_task makes it with --seed [default: eval "
+                        "for a built-in task, all for a file]")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N rows")
     p.add_argument("--rewards", nargs="+", default=None, metavar="FN",
                    help="reward functions (built-in names or module:function) instead of the task's")
@@ -84,6 +84,8 @@ def _generate_cmd(args: argparse.Namespace) -> int:
     from gradascent.tasks.data import read_jsonl
 
     _positive("--limit", args.limit)
+    if args.limit is not None and not args.prompts_file:
+        raise ConfigError("--limit applies to the prompts of --prompts-file; none was given")
     prompts = list(args.prompt)
     if args.prompts_file:
         prompts += [r["prompt"] for r in read_jsonl(args.prompts_file, required=("prompt",))][:args.limit]
@@ -113,7 +115,7 @@ def _generate_cmd(args: argparse.Namespace) -> int:
 def _eval_cmd(args: argparse.Namespace) -> int:
     from gradascent.algos.grpo import evaluate
     from gradascent.rewards import resolve_reward
-    from gradascent.tasks import BUILTIN_TASKS, load_task
+    from gradascent.tasks import BUILTIN_TASKS, describe_rows, load_task
     from gradascent.tasks.data import load_rows
 
     _positive("--limit", args.limit)
@@ -132,7 +134,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         raise ConfigError(f"task {args.task!r} has no {split!r} rows to score")
     fns = [resolve_reward(r) for r in args.rewards] if args.rewards else list(task.reward_fns)
     if not fns:
-        raise ConfigError(f"task {args.task!r} has no reward functions of its own ({task.kind} rows); "
+        raise ConfigError(f"task {args.task!r} ({describe_rows(task)}) has no reward functions of its own; "
                           "pass --rewards")
     model, tokenizer = _load(args)
     metrics = evaluate(model, tokenizer, rows, fns, args.max_new_tokens or task.max_new_tokens,

@@ -51,6 +51,12 @@ class Task:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def describe_rows(task: Task) -> str:
+    """'<kind> rows with fields a, b, c': what a task's rows hold, for error messages."""
+    first = (task.train or task.eval or [{}])[0]
+    return f"{task.kind} rows with fields {', '.join(sorted(first))}"
+
+
 def sft_example(row: dict[str, Any]) -> tuple[str, str]:
     """(prompt, completion) of a row: its 'completion', else its 'answer', else its 'chosen' text."""
     for key in ("completion", "answer", "chosen"):
@@ -120,7 +126,7 @@ def load_task(
         raise ConfigError(f"task {spec!r} is neither a built-in task ({', '.join(BUILTIN_TASKS)}) nor a JSONL file")
     kind, rows = load_rows(spec)
     if eval_file is not None:
-        train, evals = rows, read_jsonl(eval_file, required=FORMATS[kind])
+        train, evals = rows, read_jsonl(eval_file, required=FORMATS[kind], same_fields=True)
     else:
         train, evals = split_rows(rows, eval_fraction, seed)
     fns: tuple[RewardFn, ...] = (exact_match, format_number) if kind == "answer" else ()
@@ -135,6 +141,7 @@ __all__ = [
     "Task",
     "arithmetic_dataset",
     "arithmetic_task",
+    "describe_rows",
     "exact_match",
     "format_number",
     "load_task",

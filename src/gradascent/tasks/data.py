@@ -8,9 +8,10 @@ Four row formats, told apart by their fields (the first that fits, in this order
     {"prompt": ...}                                 prompts alone: for GRPO with reward functions of one's own
                                                     (any other field is a column they receive), or PPO
 
-Blank lines are skipped. Extra fields are kept (reward functions receive them as columns). A line that is not
-JSON, not an object, or lacks a field is a ``DataError`` naming ``file:line``; so is a binary file, a file
-that is not UTF-8, and a file with no rows.
+Blank lines are skipped. Extra fields are kept (reward functions receive them as columns), so every row of a
+task file has the same fields as its first. A line that is not JSON, not an object, lacks a field or has other
+fields than the first row is a ``DataError`` naming ``file:line``; so is a binary file, a file that is not
+UTF-8, and a file with no rows.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ FORMATS: dict[str, tuple[str, ...]] = {
 }
 
 
-def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",)) -> list[Row]:
+def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",), same_fields: bool = False) -> list[Row]:
     """Rows of a JSONL file, each an object holding every field of ``required`` as text.
 
     Numbers in a required field (``"answer": 19``) are turned into their text; any other type is an error.
+    With ``same_fields`` every row must have the first row's fields, no more and no fewer (a task's rows
+    become the columns of its reward functions, one list per field).
     """
     p = Path(path)
     if not p.exists():
@@ -68,6 +71,10 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",)) -> list[
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise DataError(f"{p}:{lineno}: field '{key}' must be text, got {type(value).__name__}")
             obj[key] = value if isinstance(value, str) else str(value)
+        if same_fields and rows and obj.keys() != rows[0].keys():
+            raise DataError(f"{p}:{lineno}: fields {', '.join(sorted(obj))} differ from the first row's "
+                            f"({', '.join(sorted(rows[0]))}); every row of a task file needs the same fields, "
+                            "which reward functions receive as columns")
         rows.append(obj)
     if not rows:
         raise DataError(f"{p} holds no examples (an empty dataset)")
@@ -81,6 +88,6 @@ def detect_format(path: str | Path) -> str:
 
 
 def load_rows(path: str | Path) -> tuple[str, list[Row]]:
-    """(format, rows) of a JSONL task file; every row is checked against the first row's format."""
+    """(format, rows) of a JSONL task file; every row must have the fields of the first, which set the format."""
     fmt = detect_format(path)
-    return fmt, read_jsonl(path, required=FORMATS[fmt])
+    return fmt, read_jsonl(path, required=FORMATS[fmt], same_fields=True)
