@@ -172,6 +172,9 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSetting
                "total_seconds": elapsed}
     RunDir(out, tensorboard=False).write_summary(summary)
     say(f"run directory: {out} (summary.json, sft/ and grpo/ each with its model/, plots/)")
+    say(f"try the model: gradascent generate {out / 'grpo' / 'model'} --prompt {json.dumps(task.eval[0]['prompt'])} "
+        f"-n 4\n               gradascent eval {out / 'grpo' / 'model'} --task {data / 'test.jsonl'} "
+        f"--max-new-tokens {task.max_new_tokens}")
     return summary
 
 
