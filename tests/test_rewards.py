@@ -60,3 +60,19 @@ def test_resolve_reward_specs(tmp_path):
         resolve_reward("no_such_module_xyz:f")
     with pytest.raises(RewardError, match="neither a built-in"):
         resolve_reward("exactish")
+
+
+def test_builtins_with_an_argument_from_their_spec():
+    # regex(PATTERN) matches the whole stripped completion; a ':' or ',' inside the pattern belongs to it
+    apples = resolve_reward(r"regex(-?\d+ apples)")
+    assert apples([""] * 4, ["12 apples", " -3 apples ", "apples", "12 apples!"]) == [1.0, 1.0, 0.0, 0.0]
+    assert resolve_reward("regex((?:ab){1,2})")([""] * 3, ["ab", "abab", "ababab"]) == [1.0, 1.0, 0.0]
+    # length_penalty(5): -(len - 5) / 5 above 5 characters: 3 chars -> 0, 10 chars -> -1, 8 chars -> -0.6
+    short = resolve_reward("length_penalty(5)")
+    assert short([""] * 3, ["abc", "abcdefghij", "abcdefgh"]) == pytest.approx([0.0, -1.0, -0.6])
+    assert (apples.__name__, short.__name__) == (r"regex[-?\d+ apples]", "length_penalty[5]")  # metric names
+    for spec, message in [("regex((", r"write it as regex\(ARGUMENT\)"), ("regex((a)", "not a valid regular"),
+                          ("length_penalty(x)", "whole number"), ("length_penalty(0)", "whole number"),
+                          ("nosuch(1)", r"no built-in 'nosuch\(...\)'")]:
+        with pytest.raises(RewardError, match=message):
+            resolve_reward(spec)

@@ -13,8 +13,9 @@ a ``RewardError`` naming the function and the sample.
 
 Built-ins, usable by name in configs: ``numeric_match`` (the last number of the completion equals the
 ``answer`` column), ``format_number`` (the completion is a bare integer), ``length_penalty`` (minus the
-completion's length over 100 characters). ``regex_reward(pattern)`` and ``length_penalty_fn(max_chars)``
-build others in Python. Users name their own as ``module:function`` or ``path/to/file.py:function``.
+completion's length over 100 characters), and with an argument ``regex(PATTERN)`` (1.0 when the stripped
+completion fully matches PATTERN) and ``length_penalty(N)`` (the same penalty above N characters);
+``regex_reward(pattern)`` and ``length_penalty_fn(max_chars)`` build them in Python. Users name their own as ``module:function`` or ``path/to/file.py:function``.
 """
 
 from __future__ import annotations
@@ -95,15 +96,51 @@ BUILTIN_REWARDS: dict[str, RewardFn] = {
 }
 
 
+def _regex_spec(pattern: str) -> RewardFn:
+    try:
+        return regex_reward(pattern)
+    except re.error as exc:
+        raise RewardError(f"reward function 'regex({pattern})': not a valid regular expression ({exc})") from None
+
+
+def _length_spec(max_chars: str) -> RewardFn:
+    if not max_chars.strip().isdigit() or int(max_chars) < 1:
+        raise RewardError(f"reward function 'length_penalty({max_chars})': the argument must be a whole number "
+                          "of characters >= 1")
+    fn = length_penalty_fn(int(max_chars))
+    fn.__name__ = f"length_penalty[{int(max_chars)}]"
+    return fn
+
+
+# Built-ins with an argument, written name(argument) in configs and on the command line.
+BUILTIN_REWARD_FACTORIES: dict[str, Callable[[str], RewardFn]] = {
+    "regex": _regex_spec,  # regex(PATTERN): 1.0 when the stripped completion fully matches PATTERN
+    "length_penalty": _length_spec,  # length_penalty(N): -(len - N) / N above N characters
+}
+_FACTORY_SPEC = re.compile(r"(\w+)\((.*)\)", re.DOTALL)
+
+
 def resolve_reward(spec: str | RewardFn) -> RewardFn:
-    """A built-in name, ``module:function``, ``path/to/file.py:function``, or a callable."""
+    """A built-in name, a built-in with its argument (``regex(-?\\d+)``, ``length_penalty(200)``),
+    ``module:function``, ``path/to/file.py:function``, or a callable."""
     if callable(spec):
         return spec
     if spec in BUILTIN_REWARDS:
         return BUILTIN_REWARDS[spec]
+    factory = _FACTORY_SPEC.fullmatch(spec)
+    opened = re.match(r"(\w+)\(", spec)
+    if factory is None and opened is not None and opened.group(1) in BUILTIN_REWARD_FACTORIES:
+        raise RewardError(f"reward function '{spec}': write it as {opened.group(1)}(ARGUMENT), ending with ')'")
+    if factory is not None:
+        name, arg = factory.groups()
+        if name not in BUILTIN_REWARD_FACTORIES:
+            raise RewardError(f"reward function '{spec}': no built-in '{name}(...)'; those taking an argument are "
+                              f"{', '.join(f'{k}(...)' for k in BUILTIN_REWARD_FACTORIES)}")
+        return BUILTIN_REWARD_FACTORIES[name](arg)
     if ":" not in spec:
-        raise RewardError(f"reward function '{spec}' is neither a built-in ({', '.join(BUILTIN_REWARDS)}) "
-                          "nor of the form module:function")
+        raise RewardError(f"reward function '{spec}' is neither a built-in ({', '.join(BUILTIN_REWARDS)}, "
+                          f"{', '.join(f'{k}(...)' for k in BUILTIN_REWARD_FACTORIES)}) nor of the form "
+                          "module:function")
     module_name, _, attr = spec.rpartition(":")
     try:
         if module_name.endswith(".py"):

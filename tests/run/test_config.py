@@ -119,3 +119,14 @@ def test_nested_flags_show_the_section_default_not_the_class_default():
     add_config_flags(parser, Outer)
     help_text = " ".join(parser.format_help().split())
     assert "--inner.lr FLOAT Adam learning rate. [default: 0.5]" in help_text
+
+
+def test_list_flags_split_on_commas_outside_parentheses():
+    # a reward spec such as regex(\d{1,3}) carries commas that belong to it
+    from gradascent.algos.grpo import GRPOConfig
+
+    flags = {"rewards": r"numeric_match,regex(\d{1,3}),regex((a,b)|c)", "reward_weights": "1,0.5,0.25"}
+    cfg = load_config(GRPOConfig, flag_overrides=flags)
+    assert cfg.rewards == ("numeric_match", r"regex(\d{1,3})", "regex((a,b)|c)")
+    assert cfg.reward_weights == (1.0, 0.5, 0.25)
+    assert load_config(Cfg, flag_overrides={"hidden": "32,16,"}).hidden == (32, 16)

@@ -72,6 +72,21 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _split_commas(text: str) -> list[str]:
+    """'a,b(c,d),e' -> ['a', 'b(c,d)', 'e']: a flag's list items, split on the commas outside parentheses (so
+    that ``--rewards 'numeric_match,regex(\\d{1,3})'`` keeps the regex whole)."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")" and depth:
+            depth -= 1
+        elif ch == "," and not depth:
+            items.append(text[start:i])
+            start = i + 1
+    return items + [text[start:]]
+
+
 def _coerce(key: str, value: Any, tp: Any, from_string: bool) -> Any:
     """Check ``value`` against the annotation ``tp``; convert strings when they came from a flag."""
     origin = get_origin(tp)
@@ -98,7 +113,7 @@ def _coerce(key: str, value: Any, tp: Any, from_string: bool) -> Any:
     if origin in (tuple, list):
         (inner, *_rest) = get_args(tp) or (Any,)
         if from_string and isinstance(value, str):
-            value = [v for v in value.split(",") if v != ""]
+            value = [v for v in _split_commas(value) if v != ""]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {_type_name(tp)}")
         items = [_coerce(key, v, inner, from_string) for v in value]
