@@ -76,3 +76,15 @@ def test_builtins_with_an_argument_from_their_spec():
                           ("nosuch(1)", r"no built-in 'nosuch\(...\)'")]:
         with pytest.raises(RewardError, match=message):
             resolve_reward(spec)
+
+
+def test_numpy_and_tensor_values_count_and_functions_of_one_name_keep_their_own_metric():
+    import numpy as np
+
+    halves = lambda p, c, **k: [np.float32(0.5), torch.tensor(1.5)]  # noqa: E731
+    ints = lambda p, c, **k: [np.int64(2), 4]  # noqa: E731
+    total, metrics = score([halves, ints], ["a", "b"], ["x", "y"], weights=[2.0, 1.0])
+    assert total.tolist() == [2 * 0.5 + 2, 2 * 1.5 + 4]
+    assert metrics == {"reward/<lambda>": 1.0, "reward/<lambda>_2": 3.0}  # means of (0.5, 1.5) and (2, 4)
+    with pytest.raises(RewardError, match="returned np.float32\\(nan\\) for sample 1"):
+        score([lambda p, c, **k: [np.float32(1), np.float32("nan")]], ["a", "b"], ["x", "y"])

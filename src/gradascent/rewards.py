@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import numbers
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -174,7 +175,9 @@ def score(
     """Weighted total reward of each sample and the mean of each function.
 
     Returns:
-        (total, metrics): total is (N,) float32; metrics maps ``reward/<name>`` to that function's mean.
+        (total, metrics): total is (N,) float32; metrics maps ``reward/<name>`` to that function's mean
+        (``<name>_2``, ``<name>_3`` ... for later functions of a name already taken). A value may be any real
+        number: Python, NumPy or a one-element tensor.
     """
     n = len(completions)
     if len(prompts) != n:
@@ -185,7 +188,11 @@ def score(
     total = torch.zeros(n, dtype=torch.float32)
     metrics: dict[str, float] = {}
     for fn, w in zip(reward_fns, weights):
-        name = reward_name(fn)
+        name = base = reward_name(fn)
+        for k in range(2, len(reward_fns) + 1):  # two functions of one name (two lambdas): name, name_2, ...
+            if f"reward/{name}" not in metrics:
+                break
+            name = f"{base}_{k}"
         try:
             values = fn(prompts, completions, **(columns or {}))
         except Exception as exc:
@@ -195,7 +202,9 @@ def score(
         if len(values) != n:
             raise RewardError(f"reward function '{name}' returned {len(values)} values for {n} completions")
         for i, v in enumerate(values):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+            if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.dtype.is_complex and v.dtype != torch.bool:
+                v = values[i] = v.item()
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
                 raise RewardError(f"reward function '{name}' returned {v!r} for sample {i} "
                                   f"(prompt {prompts[i]!r:.60}, completion {completions[i]!r:.60}); "
                                   "rewards must be finite numbers")

@@ -1,5 +1,6 @@
 """GRPO's trainer on a tiny model: it learns, beta = 0 loads no reference, old log-probs are reused."""
 
+import dataclasses
 import json
 
 import pytest
@@ -187,6 +188,50 @@ def test_groups_with_zero_advantages_run_no_pass_and_leave_the_update_unchanged(
         assert torch.allclose(p, q, atol=1e-6)
 
 
+def test_filter_zero_std_takes_a_flat_group_out_of_the_loss_and_its_divisor():
+    # Group 1's rewards all agree. Without filtering its 20 tokens (6 + 2 + 6 + 6) count in the token_mean
+    # divisor (adding 0 to the numerator); with filter_zero_std they leave the divisor too, so the SGD update
+    # is the loss over groups 0 and 2 divided by their own 6 * 8 - 3 = 45 tokens, computed here by hand.
+    from gradascent.algos.grpo import Rollout, grpo_loss, grpo_update
+    from gradascent.lm.grouped import GroupedLogprobs, grouped_completion_logprobs
+    from gradascent.run.guard import NonFiniteGuard
+
+    G = 4
+    gen = torch.Generator().manual_seed(1)
+    prompt_ids, prompt_mask = torch.randint(3, 90, (3, 5), generator=gen), torch.ones(3, 5, dtype=torch.bool)
+    completion_ids = torch.randint(3, 90, (3 * G, 6), generator=gen)
+    completion_mask = torch.ones(3 * G, 6, dtype=torch.bool)
+    completion_mask[1, 3:] = completion_mask[5, 2:] = False
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.5, 0.7, 0.7, 0.7, 0.7, 0.0, 0.25, 1.0, 0.0])
+    rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask,
+                      torch.ones(3 * G, dtype=torch.bool), rewards)
+    cfg = GRPOConfig(group_size=G, prompts_per_step=3, loss_agg="token_mean", max_grad_norm=None, lr=0.5,
+                     filter_zero_std=True)
+    model, _ = load_model("qwen2-micro", seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda u: 1.0)
+    stats = grpo_update(rollout, cfg, GroupedLogprobs(model), opt, sched, NonFiniteGuard(1), norm_len=6)
+    assert stats["tokens_in_loss"] == 45 and stats["zero_std_frac"] == pytest.approx(1 / 3)
+
+    by_hand, _ = load_model("qwen2-micro", seed=0)
+    kept = completion_mask.clone()
+    kept[4:8] = False
+    logp = grouped_completion_logprobs(by_hand, prompt_ids, prompt_mask, completion_ids, completion_mask, G)
+    adv = grpo.advantages(rewards, "group", G, cfg.adv_eps)
+    loss, _ = grpo_loss(logp, logp.detach(), adv, kept, cfg, num_tokens=torch.tensor(45))
+    loss.backward()
+    with torch.no_grad():
+        for p in by_hand.parameters():
+            p -= cfg.lr * p.grad
+    unfiltered, _ = load_model("qwen2-micro", seed=0)  # the same rollout without the filter: another update
+    opt2 = torch.optim.SGD(unfiltered.parameters(), lr=cfg.lr)
+    grpo_update(rollout, dataclasses.replace(cfg, filter_zero_std=False), GroupedLogprobs(unfiltered),
+                opt2, torch.optim.lr_scheduler.LambdaLR(opt2, lambda u: 1.0), NonFiniteGuard(1), norm_len=6)
+    for p, q, r in zip(model.parameters(), by_hand.parameters(), unfiltered.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    assert max((p - r).abs().max().item() for p, r in zip(model.parameters(), unfiltered.parameters())) > 1e-5
+
+
 @pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
 @pytest.mark.parametrize("num_minibatches", [2, 6])
 def test_skipping_silent_groups_gives_the_same_adamw_updates(monkeypatch, loss_agg, num_minibatches):
@@ -240,3 +285,16 @@ def test_skipping_silent_groups_gives_the_same_adamw_updates(monkeypatch, loss_a
     assert max((p - q).abs().max().item() for p, q in zip(skipped.parameters(), before.parameters())) > 1e-3
     for p, q in zip(skipped.parameters(), full.parameters()):
         assert torch.allclose(p, q, atol=1e-7, rtol=0)
+
+
+def test_a_model_passed_from_python_is_checked_against_its_tokenizer(tmp_path):
+    from gradascent.errors import CheckpointError
+    from gradascent.lm.tokenizers import char_tokenizer
+
+    model, _ = load_model("qwen2-micro", seed=0)  # 99 embedding rows
+    tok = char_tokenizer()
+    tok.add_tokens([f"<extra{i}>" for i in range(5)])  # ids 99..103 have no row in the embedding
+    with pytest.raises(CheckpointError, match="104 tokens but the model's embedding has only 99 rows"):
+        train_grpo(GRPOConfig(steps=1, prompts_per_step=2, group_size=2), tmp_path / "run", model=model,
+                   tokenizer=tok, task=DIGITS, progress=False)
+    assert not (tmp_path / "run").exists()

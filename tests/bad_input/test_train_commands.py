@@ -53,6 +53,32 @@ def test_prompts_alone_are_no_sft_data_and_need_rewards_in_grpo(fails_cleanly, t
                   "set 'rewards'")
 
 
+def test_a_prompt_too_long_for_the_context_stops_grpo_before_its_first_step(fails_cleanly, tmp_path):
+    # qwen2-micro has a 512-token context and the character tokenizer: row 21 (600 characters) cannot fit with
+    # 8 new tokens; before this check the run trained until the step that drew it
+    rows = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(30)]
+    rows[21]["prompt"] = "1" * 598 + "+1="
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "o"
+    line = fails_cleanly(["grpo", "--task", str(data), "--model", "qwen2-micro", "--max-new-tokens", "8",
+                          "--out", str(out)], "long.jsonl")
+    assert "is 601 tokens long, more than the 504 that fit" in line and "model context 512" in line
+    assert not out.exists()  # nothing written before the data was checked
+
+
+def test_grpo_refuses_an_empty_builtin_task(fails_cleanly, tmp_path):
+    fails_cleanly(["grpo", "--n-train", "0", "--out", str(tmp_path / "o")], "n_train")
+
+
+def test_sft_examples_longer_than_the_context(fails_cleanly, tmp_path):
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "x" * n, "completion": "y"}) + "\n" for n in (5, 600, 700, 6)))
+    line = fails_cleanly(["sft", "--task", str(data), "--model", "qwen2-micro", "--max-length", "1024",
+                          "--out", str(tmp_path / "o")], "long.jsonl")
+    assert "more than the model's context of 512 tokens" in line
+
+
 def test_empty_dataset(fails_cleanly, tmp_path):
     data = tmp_path / "empty.jsonl"
     data.write_text("\n")

@@ -75,7 +75,8 @@ from gradascent.lm import (
     save_model,
 )
 from gradascent.lm.grouped import GroupedLogprobs
-from gradascent.lm.models import eval_mode
+from gradascent.lm.models import check_vocab, eval_mode
+from gradascent.lm.tokenizers import check_prompt_lengths
 from gradascent.rewards import RewardFn, resolve_reward, score
 from gradascent.tasks import Task, describe_rows, load_task
 from gradascent.run import distributed
@@ -115,9 +116,9 @@ class GRPOConfig:
     n_eval: int | None = None
     """Held-out prompts of a built-in task (None: the task's default, 200 for arithmetic)."""
     rewards: tuple[str, ...] | None = None
-    """Reward functions: built-in names (numeric_match, format_number, length_penalty), module:function or
-    path/to/file.py:function; the total reward is their weighted sum. None: the task's own (arithmetic:
-    exact_match + 0.1 format_number)."""
+    """Reward functions: built-in names (numeric_match, format_number, length_penalty), built-ins with an
+    argument (regex(PATTERN), length_penalty(N)), module:function or path/to/file.py:function; the total reward
+    is their weighted sum. None: the task's own (arithmetic: exact_match + 0.1 format_number)."""
     reward_weights: tuple[float, ...] | None = None
     """One weight per reward function; None weighs each 1.0 (or the task's weights for the task's rewards)."""
     seed: int = 0
@@ -199,6 +200,8 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         require(self.steps >= 1, "steps", self.steps, ">= 1")
         require(self.prompts_per_step >= 1, "prompts_per_step", self.prompts_per_step, ">= 1")
+        require(self.n_train is None or self.n_train >= 1, "n_train", self.n_train, ">= 1 or null")
+        require(self.n_eval is None or self.n_eval >= 0, "n_eval", self.n_eval, ">= 0 or null")
         require(self.group_size >= 2, "group_size", self.group_size, ">= 2 (a group of one has no baseline)")
         require(self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens,
                 ">= 1 or null")
@@ -543,13 +546,13 @@ def train_grpo(
                           f"{dist_info.world_size} processes; choose a multiple of {dist_info.world_size}")
     device = torch.device(f"cuda:{dist_info.local_rank}" if cfg.device == "cuda" else cfg.device)
     seed_everything(cfg.seed)
-    run = RunDir(out, tensorboard=True) if dist_info.is_main else None
 
-    # ---- what the run works on: policy, reference, prompts, rewards
+    # ---- what the run works on: policy, reference, prompts, rewards (all checked before out/ is touched)
     if model is None:
         model, tokenizer = load_model(cfg.model, tokenizer, seed=cfg.seed)
     elif tokenizer is None:
         raise ConfigError("train_grpo: a model passed from Python needs its tokenizer")
+    check_vocab(model, tokenizer)
     model.to(device).train()
     ref_model = load_reference(cfg, model) if cfg.beta > 0 else None  # beta = 0: no reference at all
     if task is None:
@@ -565,6 +568,16 @@ def train_grpo(
         raise ConfigError(f"no reward functions: task {task.name!r} ({describe_rows(task)}) has none of its own; "
                           "set 'rewards'")
     max_new = cfg.max_new_tokens or task.max_new_tokens
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and max_new >= context:
+        raise ConfigError(f"max_new_tokens={max_new} leaves no room for a prompt in the model's context of "
+                          f"{context} tokens")
+    if context is not None:  # every prompt plus a whole completion must fit the model's context
+        for rows, split in ((train_rows, "training"), (eval_rows, "held-out")):
+            check_prompt_lengths(tokenizer, [r["prompt"] for r in rows], context - max_new,
+                                 f"task {task.name!r}, {split} rows (model context {context}, "
+                                 f"max_new_tokens {max_new})")
+    run = RunDir(out, tensorboard=True) if dist_info.is_main else None
     eos = eos_token_ids(tokenizer, model) if cfg.stop_at_eos else []
     # The training forward; under torchrun in DDP, or sharded with FSDP2 (then model's parameters are shards).
     policy = distributed.wrap(GroupedLogprobs(model), fsdp=cfg.fsdp)

@@ -525,6 +525,14 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     prompt_set = prompt_set or load_prompt_set(cfg.prompts, cfg.eval_prompts, cfg.seed)
     models = models or load_models(cfg)
     policy, critic = models.policy, models.critic
+    from gradascent.lm.tokenizers import check_prompt_lengths
+
+    context = getattr(policy.config, "max_position_embeddings", None)
+    if context is not None:  # every prompt plus a whole completion must fit the policy's context
+        for prompts, split in ((prompt_set.train, "training"), (prompt_set.eval, "held-out")):
+            check_prompt_lengths(models.tokenizer, prompts, context - cfg.max_new_tokens,
+                                 f"{cfg.prompts}, {split} prompts (policy context {context}, "
+                                 f"max_new_tokens {cfg.max_new_tokens})")
     policy.train()
     critic.train()
     policy_params, critic_params = _trainable(policy), _trainable(critic)

@@ -401,6 +401,13 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     pad_id = tokenizer.pad_token_id
     train_ex = encode_examples(tokenizer, task.train, cfg.max_length)
     eval_ex = encode_examples(tokenizer, task.eval, cfg.max_length) if task.eval else []
+    context = getattr(model.config, "max_position_embeddings", None)
+    for split, examples in (("training", train_ex), ("eval", eval_ex)):  # positions restart per example
+        too_long = [i for i, (ids, _) in enumerate(examples) if context is not None and len(ids) > context]
+        if too_long:
+            i = too_long[0]
+            raise DataError(f"{split} example {i} of {cfg.task} is {len(examples[i][0])} tokens long, more than "
+                            f"the model's context of {context} tokens ({len(too_long)} such examples)")
 
     # The training forward; under torchrun in DDP, or sharded with FSDP2 (then model's parameters are shards).
     lm = distributed.wrap(SequenceLogprobs(model), fsdp=cfg.fsdp)
