@@ -201,6 +201,17 @@ def test_cli_refuses_a_reference_with_another_tokenizer(sft_dir, rm_dir, tmp_pat
     assert "the reference model in" in line and "uses a different tokenizer from the policy" in line
 
 
+def test_cli_refuses_prompts_that_cannot_fit_the_context_before_training(sft_dir, rm_dir, tmp_path, capsys):
+    # qwen2-micro: 512 positions; a 507-character prompt plus max_new_tokens=6 needs 513
+    rows = [{"prompt": f"p{i}"} for i in range(20)] + [{"prompt": "x" * 507}]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = cli_error(capsys, "ppo", "--policy", str(sft_dir), "--reward-model", str(rm_dir), "--prompts",
+                     str(prompts), "--max-new-tokens", "6", "--out", str(tmp_path / "o"))
+    assert "prompts.jsonl" in line and "is 507 tokens long, more than the 506 that fit" in line
+    assert not (tmp_path / "o" / "metrics.jsonl").exists()
+
+
 WALL_CLOCK = ("wall_s",)
 
 
