@@ -528,6 +528,9 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     from gradascent.lm.tokenizers import check_prompt_lengths
 
     context = getattr(policy.config, "max_position_embeddings", None)
+    if context is not None and cfg.max_new_tokens >= context:
+        raise ConfigError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the policy's "
+                          f"context of {context} tokens")
     if context is not None:  # every prompt plus a whole completion must fit the policy's context
         for prompts, split in ((prompt_set.train, "training"), (prompt_set.eval, "held-out")):
             check_prompt_lengths(models.tokenizer, prompts, context - cfg.max_new_tokens,
