@@ -64,6 +64,7 @@ from gradascent.core import (
     whiten,
 )
 from gradascent.errors import ConfigError, NonFiniteError
+from gradascent.lm.tokenizers import check_prompt_lengths
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gradascent.run.command import finish
@@ -515,18 +516,10 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
             f"a divisor of the per-rank batch {local_batch}")
     torch.manual_seed(cfg.seed + dist_info.rank)
     t_start = time.perf_counter()
-    run = RunDir(cfg.out) if is_main else None
-    resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
-    if run is not None:
-        check_resume(run, cfg, resume_from is not None, cfg.resume, RESUMABLE_CHANGES)
-    if run is not None:
-        run.write_config(cfg)
-
+    # prompts and models are loaded and checked before the run directory is touched
     prompt_set = prompt_set or load_prompt_set(cfg.prompts, cfg.eval_prompts, cfg.seed)
     models = models or load_models(cfg)
     policy, critic = models.policy, models.critic
-    from gradascent.lm.tokenizers import check_prompt_lengths
-
     context = getattr(policy.config, "max_position_embeddings", None)
     if context is not None and cfg.max_new_tokens >= context:
         raise ConfigError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the policy's "
@@ -536,6 +529,12 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
             check_prompt_lengths(models.tokenizer, prompts, context - cfg.max_new_tokens,
                                  f"{cfg.prompts}, {split} prompts (policy context {context}, "
                                  f"max_new_tokens {cfg.max_new_tokens})")
+    run = RunDir(cfg.out) if is_main else None
+    resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
+    if run is not None:
+        check_resume(run, cfg, resume_from is not None, cfg.resume, RESUMABLE_CHANGES)
+    if run is not None:
+        run.write_config(cfg)
     policy.train()
     critic.train()
     policy_params, critic_params = _trainable(policy), _trainable(critic)
