@@ -77,6 +77,7 @@ def test_sft_examples_longer_than_the_context(fails_cleanly, tmp_path):
     line = fails_cleanly(["sft", "--task", str(data), "--model", "qwen2-micro", "--max-length", "1024",
                           "--out", str(tmp_path / "o")], "long.jsonl")
     assert "more than the model's context of 512 tokens" in line
+    assert not (tmp_path / "o").exists()  # checked before the run directory is made
 
 
 def test_empty_dataset(fails_cleanly, tmp_path):

@@ -379,21 +379,14 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
 
     Under torchrun each process trains on its share of every global batch (``sft_step``)."""
     dist_info = distributed.init(cfg.device)
-    # Data and settings are checked before the run directory is touched, so bad input leaves it as it was.
+    # Data, settings, the model and the examples' lengths are checked before the run directory is touched, so
+    # bad input leaves it as it was.
     task = load_task(cfg.task, n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed, eval_file=cfg.eval_file)
     if task.kind == "prompt":
         raise DataError(f"task {cfg.task!r} holds prompts alone ({describe_rows(task)}); SFT needs a "
                         "'completion' or an 'answer' beside each prompt")
     if cfg.stop_at is not None:  # the watched metric must exist before any training starts
         watched({"eval/reward": 0.0, **{f"eval/reward/{reward_name(fn)}": 0.0 for fn in task.reward_fns}}, cfg)
-    run = RunDir(cfg.out) if dist_info.is_main else None
-    ckpt = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
-    if run is not None:
-        check_resume(run, cfg, ckpt is not None, cfg.resume, RESUMABLE_CHANGES)
-        if ckpt is None and run.read_metrics():
-            run.truncate_metrics(0)  # stopped before its first checkpoint: start over
-    if run is not None:
-        run.write_config(cfg)
     seed_everything(cfg.seed)
     device = torch.device(f"cuda:{dist_info.local_rank}" if cfg.device == "cuda" else cfg.device)
 
@@ -408,6 +401,14 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
             i = too_long[0]
             raise DataError(f"{split} example {i} of {cfg.task} is {len(examples[i][0])} tokens long, more than "
                             f"the model's context of {context} tokens ({len(too_long)} such examples)")
+    run = RunDir(cfg.out) if dist_info.is_main else None
+    ckpt = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
+    if run is not None:
+        check_resume(run, cfg, ckpt is not None, cfg.resume, RESUMABLE_CHANGES)
+        if ckpt is None and run.read_metrics():
+            run.truncate_metrics(0)  # stopped before its first checkpoint: start over
+    if run is not None:
+        run.write_config(cfg)
 
     # The training forward; under torchrun in DDP, or sharded with FSDP2 (then model's parameters are shards).
     lm = distributed.wrap(SequenceLogprobs(model), fsdp=cfg.fsdp)
