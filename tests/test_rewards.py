@@ -88,3 +88,21 @@ def test_numpy_and_tensor_values_count_and_functions_of_one_name_keep_their_own_
     assert metrics == {"reward/<lambda>": 1.0, "reward/<lambda>_2": 3.0}  # means of (0.5, 1.5) and (2, 4)
     with pytest.raises(RewardError, match="returned np.float32\\(nan\\) for sample 1"):
         score([lambda p, c, **k: [np.float32(1), np.float32("nan")]], ["a", "b"], ["x", "y"])
+
+
+def test_a_reward_that_raises_is_named_with_the_sample_it_fails_on():
+    def picky(prompts, completions, answer, **_):  # fails on a completion that is not a number
+        return [float(int(c) == int(a)) for c, a in zip(completions, answer)]
+
+    with pytest.raises(RewardError, match=r"'picky' raised ValueError: .*\(sample 2: prompt '3\+3=', "
+                                          r"completion 'six'\)"):
+        score([picky], ["1+1=", "2+2=", "3+3=", "4+4="], ["2", "4", "six", "eight"],
+              {"answer": ["2", "4", "6", "8"]})
+
+    def whole_batch_only(prompts, completions, **_):  # fails on batches, not on any one sample
+        if len(completions) > 1:
+            raise RuntimeError("batch too big")
+        return [0.0]
+
+    with pytest.raises(RewardError, match="on the batch of 2, though on no sample alone"):
+        score([whole_batch_only], ["a", "b"], ["x", "y"])

@@ -165,6 +165,17 @@ def resolve_reward(spec: str | RewardFn) -> RewardFn:
     return fn
 
 
+def _culprit(fn: RewardFn, prompts: list[str], completions: list[str], columns: dict[str, Sequence[Any]]) -> str:
+    """After ``fn`` raised on a batch: the first sample it also raises on alone (called once per sample, on this
+    error path only), or the batch when every sample passes alone."""
+    for i in range(len(completions)):
+        try:
+            fn(prompts[i:i + 1], completions[i:i + 1], **{k: list(v)[i:i + 1] for k, v in columns.items()})
+        except Exception:
+            return f"sample {i}: prompt {prompts[i]!r:.60}, completion {completions[i]!r:.60}"
+    return f"on the batch of {len(completions)}, though on no sample alone; first prompt {prompts[0]!r:.60}"
+
+
 def score(
     reward_fns: Sequence[RewardFn],
     prompts: list[str],
@@ -197,7 +208,7 @@ def score(
             values = fn(prompts, completions, **(columns or {}))
         except Exception as exc:
             raise RewardError(f"reward function '{name}' raised {type(exc).__name__}: {exc} "
-                              f"(batch of {n}, first prompt {prompts[0]!r:.60})") from None
+                              f"({_culprit(fn, prompts, completions, columns or {})})") from None
         values = list(values) if values is not None else []
         if len(values) != n:
             raise RewardError(f"reward function '{name}' returned {len(values)} values for {n} completions")
