@@ -141,23 +141,33 @@ def test_micro_batches_accumulate_to_the_same_update(tmp_path):
         assert torch.allclose(p, q, atol=1e-5)
 
 
+def _three_groups(rewards, seed):
+    """A rollout of 3 prompts (5 tokens) x G = 4 completions (6 tokens, all finished); row 1 ends after 3
+    tokens and row 5 after 2, so the groups hold 21, 20 and 24 tokens."""
+    from gradascent.algos.grpo import Rollout
+
+    gen = torch.Generator().manual_seed(seed)
+    prompt_ids, prompt_mask = torch.randint(3, 90, (3, 5), generator=gen), torch.ones(3, 5, dtype=torch.bool)
+    completion_ids = torch.randint(3, 90, (12, 6), generator=gen)
+    completion_mask = torch.ones(12, 6, dtype=torch.bool)
+    completion_mask[1, 3:] = completion_mask[5, 2:] = False
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, torch.ones(12, dtype=torch.bool),
+                   rewards)
+
+
 def test_groups_with_zero_advantages_run_no_pass_and_leave_the_update_unchanged():
     # beta = 0, ent_coef = 0: the second group's rewards agree, so its advantages are 0 and its tokens add
     # exactly 0 to the gradient. grpo_update must not forward it, yet keep its tokens in the token_mean
     # divisor: the SGD update equals the one computed by hand over all three groups.
-    from gradascent.algos.grpo import Rollout, grpo_loss, grpo_update
+    from gradascent.algos.grpo import grpo_loss, grpo_update
     from gradascent.lm.grouped import GroupedLogprobs, grouped_completion_logprobs
     from gradascent.run.guard import NonFiniteGuard
 
     G = 4
-    gen = torch.Generator().manual_seed(0)
-    prompt_ids, prompt_mask = torch.randint(3, 90, (3, 5), generator=gen), torch.ones(3, 5, dtype=torch.bool)
-    completion_ids = torch.randint(3, 90, (3 * G, 6), generator=gen)
-    completion_mask = torch.ones(3 * G, 6, dtype=torch.bool)
-    completion_mask[1, 3:] = completion_mask[5, 2:] = False
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.0, 0.25, 1.0, 0.0])
-    rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask,
-                      torch.ones(3 * G, dtype=torch.bool), rewards)
+    rollout = _three_groups(rewards, seed=0)
+    prompt_ids, prompt_mask = rollout.prompt_ids, rollout.prompt_mask
+    completion_ids, completion_mask = rollout.completion_ids, rollout.completion_mask
     cfg = GRPOConfig(group_size=G, prompts_per_step=3, loss_agg="token_mean", max_grad_norm=None, lr=0.5)
 
     model, _ = load_model("qwen2-micro", seed=0)
@@ -192,19 +202,15 @@ def test_filter_zero_std_takes_a_flat_group_out_of_the_loss_and_its_divisor():
     # Group 1's rewards all agree. Without filtering its 20 tokens (6 + 2 + 6 + 6) count in the token_mean
     # divisor (adding 0 to the numerator); with filter_zero_std they leave the divisor too, so the SGD update
     # is the loss over groups 0 and 2 divided by their own 6 * 8 - 3 = 45 tokens, computed here by hand.
-    from gradascent.algos.grpo import Rollout, grpo_loss, grpo_update
+    from gradascent.algos.grpo import grpo_loss, grpo_update
     from gradascent.lm.grouped import GroupedLogprobs, grouped_completion_logprobs
     from gradascent.run.guard import NonFiniteGuard
 
     G = 4
-    gen = torch.Generator().manual_seed(1)
-    prompt_ids, prompt_mask = torch.randint(3, 90, (3, 5), generator=gen), torch.ones(3, 5, dtype=torch.bool)
-    completion_ids = torch.randint(3, 90, (3 * G, 6), generator=gen)
-    completion_mask = torch.ones(3 * G, 6, dtype=torch.bool)
-    completion_mask[1, 3:] = completion_mask[5, 2:] = False
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.5, 0.7, 0.7, 0.7, 0.7, 0.0, 0.25, 1.0, 0.0])
-    rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask,
-                      torch.ones(3 * G, dtype=torch.bool), rewards)
+    rollout = _three_groups(rewards, seed=1)
+    prompt_ids, prompt_mask = rollout.prompt_ids, rollout.prompt_mask
+    completion_ids, completion_mask = rollout.completion_ids, rollout.completion_mask
     cfg = GRPOConfig(group_size=G, prompts_per_step=3, loss_agg="token_mean", max_grad_norm=None, lr=0.5,
                      filter_zero_std=True)
     model, _ = load_model("qwen2-micro", seed=0)
