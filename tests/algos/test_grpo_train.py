@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from gradascent.algos import grpo
-from gradascent.algos.grpo import GRPOConfig, train_grpo
+from gradascent.algos.grpo import GRPOConfig, Rollout, grpo_loss, grpo_update, train_grpo
+from gradascent.errors import CheckpointError
 from gradascent.lm import load_model
+from gradascent.lm.grouped import GroupedLogprobs, grouped_completion_logprobs
+from gradascent.lm.tokenizers import char_tokenizer
+from gradascent.run.guard import NonFiniteGuard
 from gradascent.tasks import Task
 
 
@@ -144,8 +148,6 @@ def test_micro_batches_accumulate_to_the_same_update(tmp_path):
 def _three_groups(rewards, seed):
     """A rollout of 3 prompts (5 tokens) x G = 4 completions (6 tokens, all finished); row 1 ends after 3
     tokens and row 5 after 2, so the groups hold 21, 20 and 24 tokens."""
-    from gradascent.algos.grpo import Rollout
-
     gen = torch.Generator().manual_seed(seed)
     prompt_ids, prompt_mask = torch.randint(3, 90, (3, 5), generator=gen), torch.ones(3, 5, dtype=torch.bool)
     completion_ids = torch.randint(3, 90, (12, 6), generator=gen)
@@ -159,10 +161,6 @@ def test_groups_with_zero_advantages_run_no_pass_and_leave_the_update_unchanged(
     # beta = 0, ent_coef = 0: the second group's rewards agree, so its advantages are 0 and its tokens add
     # exactly 0 to the gradient. grpo_update must not forward it, yet keep its tokens in the token_mean
     # divisor: the SGD update equals the one computed by hand over all three groups.
-    from gradascent.algos.grpo import grpo_loss, grpo_update
-    from gradascent.lm.grouped import GroupedLogprobs, grouped_completion_logprobs
-    from gradascent.run.guard import NonFiniteGuard
-
     G = 4
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.0, 0.25, 1.0, 0.0])
     rollout = _three_groups(rewards, seed=0)
@@ -202,10 +200,6 @@ def test_filter_zero_std_takes_a_flat_group_out_of_the_loss_and_its_divisor():
     # Group 1's rewards all agree. Without filtering its 20 tokens (6 + 2 + 6 + 6) count in the token_mean
     # divisor (adding 0 to the numerator); with filter_zero_std they leave the divisor too, so the SGD update
     # is the loss over groups 0 and 2 divided by their own 6 * 8 - 3 = 45 tokens, computed here by hand.
-    from gradascent.algos.grpo import grpo_loss, grpo_update
-    from gradascent.lm.grouped import GroupedLogprobs, grouped_completion_logprobs
-    from gradascent.run.guard import NonFiniteGuard
-
     G = 4
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.5, 0.7, 0.7, 0.7, 0.7, 0.0, 0.25, 1.0, 0.0])
     rollout = _three_groups(rewards, seed=1)
@@ -247,10 +241,6 @@ def test_skipping_silent_groups_gives_the_same_adamw_updates(monkeypatch, loss_a
     # per accumulation pass, AdamW with weight decay; with 6 minibatches two of them are wholly silent, whose
     # update is AdamW's step on a zero gradient. The same updates with the skip turned off (every group run);
     # with it on, neither the training passes nor the pi_old pass run a silent group.
-    from gradascent.algos.grpo import Rollout, grpo_update
-    from gradascent.lm.grouped import GroupedLogprobs
-    from gradascent.run.guard import NonFiniteGuard
-
     G, P = 4, 6
     gen = torch.Generator().manual_seed(1)
     prompt_ids, prompt_mask = torch.randint(3, 90, (P, 5), generator=gen), torch.ones(P, 5, dtype=torch.bool)
@@ -294,9 +284,6 @@ def test_skipping_silent_groups_gives_the_same_adamw_updates(monkeypatch, loss_a
 
 
 def test_a_model_passed_from_python_is_checked_against_its_tokenizer(tmp_path):
-    from gradascent.errors import CheckpointError
-    from gradascent.lm.tokenizers import char_tokenizer
-
     model, _ = load_model("qwen2-micro", seed=0)  # 99 embedding rows
     tok = char_tokenizer()
     tok.add_tokens([f"<extra{i}>" for i in range(5)])  # ids 99..103 have no row in the embedding
