@@ -9,6 +9,7 @@ from gradascent.rewards import (
     RewardError,
     format_number,
     length_penalty_fn,
+    metric_names,
     numeric_match,
     regex_reward,
     resolve_reward,
@@ -82,12 +83,24 @@ def test_numpy_and_tensor_values_count_and_functions_of_one_name_keep_their_own_
     import numpy as np
 
     halves = lambda p, c, **k: [np.float32(0.5), torch.tensor(1.5)]  # noqa: E731
-    ints = lambda p, c, **k: [np.int64(2), 4]  # noqa: E731
+    ints = lambda p, c, **k: [np.int64(2), np.array([4])]  # noqa: E731
     total, metrics = score([halves, ints], ["a", "b"], ["x", "y"], weights=[2.0, 1.0])
     assert total.tolist() == [2 * 0.5 + 2, 2 * 1.5 + 4]
     assert metrics == {"reward/<lambda>": 1.0, "reward/<lambda>_2": 3.0}  # means of (0.5, 1.5) and (2, 4)
-    with pytest.raises(RewardError, match="returned np.float32\\(nan\\) for sample 1"):
+    with pytest.raises(RewardError, match="returned nan for sample 1"):
         score([lambda p, c, **k: [np.float32(1), np.float32("nan")]], ["a", "b"], ["x", "y"])
+    with pytest.raises(RewardError, match="returned 1e\\+301 for sample 0.*finite float32"):  # inf in float32
+        score([lambda p, c, **k: [1e301, 0.0]], ["a", "b"], ["x", "y"])
+
+    def f(prompts, completions, **_):
+        return [0.0] * len(completions)
+
+    def f_2(prompts, completions, **_):
+        return [1.0] * len(completions)
+
+    # a second f must not take the name of the real f_2
+    assert metric_names([f, f, f_2]) == ["f", "f_3", "f_2"]
+    assert set(score([f, f, f_2], ["a"], ["x"])[1]) == {"reward/f", "reward/f_3", "reward/f_2"}
 
 
 def test_a_reward_that_raises_is_named_with_the_sample_it_fails_on():
@@ -104,5 +117,11 @@ def test_a_reward_that_raises_is_named_with_the_sample_it_fails_on():
             raise RuntimeError("batch too big")
         return [0.0]
 
-    with pytest.raises(RewardError, match="on the batch of 2, though on no sample alone"):
+    with pytest.raises(RewardError, match="on the batch of 2, not on any of its first 64 samples alone"):
         score([whole_batch_only], ["a", "b"], ["x", "y"])
+
+    def from_tensor(prompts, completions, answer, **_):  # a column given as a tensor is sliced as a tensor
+        return [1.0 / (a - 1) for a in answer.tolist()]
+
+    with pytest.raises(RewardError, match=r"ZeroDivisionError.*\(sample 1: prompt 'b'"):
+        score([from_tensor], ["a", "b", "c"], ["x", "y", "z"], {"answer": torch.tensor([3, 1, 2])})

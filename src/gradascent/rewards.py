@@ -165,15 +165,45 @@ def resolve_reward(spec: str | RewardFn) -> RewardFn:
     return fn
 
 
-def _culprit(fn: RewardFn, prompts: list[str], completions: list[str], columns: dict[str, Sequence[Any]]) -> str:
-    """After ``fn`` raised on a batch: the first sample it also raises on alone (called once per sample, on this
-    error path only), or the batch when every sample passes alone."""
-    for i in range(len(completions)):
+def metric_names(reward_fns: Sequence[RewardFn]) -> list[str]:
+    """The name each function's metric is logged under (``reward/<name>``): its own name, and for a later
+    function whose name is already taken, ``<name>_2``, ``<name>_3`` ... skipping names other functions have."""
+    taken = {reward_name(fn) for fn in reward_fns}
+    names: list[str] = []
+    for fn in reward_fns:
+        name = base = reward_name(fn)
+        k = 1
+        while name in names or (k > 1 and name in taken):
+            k += 1
+            name = f"{base}_{k}"
+        names.append(name)
+    return names
+
+
+_CULPRIT_SAMPLES = 64  # samples tried one by one after a reward function raised on a batch
+
+
+def _culprit(fn: RewardFn, exc: Exception, prompts: list[str], completions: list[str],
+             columns: dict[str, Sequence[Any]]) -> str:
+    """After ``fn`` raised ``exc`` on a batch: the first of its first 64 samples it raises the same kind of
+    error on alone (each column sliced as it came: list, tuple, array or tensor), or the batch."""
+    for i in range(min(len(completions), _CULPRIT_SAMPLES)):
         try:
-            fn(prompts[i:i + 1], completions[i:i + 1], **{k: list(v)[i:i + 1] for k, v in columns.items()})
-        except Exception:
+            fn(prompts[i:i + 1], completions[i:i + 1], **{k: v[i:i + 1] for k, v in columns.items()})
+        except type(exc):
             return f"sample {i}: prompt {prompts[i]!r:.60}, completion {completions[i]!r:.60}"
-    return f"on the batch of {len(completions)}, though on no sample alone; first prompt {prompts[0]!r:.60}"
+        except Exception:
+            continue
+    first = f"; first prompt {prompts[0]!r:.60}" if prompts else ""
+    return f"on the batch of {len(completions)}, not on any of its first {_CULPRIT_SAMPLES} samples alone{first}"
+
+
+def _as_number(v: Any) -> Any:
+    """A one-element torch tensor or NumPy value/array of ints or floats as a Python number; else ``v``."""
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 and not v.dtype.is_complex and v.dtype != torch.bool else v
+    kind = getattr(getattr(v, "dtype", None), "kind", None)  # NumPy scalars and arrays
+    return v.item() if kind in ("i", "u", "f") and getattr(v, "size", 0) == 1 else v
 
 
 def score(
@@ -187,8 +217,8 @@ def score(
 
     Returns:
         (total, metrics): total is (N,) float32; metrics maps ``reward/<name>`` to that function's mean
-        (``<name>_2``, ``<name>_3`` ... for later functions of a name already taken). A value may be any real
-        number: Python, NumPy or a one-element tensor.
+        (``metric_names``: ``<name>_2`` ... for a later function of a name already taken). A value may be any
+        real number within float32's range: Python, NumPy, or a one-element array or tensor.
     """
     n = len(completions)
     if len(prompts) != n:
@@ -198,27 +228,21 @@ def score(
         raise RewardError(f"{len(weights)} reward weights for {len(reward_fns)} reward functions")
     total = torch.zeros(n, dtype=torch.float32)
     metrics: dict[str, float] = {}
-    for fn, w in zip(reward_fns, weights):
-        name = base = reward_name(fn)
-        for k in range(2, len(reward_fns) + 1):  # two functions of one name (two lambdas): name, name_2, ...
-            if f"reward/{name}" not in metrics:
-                break
-            name = f"{base}_{k}"
+    for fn, w, name in zip(reward_fns, weights, metric_names(reward_fns)):
         try:
             values = fn(prompts, completions, **(columns or {}))
         except Exception as exc:
             raise RewardError(f"reward function '{name}' raised {type(exc).__name__}: {exc} "
-                              f"({_culprit(fn, prompts, completions, columns or {})})") from None
-        values = list(values) if values is not None else []
+                              f"({_culprit(fn, exc, prompts, completions, columns or {})})") from None
+        values = [_as_number(v) for v in values] if values is not None else []
         if len(values) != n:
             raise RewardError(f"reward function '{name}' returned {len(values)} values for {n} completions")
-        for i, v in enumerate(values):
-            if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.dtype.is_complex and v.dtype != torch.bool:
-                v = values[i] = v.item()
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
+        for i, v in enumerate(values):  # finite once in float32, the dtype of the total
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) \
+                    or not torch.isfinite(torch.tensor(float(v), dtype=torch.float32)):
                 raise RewardError(f"reward function '{name}' returned {v!r} for sample {i} "
                                   f"(prompt {prompts[i]!r:.60}, completion {completions[i]!r:.60}); "
-                                  "rewards must be finite numbers")
+                                  "rewards must be finite float32 numbers")
         t = torch.tensor([float(v) for v in values], dtype=torch.float32)
         metrics[f"reward/{name}"] = float(t.mean()) if n else 0.0
         total += w * t

@@ -517,6 +517,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     torch.manual_seed(cfg.seed + dist_info.rank)
     t_start = time.perf_counter()
     # prompts and models are loaded and checked before the run directory is touched
+    source = cfg.prompts if prompt_set is None else "the prompt set passed from Python"
     prompt_set = prompt_set or load_prompt_set(cfg.prompts, cfg.eval_prompts, cfg.seed)
     models = models or load_models(cfg)
     policy, critic = models.policy, models.critic
@@ -527,7 +528,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     if context is not None:  # every prompt plus a whole completion must fit the policy's context
         for prompts, split in ((prompt_set.train, "training"), (prompt_set.eval, "held-out")):
             check_prompt_lengths(models.tokenizer, prompts, context - cfg.max_new_tokens,
-                                 f"{cfg.prompts}, {split} prompts (policy context {context}, "
+                                 f"{source}, {split} prompts (policy context {context}, "
                                  f"max_new_tokens {cfg.max_new_tokens})")
     run = RunDir(cfg.out) if is_main else None
     resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None

@@ -46,7 +46,7 @@ from gradascent.lm.generate import generate
 from gradascent.lm.logprobs import SequenceLogprobs, sequence_logprobs
 from gradascent.lm.models import count_parameters, eval_mode, load_model, save_model
 from gradascent.lm.tokenizers import decode_completions, encode_prompts, eos_token_ids
-from gradascent.rewards import reward_name, score
+from gradascent.rewards import metric_names, score
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gradascent.run.checkpoint import seed_everything
@@ -386,7 +386,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
         raise DataError(f"task {cfg.task!r} holds prompts alone ({describe_rows(task)}); SFT needs a "
                         "'completion' or an 'answer' beside each prompt")
     if cfg.stop_at is not None:  # the watched metric must exist before any training starts
-        watched({"eval/reward": 0.0, **{f"eval/reward/{reward_name(fn)}": 0.0 for fn in task.reward_fns}}, cfg)
+        watched({"eval/reward": 0.0, **{f"eval/reward/{name}": 0.0 for name in metric_names(task.reward_fns)}}, cfg)
     seed_everything(cfg.seed)
     device = torch.device(f"cuda:{dist_info.local_rank}" if cfg.device == "cuda" else cfg.device)
 
