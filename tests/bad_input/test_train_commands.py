@@ -80,6 +80,16 @@ def test_sft_examples_longer_than_the_context(fails_cleanly, tmp_path):
     assert not (tmp_path / "o").exists()  # checked before the run directory is made
 
 
+def test_sft_eval_prompts_that_leave_no_room_for_their_completions(fails_cleanly, tmp_path):
+    # 508-token examples fit the 512-token context, but greedy evaluation completes a 506-token prompt with the
+    # file's budget of 8 tokens: 514 positions
+    data = tmp_path / "edge.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "x" * 506, "answer": "1"}) + "\n" for _ in range(20)))
+    line = fails_cleanly(["sft", "--task", str(data), "--model", "qwen2-micro", "--max-length", "512",
+                          "--out", str(tmp_path / "o")], "edge.jsonl")
+    assert "eval prompts completed by eval_generate" in line and "more than the 504 that fit" in line
+
+
 def test_empty_dataset(fails_cleanly, tmp_path):
     data = tmp_path / "empty.jsonl"
     data.write_text("\n")
