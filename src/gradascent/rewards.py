@@ -237,13 +237,14 @@ def score(
         values = [_as_number(v) for v in values] if values is not None else []
         if len(values) != n:
             raise RewardError(f"reward function '{name}' returned {len(values)} values for {n} completions")
-        for i, v in enumerate(values):  # finite once in float32, the dtype of the total
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) \
-                    or not torch.isfinite(torch.tensor(float(v), dtype=torch.float32)):
-                raise RewardError(f"reward function '{name}' returned {v!r} for sample {i} "
-                                  f"(prompt {prompts[i]!r:.60}, completion {completions[i]!r:.60}); "
-                                  "rewards must be finite float32 numbers")
-        t = torch.tensor([float(v) for v in values], dtype=torch.float32)
+        numeric = [not isinstance(v, bool) and isinstance(v, numbers.Real) for v in values]
+        t = torch.tensor([float(v) if ok else math.nan for v, ok in zip(values, numeric)], dtype=torch.float32)
+        bad = (~torch.isfinite(t)).nonzero()  # not a number, or not finite once in float32 (the total's dtype)
+        if len(bad):
+            i = int(bad[0])
+            raise RewardError(f"reward function '{name}' returned {values[i]!r} for sample {i} "
+                              f"(prompt {prompts[i]!r:.60}, completion {completions[i]!r:.60}); "
+                              "rewards must be finite float32 numbers")
         metrics[f"reward/{name}"] = float(t.mean()) if n else 0.0
         total += w * t
     return total, metrics
