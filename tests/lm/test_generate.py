@@ -63,6 +63,35 @@ def test_greedy_equals_transformers_generate(tok, preset, engine):
         assert m == [True] * n + [False] * (len(row) - n)
 
 
+def test_auto_engine_samples_a_model_with_lora_adapters_through_them(tok):
+    """The fused engine reads base weights: with an adapter on, 'auto' must take the hf engine, whose greedy
+    tokens and log-probs are those of the adapted model, and an explicit 'fused' must be refused."""
+    pytest.importorskip("peft")
+    from gradascent.lm.adapters import add_lora
+    from gradascent.lm.generate import fused_supported
+
+    model = build_model("qwen2-micro", tok, seed=3).eval()
+    ids, mask = encode_prompts(tok, PROMPTS)
+    plain = _hf_greedy(model, ids, mask, 10, eos=None, pad=0)
+    add_lora(model, "policy", 4, 8)
+    with torch.no_grad():  # a trained adapter: B != 0 changes the model's outputs
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.5)
+    model.eval()
+    ref = _hf_greedy(model, ids, mask, 10, eos=None, pad=0)
+    assert not torch.equal(ref, plain)  # the adapter matters for this test to mean anything
+    assert not fused_supported(model)
+    ours = generate(model, ids, mask, max_new_tokens=10, eos_token_ids=[], pad_token_id=0, greedy=True)
+    assert torch.equal(ours.completion_ids, ref)
+    with torch.no_grad():
+        recomputed = completion_logprobs(model, ours.prompt_ids, ours.prompt_mask, ours.completion_ids,
+                                         ours.completion_mask)
+    assert torch.allclose(ours.logp, recomputed, atol=1e-5)
+    with pytest.raises(ConfigError, match="fused"):
+        generate(model, ids, mask, max_new_tokens=2, eos_token_ids=[], pad_token_id=0, engine="fused")
+
+
 @pytest.mark.parametrize("engine,dtype", [("fused", None), ("fused", "bfloat16"), ("hf", None)])
 def test_samples_of_one_prompt_equal_the_prompt_repeated(tok, engine, dtype):
     """num_samples=3 prefills each prompt once and copies its cache: the same draws as three copies of it

@@ -13,7 +13,7 @@ in memory for three roles:
 ``ConfigError`` that says so. ``add_lora`` changes the model in place: the module you hold keeps working as
 an ordinary ``transformers`` causal LM (``model(...)``, ``model.base_model`` for the heads) with the active
 adapter applied, and the returned handle switches adapters. The fused sampling engine reads base weights
-directly and would ignore an adapter: sample such a model with ``engine='hf'``.
+directly, so ``lm.generate``'s ``engine='auto'`` takes the ``hf`` engine for a model with adapters.
 
 An adapter trained for a reward model only makes sense on the base it was trained on; ``base_fingerprint``
 (a hash of the base weights) is stored beside it and checked when it is loaded onto another model.

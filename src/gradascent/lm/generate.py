@@ -318,7 +318,8 @@ def _onednn_linear() -> bool:
 
 def fused_supported(model: nn.Module) -> bool:
     """Whether the fused engine can run ``model``: Qwen2 / Llama, SiLU MLP without bias, full attention,
-    a RoPE whose frequencies do not depend on the sequence length."""
+    a RoPE whose frequencies do not depend on the sequence length, and plain ``nn.Linear`` projections and LM
+    head (not LoRA adapters or quantized layers)."""
     cfg = getattr(model, "config", None)
     if cfg is None or getattr(cfg, "model_type", None) not in ("qwen2", "llama"):
         return False
@@ -330,7 +331,19 @@ def fused_supported(model: nn.Module) -> bool:
         return False
     rotary = getattr(model.base_model, "rotary_emb", None)
     rope_type = getattr(rotary, "rope_type", None)
-    return isinstance(rope_type, str) and rope_type in ("default", "linear", "llama3")
+    if not (isinstance(rope_type, str) and rope_type in ("default", "linear", "llama3")):
+        return False
+    # The engine reads each projection's weight directly: a layer that computes something else (a LoRA
+    # adapter, a quantized or otherwise replaced linear) would be silently left out, so it needs engine 'hf'.
+    layers = getattr(model.base_model, "layers", None)
+    if not layers or type(model.get_output_embeddings()) is not nn.Linear:
+        return False
+    return all(type(getattr(block, part)) is nn.Linear
+               for layer in layers for block, names in ((layer.self_attn, _ATTN), (layer.mlp, _MLP)) for part in names)
+
+
+_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLP = ("gate_proj", "up_proj", "down_proj")
 
 
 # --- the sampling loop -------------------------------------------------------------------------------
@@ -417,7 +430,8 @@ def generate(
     if engine == "auto":
         engine = "fused" if fused_supported(model) else "hf"
     if engine == "fused" and not fused_supported(model):
-        raise ConfigError(f"engine 'fused' does not support {type(model).__name__}; use engine='hf' or 'auto'")
+        raise ConfigError(f"engine 'fused' does not support this {type(model).__name__} (its architecture, or "
+                          "layers other than plain linears, such as LoRA adapters); use engine='hf' or 'auto'")
     if engine == "hf" and (run_device != param.device or run_dtype != param.dtype):
         raise ConfigError("engine 'hf' runs the model where it is: move or cast the model instead of passing "
                           "device/dtype")
