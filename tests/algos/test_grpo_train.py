@@ -8,7 +8,7 @@ import torch
 
 from gradascent.algos import grpo
 from gradascent.algos.grpo import GRPOConfig, Rollout, grpo_loss, grpo_update, train_grpo
-from gradascent.errors import CheckpointError
+from gradascent.errors import CheckpointError, ConfigError
 from gradascent.lm import load_model
 from gradascent.lm.grouped import GroupedLogprobs, grouped_completion_logprobs
 from gradascent.lm.tokenizers import char_tokenizer
@@ -238,8 +238,8 @@ def test_skipping_silent_groups_gives_the_same_adamw_updates(monkeypatch, loss_a
     # Six groups of 4: group 0 never finished (mask_truncated takes it out before any pass, so the kept
     # groups' positions differ from their ids), groups 1 and 3 scored alike (silent), 2, 4, 5 did not. Two
     # iterations (the second off-policy, against the stored old log-probs), shuffled minibatches, one group
-    # per accumulation pass, AdamW with weight decay; with 6 minibatches two of them are wholly silent, whose
-    # update is AdamW's step on a zero gradient. The same updates with the skip turned off (every group run);
+    # per accumulation pass, AdamW with weight decay; with 6 minibatches three of them (groups 0, 1, 3) are
+    # wholly silent, whose update is AdamW's step on a zero gradient. The same updates with the skip turned off (every group run);
     # with it on, neither the training passes nor the pi_old pass run a silent group.
     G, P = 4, 6
     gen = torch.Generator().manual_seed(1)
@@ -281,6 +281,34 @@ def test_skipping_silent_groups_gives_the_same_adamw_updates(monkeypatch, loss_a
     assert max((p - q).abs().max().item() for p, q in zip(skipped.parameters(), before.parameters())) > 1e-3
     for p, q in zip(skipped.parameters(), full.parameters()):
         assert torch.allclose(p, q, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("truncated", [[0], [0, 1, 2, 3]])
+def test_masked_out_groups_keep_the_configured_number_of_updates(truncated):
+    # 4 groups of 2, 4 minibatches, 2 iterations: every step makes 8 optimizer updates, the number the
+    # learning-rate schedule counts, however many groups mask_truncated takes out (one, or all four). Before,
+    # the groups taken out were dropped before the minibatches were cut, so a step made fewer updates and the
+    # schedule never reached its end.
+    G, P, T = 2, 4, 3
+    gen = torch.Generator().manual_seed(0)
+    finished = torch.ones(P * G, dtype=torch.bool)
+    for g in truncated:
+        finished[g * G:(g + 1) * G] = False
+    rollout = Rollout(torch.randint(3, 90, (P, 4), generator=gen), torch.ones(P, 4, dtype=torch.bool),
+                      torch.randint(3, 90, (P * G, T), generator=gen), torch.ones(P * G, T, dtype=torch.bool),
+                      finished, torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.5, 0.0]))
+    cfg = GRPOConfig(group_size=G, prompts_per_step=P, num_minibatches=4, num_iterations=2, mask_truncated=True)
+    model, _ = load_model("qwen2-micro", seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    steps = []
+    opt.register_step_post_hook(lambda *_: steps.append(1))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda u: max(0.0, 1 - u / 8))
+    grpo_update(rollout, cfg, GroupedLogprobs(model), opt, sched, NonFiniteGuard(1),
+                generator=torch.Generator().manual_seed(0), norm_len=T)
+    assert len(steps) == 8 and sched.last_epoch == 8 and sched.get_last_lr() == [0.0]
+    with pytest.raises(ConfigError, match="num_minibatches=3 does not divide the 4 prompts"):
+        grpo_update(rollout, dataclasses.replace(cfg, prompts_per_step=6, num_minibatches=3),
+                    GroupedLogprobs(model), opt, sched, NonFiniteGuard(1), norm_len=T)
 
 
 def test_a_model_passed_from_python_is_checked_against_its_tokenizer(tmp_path):

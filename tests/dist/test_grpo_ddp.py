@@ -70,3 +70,26 @@ def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, capfd):
 
     step, state = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000005")
     assert step == 5 and state["world_size"] == 1
+
+
+def _rank_minibatches(rank: int, world: int, port: int, out: str, result: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from gradascent.algos.grpo import GRPOConfig, train_grpo
+    from gradascent.errors import ConfigError
+
+    try:  # 4 prompts a step: 2 per process, which 4 minibatches of whole groups cannot split
+        train_grpo(GRPOConfig(steps=1, prompts_per_step=4, group_size=2, num_minibatches=4), out, progress=False)
+    except ConfigError as e:
+        result[rank] = str(e)
+    dist.destroy_process_group()
+
+
+def test_minibatches_must_divide_each_process_share_of_prompts(tmp_path):
+    out = str(tmp_path / "run")
+    result = run_ranks(_rank_minibatches, out)
+    assert result[0] == result[1]
+    assert "each of 2 processes holds 2 prompts a step, which num_minibatches=4 does not divide" in result[0]
+    assert "a multiple of 8" in result[0]
+    assert not (tmp_path / "run").exists()

@@ -149,7 +149,8 @@ class GRPOConfig:
     num_iterations: int = 1
     """mu: passes over each rollout (GRPO paper, Algorithm 1). 1 is strictly on-policy and needs no old log-probs."""
     num_minibatches: int = 1
-    """Optimizer updates per pass: each rank's groups are split into this many minibatches of whole groups."""
+    """Optimizer updates per pass: each rank's groups are split into this many minibatches of whole groups (it
+    must divide each rank's prompts_per_step / world_size)."""
     micro_batch_prompts: int | None = None
     """Prompts (each with its G completions) per forward/backward pass; a minibatch's gradient is accumulated
     over its passes with the minibatch's divisors, so the update is unchanged. Lower it to save memory. None:
@@ -428,6 +429,9 @@ def grpo_update(
     synced = ddp or distributed.is_sharded(policy)  # every rank takes part in every forward and backward
     device = rollout.completion_ids.device
     G, P = cfg.group_size, rollout.prompt_ids.shape[0]
+    if P % cfg.num_minibatches:
+        raise ConfigError(f"num_minibatches={cfg.num_minibatches} does not divide the {P} prompts of this "
+                          "rollout (minibatches hold whole groups, the same number in each)")
     rewards = rollout.rewards
     if cfg.advantage == "batch_mean" and synced:  # the baseline is the mean over all ranks
         info = distributed.info()
@@ -441,14 +445,16 @@ def grpo_update(
         mask &= ~flat.unsqueeze(-1)
     if cfg.mask_truncated:
         mask &= rollout.finished.unsqueeze(-1)
-    # Training runs whole groups, each prompt once for its G completions (lm.grouped). Groups that count
-    # for nothing need no forward, except under DDP or FSDP2, where every rank must make the same passes.
-    groups = torch.arange(P, device=device)  # (P,)
-    if not synced:
-        groups = groups[mask.view(P, G, -1).any(-1).any(-1)]
-    # Groups that add exactly 0 to the gradient keep their place in the minibatches and their divisors, but
-    # need no forward or backward. Under DDP or FSDP2 every rank runs every pass, so none is skipped.
+    # Training runs whole groups, each prompt once for its G completions (lm.grouped). Groups that add exactly
+    # 0 to the gradient keep their place in the minibatches and their divisors, but need no forward or
+    # backward: those whose advantages are all 0 when there is no KL or entropy term (silent_groups), and
+    # those whose tokens are all masked out (filter_zero_std, mask_truncated). Under DDP or FSDP2 every rank
+    # makes every pass, so none is skipped there. Either way each step makes num_iterations *
+    # num_minibatches optimizer updates, the number the learning-rate schedule counts.
     silent = silent_groups(adv, cfg, run_all=synced)  # (P,)
+    if not synced:
+        silent |= ~mask.view(P, G, -1).any(-1).any(-1)
+    live = (~silent).nonzero().flatten()  # the groups that will be trained
 
     def rows_of(g: Tensor) -> Tensor:  # (n,) group indices -> (n * G,) row indices
         return (g.unsqueeze(-1) * G + torch.arange(G, device=device)).flatten()
@@ -458,28 +464,29 @@ def grpo_update(
         return net(rollout.prompt_ids[g], rollout.prompt_mask[g], rollout.completion_ids[r],
                    rollout.completion_mask[r], G, temperature=cfg.temperature, with_entropy=with_entropy)
 
-    # log-probs fixed during the update: pi_old (only for off-policy updates), pi_ref (beta > 0)
-    logp_old = logp_ref = None  # (len(groups) * G, T)
-    if cfg.needs_old_logprobs and len(groups):
-        live = (~silent[groups]).nonzero().flatten()  # positions of the groups that will be trained
-        logp_old = torch.zeros(len(groups) * G, rollout.completion_ids.shape[1], device=device)
+    # log-probs fixed during the update, of the groups trained: pi_old (off-policy updates), pi_ref (beta > 0)
+    logp_old = logp_ref = None  # (P * G, T), 0 on the rows of silent groups
+    if cfg.needs_old_logprobs:
+        logp_old = torch.zeros(P * G, rollout.completion_ids.shape[1], device=device)
         if len(live):
             with torch.no_grad(), eval_mode(model), distributed.full_weights(policy):
-                logp_old[rows_of(live)] = logprobs(GroupedLogprobs(model), groups[live])
-    if ref_model is not None and len(groups):
-        with torch.no_grad():
-            logp_ref = logprobs(GroupedLogprobs(ref_model), groups)
+                logp_old[rows_of(live)] = logprobs(GroupedLogprobs(model), live)
+    if ref_model is not None:
+        logp_ref = torch.zeros(P * G, rollout.completion_ids.shape[1], device=device)
+        if len(live):
+            with torch.no_grad():
+                logp_ref[rows_of(live)] = logprobs(GroupedLogprobs(ref_model), live)
 
     stats_rows: list[dict[str, Tensor]] = []
     for _ in range(cfg.num_iterations):
-        order = torch.randperm(len(groups), generator=generator, device=device) if cfg.num_minibatches > 1 \
-            else torch.arange(len(groups), device=device)
-        for mb in order.chunk(cfg.num_minibatches) if len(groups) else ():
-            m = mask[rows_of(groups[mb])]  # (b, T)
+        order = torch.randperm(P, generator=generator, device=device) if cfg.num_minibatches > 1 \
+            else torch.arange(P, device=device)
+        for mb in order.chunk(cfg.num_minibatches):  # P is a multiple of num_minibatches: every chunk is full
+            m = mask[rows_of(mb)]  # (b, T)
             num_tokens = distributed.loss_divisor(m.sum())  # the minibatch's divisors, for every pass
             num_seqs = distributed.loss_divisor(m.any(-1).sum())
             optimizer.zero_grad(set_to_none=True)
-            trained = mb[~silent[groups[mb]]]
+            trained = mb[~silent[mb]]
             passes = trained.split(cfg.micro_batch_prompts or len(mb)) if len(trained) else ()  # accumulated
             loss, parts = torch.zeros((), device=device), []
             if not len(trained):  # every group silent: the gradient is 0 (and AdamW still steps)
@@ -487,11 +494,11 @@ def grpo_update(
                     if p.requires_grad:
                         p.grad = torch.zeros_like(p)
             for i, part in enumerate(passes):
-                rows, kept = rows_of(groups[part]), rows_of(part)  # rows of the batch / of the kept groups
-                logp, entropy = logprobs(policy, groups[part], with_entropy=True)
+                rows = rows_of(part)
+                logp, entropy = logprobs(policy, part, with_entropy=True)
                 part_loss, part_stats = grpo_loss(
-                    logp, logp_old[kept] if logp_old is not None else logp.detach(), adv[rows], mask[rows],
-                    cfg, logp_ref=logp_ref[kept] if logp_ref is not None else None,
+                    logp, logp_old[rows] if logp_old is not None else logp.detach(), adv[rows], mask[rows],
+                    cfg, logp_ref=logp_ref[rows] if logp_ref is not None else None,
                     entropy=entropy if cfg.ent_coef > 0 else entropy.detach(),
                     num_tokens=num_tokens, num_seqs=num_seqs, norm_len=norm_len)
                 sync = contextlib.nullcontext() if i == len(passes) - 1 or not ddp \
@@ -544,6 +551,11 @@ def train_grpo(
     if cfg.prompts_per_step % dist_info.world_size:
         raise ConfigError(f"prompts_per_step={cfg.prompts_per_step} does not split evenly over "
                           f"{dist_info.world_size} processes; choose a multiple of {dist_info.world_size}")
+    per_rank = cfg.prompts_per_step // dist_info.world_size
+    if per_rank % cfg.num_minibatches:
+        raise ConfigError(f"each of {dist_info.world_size} processes holds {per_rank} prompts a step, which "
+                          f"num_minibatches={cfg.num_minibatches} does not divide; choose a prompts_per_step "
+                          f"that is a multiple of {dist_info.world_size * cfg.num_minibatches}")
     device = torch.device(f"cuda:{dist_info.local_rank}" if cfg.device == "cuda" else cfg.device)
     seed_everything(cfg.seed)
 
