@@ -319,3 +319,28 @@ def test_a_model_passed_from_python_is_checked_against_its_tokenizer(tmp_path):
         train_grpo(GRPOConfig(steps=1, prompts_per_step=2, group_size=2), tmp_path / "run", model=model,
                    tokenizer=tok, task=DIGITS, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_must_keep_the_config_and_the_task(tmp_path):
+    # A resumed run may change how long it goes on (steps) but not what it optimises (lr): the second is
+    # refused before anything is written. A Task object passed from Python is recorded as such in config.yaml,
+    # so that `gradascent resume`, which cannot pass it again, refuses instead of training on cfg.task.
+    from gradascent.run.resume import resume_run
+
+    torch.set_num_threads(1)
+    cfg = GRPOConfig(steps=2, prompts_per_step=2, group_size=4, lr=1e-2, save_every=1)
+    model, tok = load_model("qwen2-micro", seed=0)
+    train_grpo(cfg, tmp_path, model=model, tokenizer=tok, task=DIGITS, progress=False)
+    assert "task: python:digits" in (tmp_path / "config.yaml").read_text()
+    before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match=r"another config \(lr differ"):
+        train_grpo(dataclasses.replace(cfg, lr=0.5, steps=3), tmp_path, model=model, tokenizer=tok, task=DIGITS,
+                   resume=True, progress=False)
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+    assert "lr: 0.01" in (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="task passed from Python \\('digits'\\)"):
+        resume_run(tmp_path)
+    summary = train_grpo(dataclasses.replace(cfg, steps=3), tmp_path, model=model, tokenizer=tok, task=DIGITS,
+                         resume=True, progress=False)
+    assert summary["steps"] == 3
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

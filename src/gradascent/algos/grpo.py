@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -92,11 +93,17 @@ from gradascent.run.config import add_config_flags, flag_values, load_config, re
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
-from gradascent.run.rundir import RunDir
+from gradascent.run.rundir import RunDir, check_resume
 from gradascent.run.schedule import lr_multiplier
 
 Advantage = Literal["group", "group_no_std", "rloo", "batch_mean"]
 LossAgg = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+
+RESUMABLE_CHANGES = frozenset({"steps", "micro_batch_prompts", "eval_every", "eval_prompts", "save_every",
+                               "keep_last", "log_every", "max_nonfinite", "device", "fsdp"})
+"""Config fields a resumed run may change: where and how it runs, what it logs, and how long it goes on
+(more ``steps`` stretches the rest of the learning-rate schedule). Any other change is refused."""
+PYTHON_TASK = "python:"  # config.yaml's ``task`` of a run given a Task object from Python: "python:<its name>"
 
 # Metrics that measure wall-clock time: the only ones that differ between a resumed and an unbroken run.
 TIME_KEYS = ("time/step_s", "time/sample_s", "time/train_s", "time/elapsed_s")
@@ -567,7 +574,13 @@ def train_grpo(
     check_vocab(model, tokenizer)
     model.to(device).train()
     ref_model = load_reference(cfg, model) if cfg.beta > 0 else None  # beta = 0: no reference at all
+    # config.yaml records what the run trains on: a Task passed from Python is named as such, so that a resume
+    # that does not pass it again is refused rather than continued on cfg.task
+    recorded = cfg if task is None else dataclasses.replace(cfg, task=f"{PYTHON_TASK}{task.name}")
     if task is None:
+        if cfg.task.startswith(PYTHON_TASK):
+            raise ConfigError(f"this run trained on a task passed from Python ({cfg.task[len(PYTHON_TASK):]!r}); "
+                              "resume it from Python with the same task: train_grpo(cfg, out, task=..., resume=True)")
         task = load_task(cfg.task, n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed)
     train_rows, eval_rows = list(task.train), list(task.eval)[:cfg.eval_prompts]
     if not train_rows:
@@ -604,11 +617,10 @@ def train_grpo(
     # ---- resume: weights, optimizer, schedule, guard, sampling and global RNGs, metrics up to the checkpoint
     step, elapsed, last_eval = 0, 0.0, {}
     ckpt = latest_checkpoint(Path(out) / "checkpoints") if resume else None
-    if run is not None and ckpt is None and run.read_metrics():
-        if not resume:
-            raise ConfigError(f"{out} already holds a run (metrics.jsonl); pass --resume to continue it or "
-                              "choose another run directory")
-        run.truncate_metrics(0)  # stopped before its first checkpoint: start over
+    if run is not None:
+        check_resume(run, recorded, ckpt is not None, resume, RESUMABLE_CHANGES)
+        if ckpt is None and run.read_metrics():
+            run.truncate_metrics(0)  # stopped before its first checkpoint: start over
     if ckpt is not None:
         step, state = load_checkpoint(ckpt)
         same_world = state["world_size"] == dist_info.world_size
@@ -629,7 +641,7 @@ def train_grpo(
         if run is not None:
             run.truncate_metrics(step)
     if run is not None:
-        run.write_config(cfg)
+        run.write_config(recorded)
 
     def checkpoint(at: int) -> None:
         gens = [gen.get_state()]

@@ -112,8 +112,8 @@ def check_resume(run: RunDir, cfg: Any, resuming: bool, resume_requested: bool, 
     """
     if not resuming:
         if run.read_metrics() and not resume_requested:
-            raise ConfigError(f"{run.path} already holds a run (metrics.jsonl); pass resume: true to continue it "
-                              "or choose another out directory")
+            raise ConfigError(f"{run.path} already holds a run (metrics.jsonl); pass --resume (resume=True from "
+                              "Python) to continue it, or choose another run directory")
         return
     saved_path = run.path / "config.yaml"
     if not saved_path.is_file():
