@@ -177,6 +177,33 @@ def test_exact_resume_after_sigkill(tmp_path):
     assert rows_a == rows_b
 
 
+def test_ctrl_c_exits_130_and_gradascent_resume_finishes_the_run(tmp_path):
+    # Ctrl-C: a checkpoint, exit status 130 and the command that continues the run. `gradascent resume` then
+    # trains to the end and says so (exit 0); resuming the finished run trains nothing and says so again.
+    cfg_file = tmp_path / "sft.yaml"
+    cfg_file.write_text(yaml.safe_dump({**TINY, "steps": 150, "save_every": 5, "keep_last": 1}))
+    env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    victim = _run(["--config", str(cfg_file), "--out", str(out)], env)
+    deadline = time.monotonic() + 300
+    while latest_checkpoint(out / "checkpoints") is None:
+        assert victim.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGINT)
+    assert victim.wait(timeout=120) == 130
+    err = victim.stderr.read().decode()
+    assert "stopped by SIGINT after step" in err and f"continue with: gradascent resume {out}" in err
+    assert not (out / "model").exists(), "the run finished before it could be interrupted; the test proves nothing"
+
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "gradascent.cli", "resume", str(out)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"{out}: finished.") and "steps=150" in done.stdout
+    assert (out / "model").is_dir()
+
+
 def test_cli_help_lists_every_field(capsys):
     from gradascent.cli import main
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ from gradascent.rewards import metric_names, score
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gradascent.run.checkpoint import seed_everything
+from gradascent.run.command import STOPPED, stop_message
 from gradascent.run.config import add_config_flags, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
@@ -554,6 +556,10 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}
     print(" ".join(f"{k}={v}" for k, v in shown.items()))
+    stopped = stop_message(summary)
+    if stopped is not None:
+        print(f"gradascent sft: {stopped}; continue with: gradascent resume {cfg.out}", file=sys.stderr)
+        return STOPPED
     return 0
 
 

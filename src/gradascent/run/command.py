@@ -23,3 +23,19 @@ def finish(name: str, summary: dict[str, Any], line: Callable[[dict[str, Any]], 
     if is_main:
         print(line(summary))
     return 0
+
+
+def stop_message(summary: dict[str, Any]) -> str | None:
+    """How a run stopped by a signal says so in its summary (``stopped``: the whole message; ``stopped_by``: the
+    signal's name, beside ``steps``), or None for a run that went to its end."""
+    if summary.get("stopped"):
+        return str(summary["stopped"])
+    if summary.get("stopped_by"):
+        return f"stopped by {summary['stopped_by']} after step {summary.get('steps')}"
+    return None
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The scalar entries of a summary as ``key=value`` pairs, floats to 4 significant digits."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()
+                    if isinstance(v, (int, float, str)) and not isinstance(v, bool))

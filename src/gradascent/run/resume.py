@@ -12,11 +12,14 @@ import dataclasses
 import importlib
 import inspect
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from gradascent.errors import CheckpointError, GradascentError
+from gradascent.run import distributed
 from gradascent.run.checkpoint import latest_checkpoint
+from gradascent.run.command import STOPPED, stop_message, summary_line
 from gradascent.run.config import load_config
 
 
@@ -50,4 +53,29 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                        description="Continue the run in DIR from its newest complete checkpoint, with the config "
                                    "it was started with; the result equals a run that never stopped.")
     p.add_argument("run_dir", metavar="DIR")
-    p.set_defaults(func=lambda args: (resume_run(args.run_dir), 0)[1])
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    """Resume, then say how the run ended, with the exit status of the command that started it: 0 at its end,
+    128 + the signal's number (130 for Ctrl-C) when a signal stopped it again."""
+    from gradascent.algos.classic import TrainingInterrupted
+
+    again = f"continue with: gradascent resume {args.run_dir}"
+    try:
+        summary = resume_run(args.run_dir)
+    except TrainingInterrupted as exc:
+        print(f"gradascent resume: {exc} ({again})", file=sys.stderr)
+        return 128 + exc.signum
+    if not isinstance(summary, dict):
+        return 0
+    is_main = distributed.info().is_main
+    distributed.cleanup()
+    stopped = stop_message(summary)
+    if stopped is not None:
+        if is_main:
+            print(f"gradascent resume: {stopped}; {again}", file=sys.stderr)
+        return STOPPED
+    if is_main:
+        print(f"{args.run_dir}: finished. {summary_line(summary)}")
+    return 0
