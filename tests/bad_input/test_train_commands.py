@@ -131,3 +131,39 @@ def test_corrupt_checkpoint_on_resume_is_left_alone(fails_cleanly, tmp_path, cmd
 def test_rl_unknown_environment_and_bad_hyperparameters(fails_cleanly, tmp_path):
     fails_cleanly(["rl", "ppo", "--env", "NoSuchEnv-v9", "--out", str(tmp_path / "o")], "NoSuchEnv-v9")
     fails_cleanly(["rl", "ppo", "--env", "CartPole-v1", "--clip-eps", "1.5", "--out", str(tmp_path / "o")], "clip")
+
+
+@pytest.mark.parametrize("cmd", ["sft", "grpo"])
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_a_learning_rate_that_is_not_finite_is_refused_before_the_run_starts(fails_cleanly, tmp_path, cmd, value):
+    # lr > 0 holds for inf: before, such a run started, turned the weights to NaN at its first update and
+    # left a metrics.jsonl behind that blocked the corrected rerun.
+    out = tmp_path / "o"
+    line = fails_cleanly([cmd, "--model", "qwen2-micro", "--lr", value, "--out", str(out)], "'lr'")
+    assert "finite" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("cmd", ["sft", "grpo", "rm", "ppo"])
+def test_a_device_torch_cannot_name_or_this_machine_lacks(fails_cleanly, tmp_path, cmd):
+    model = ["--policy", "qwen2-micro", "--reward-model", "qwen2-micro"] if cmd == "ppo" else ["--model", "qwen2-micro"]
+    fails_cleanly([cmd, *model, "--device", "gpu0", "--out", str(tmp_path / "o")], "'gpu0'")
+    if not torch.cuda.is_available():
+        fails_cleanly([cmd, *model, "--device", "cuda", "--out", str(tmp_path / "o")], "'cuda'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_rm_checks_its_model_and_pairs_before_making_the_run_directory(fails_cleanly, tmp_path):
+    out = tmp_path / "o"
+    fails_cleanly(["rm", "--model", "nonexist", "--out", str(out)], "'nonexist'")
+    fails_cleanly(["rm", "--model", "qwen2-micro", "--max-length", "2", "--out", str(out)], "max_length=2")
+    assert not out.exists()
+
+
+def test_an_empty_prompt_stops_grpo_before_the_run_directory_is_made(fails_cleanly, tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "answer": "2"}) + "\n" for p in ["1+1=", "", "0+2="] * 4))
+    out = tmp_path / "o"
+    line = fails_cleanly(["grpo", "--model", "qwen2-micro", "--task", str(data), "--out", str(out)], "is empty")
+    assert "prompts.jsonl" in line
+    assert not out.exists()

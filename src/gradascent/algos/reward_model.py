@@ -184,11 +184,6 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     dist_info = distributed.init(cfg.device)
     torch.manual_seed(cfg.seed)
-    run = RunDir(cfg.out) if dist_info.is_main else None
-    resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
-    if run is not None:
-        check_resume(run, cfg, resume_from is not None, cfg.resume, RESUMABLE_CHANGES)
-        run.write_config(cfg)
     device = torch.device(f"cuda:{dist_info.local_rank}" if cfg.device == "cuda" else cfg.device)
 
     train, held_out = preference_data(cfg.data, cfg.train_pairs, cfg.eval_pairs, cfg.seed, cfg.eval_fraction)
@@ -198,6 +193,14 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         fingerprint = adapters.base_fingerprint(model.backbone)
         lora = adapters.add_lora(model.backbone, "reward", cfg.lora_r, cfg.lora_alpha)
     model.freeze_lm_head()  # never used by the reward (and DDP wants every trained weight used)
+    for k in range(0, len(train) + len(held_out), 256):  # every pair fits max_length (the error names it)
+        pair_batch(tok, (train + held_out)[k:k + 256], cfg.max_length, torch.device("cpu"))
+    # the run directory is made only once the data and the model have loaded and the pairs fit
+    run = RunDir(cfg.out) if dist_info.is_main else None
+    resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
+    if run is not None:
+        check_resume(run, cfg, resume_from is not None, cfg.resume, RESUMABLE_CHANGES)
+        run.write_config(cfg)
     model.train()
     scorer: nn.Module = model  # the training forward; under DDP, gradients averaged over ranks
     if dist_info.enabled:

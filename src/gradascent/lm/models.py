@@ -167,11 +167,15 @@ def load_model(
 
     Raises:
         CheckpointError: no model in the directory, no tokenizer, or a tokenizer larger than the embedding.
-        ConfigError: ``spec`` is neither a directory nor a preset.
+        ConfigError: ``spec`` is neither a directory nor a preset, or ``device`` is not one this machine has.
     """
     from transformers import AutoModelForCausalLM
 
+    from gradascent.run.distributed import check_device
+
     torch_dtype = resolve_dtype(dtype)
+    if device is not None:
+        check_device(device)
     path = Path(spec)
     if str(spec) in PRESETS and not path.exists():
         model = build_model(str(spec), tokenizer, seed=seed)

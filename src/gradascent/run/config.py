@@ -16,6 +16,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -31,7 +32,12 @@ C = TypeVar("C")
 
 
 def require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    """Raise a ConfigError for ``key`` unless ``ok``. ``allowed`` says what is accepted, e.g. 'in (0, 1)'."""
+    """Raise a ConfigError for ``key`` unless ``ok``. ``allowed`` says what is accepted, e.g. 'in (0, 1)'.
+
+    A float value that is NaN or infinite is refused whatever ``ok`` says: ``lr > 0`` holds for inf, and a
+    hyperparameter of inf would turn the weights to NaN at the first update."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected a finite number, {allowed}")
     if not ok:
         raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {allowed}")
 

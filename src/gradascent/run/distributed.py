@@ -59,8 +59,27 @@ class DistInfo:
         return self.world_size > 1
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, or a ConfigError if torch cannot name it or this machine lacks it
+    (``cuda`` without a CUDA build of torch or a visible GPU, ``mps`` off Apple silicon)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {str(device)!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        build = "this torch has no CUDA support" if torch.version.cuda is None else "no GPU is visible"
+        raise ConfigError(f"device {str(device)!r} asks for a CUDA GPU, but {build}; use device 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {str(device)!r} asks for Apple's MPS, which this machine lacks; use 'cpu'")
+    return dev
+
+
 def init(device: str = "cpu") -> DistInfo:
-    """Join the process group described by torchrun's environment; single-process runs need nothing."""
+    """Join the process group described by torchrun's environment; single-process runs need nothing.
+    ``device`` is checked first (``check_device``)."""
+    check_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
