@@ -66,6 +66,18 @@ def test_chain_writes_every_stage_and_a_summary(tmp_path, capsys):
     again = json.loads((out / "summary.json").read_text())
     assert {k: v for k, v in again.items() if k != "wall_s"} == {k: v for k, v in summary.items() if k != "wall_s"}
 
+    # `gradascent resume OUT` continues a chain too (it has no checkpoint of its own): here the PPO stage is
+    # gone, so it trains PPO again and leaves the finished SFT and RM stages alone.
+    import shutil
+
+    shutil.rmtree(out / "ppo")
+    sft_weights = (out / "sft" / "model" / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["resume", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"{out}: finished.")
+    assert (out / "ppo" / "policy" / "model.safetensors").exists()
+    assert (out / "sft" / "model" / "model.safetensors").stat().st_mtime_ns == sft_weights
+
     # A changed stage config with the same out directory is refused rather than mixed with the old run.
     line = cli_error(capsys, "rlhf", "--config", str(cfg), "--out", str(out), "--ppo.kl-coef", "0.5")
     assert "holds a finished stage run with another config" in line

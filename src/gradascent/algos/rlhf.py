@@ -179,6 +179,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_cmd)
 
 
+RESUMES_FROM_STAGES = True  # `gradascent resume OUT` needs no checkpoint in OUT: the stages keep their own
+
+
 def train(cfg: RLHFConfig, resume: bool = False) -> dict[str, Any]:
     """The chain as `gradascent resume` calls it (the chain always resumes what it finds in ``out``)."""
     return run_rlhf(cfg)

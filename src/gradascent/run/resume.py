@@ -35,7 +35,8 @@ def resume_run(run_dir: str | Path) -> Any:
         cls = getattr(module, cls_name)
     except (ValueError, KeyError, ImportError, AttributeError, TypeError):
         raise GradascentError(f"{meta_path} does not name a known gradascent trainer") from None
-    if latest_checkpoint(run_dir / "checkpoints") is None:
+    # A chain of stages (rlhf) keeps no checkpoint of its own: each stage resumes from its own directory.
+    if not getattr(module, "RESUMES_FROM_STAGES", False) and latest_checkpoint(run_dir / "checkpoints") is None:
         raise CheckpointError(f"{run_dir} has no complete checkpoint to resume from")
     train = getattr(module, "train", None)
     if train is None or "resume" not in inspect.signature(train).parameters:
