@@ -178,8 +178,18 @@ def test_head_kind_and_presence_are_checked(tmp_path):
     save_model(backbone, tok, tmp_path / "plain")
     with pytest.raises(CheckpointError, match="no value head"):
         ValueModel.from_pretrained(tmp_path / "plain")
+    with pytest.raises(CheckpointError, match="no reward head .*trained by `gradascent rm`"):
+        RewardModel.from_pretrained(tmp_path / "plain")  # e.g. the SFT model given as --reward-model
     fresh, _ = ValueModel.from_pretrained(tmp_path / "plain", new_head=True)
     assert fresh.head.weight.shape == (1, 32)
+
+
+def test_a_damaged_config_json_is_named(tmp_path):
+    backbone, tok = load_model("qwen2-micro")
+    save_model(backbone, tok, tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{bad")
+    with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
+        load_model(tmp_path / "m")
 
 
 def test_value_and_reward_shapes_and_padding_invariance():

@@ -118,8 +118,10 @@ class ScalarHeadModel(nn.Module):
         if not (p / "head.json").exists():
             if new_head:
                 return cls(backbone), tokenizer
-            raise CheckpointError(f"no {cls.kind} head in {p}: head.json is missing "
-                                  "(pass new_head=True to start a fresh head on this backbone)")
+            hint = "a reward model is trained by `gradascent rm`" if cls.kind == "reward" else \
+                "a value model is written by `gradascent ppo` beside its policy"
+            raise CheckpointError(f"no {cls.kind} head in {p}: head.json is missing; {hint} (from Python, "
+                                  "new_head=True starts a fresh head on this backbone)")
         meta = read_json(p / "head.json")
         if meta.get("kind") != cls.kind:
             raise CheckpointError(f"{p} holds a {meta.get('kind')!r} head, not a {cls.kind!r} head")

@@ -115,6 +115,11 @@ def _check_model_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise CheckpointError(f"no model in {path}: config.json is missing (expected a directory written by "
                               "save_pretrained, or a preset name)")
+    try:
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path / 'config.json'} is not valid JSON ({exc}); the model directory is "
+                              "damaged") from None
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise CheckpointError(f"no model weights in {path}: no *.safetensors file")
 
