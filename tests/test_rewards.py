@@ -1,6 +1,7 @@
 """Reward functions API: weights, per-function metrics, built-ins, and errors naming function and sample."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -43,8 +44,16 @@ def test_bad_reward_functions_are_named():
     def nan(prompts, completions, **kw):
         return [0.0, math.nan]
 
+    def forgot_return(prompts, completions, **kw):
+        [0.0 for _ in completions]
+
+    def one_number(prompts, completions, **kw):
+        return 0.5
+
     for fn, message in [(raises, "'raises' raised KeyError"), (short, "'short' returned 1 values for 2"),
-                        (nan, "'nan' returned nan for sample 1")]:
+                        (nan, "'nan' returned nan for sample 1"),
+                        (forgot_return, r"'forgot_return' returned None, not a list of 2 numbers"),
+                        (one_number, r"'one_number' returned 0.5, not a list of 2 numbers")]:
         with pytest.raises(RewardError, match=message):
             score([fn], ["a", "b"], ["x", "y"])
 
@@ -61,6 +70,21 @@ def test_resolve_reward_specs(tmp_path):
         resolve_reward("no_such_module_xyz:f")
     with pytest.raises(RewardError, match="neither a built-in"):
         resolve_reward("exactish")
+
+
+def test_a_module_in_the_current_directory_is_found_without_it_on_sys_path(tmp_path, monkeypatch):
+    # the `gradascent` console script, unlike `python -m gradascent.cli`, does not put the current directory on
+    # sys.path; the resolver looks there anyway, and leaves sys.path as it found it
+    (tmp_path / "cwd_rewards_c3f1.py").write_text("def short(prompts, completions, **kw):\n"
+                                                  "    return [float(len(c) < 3) for c in completions]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    before = list(sys.path)
+    monkeypatch.delitem(sys.modules, "cwd_rewards_c3f1", raising=False)
+    fn = resolve_reward("cwd_rewards_c3f1:short")
+    assert fn(["", ""], ["ab", "abcd"]) == [1.0, 0.0]
+    assert sys.path == before
+    monkeypatch.delitem(sys.modules, "cwd_rewards_c3f1")  # not left behind for other tests
 
 
 def test_builtins_with_an_argument_from_their_spec():

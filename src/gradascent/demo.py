@@ -32,7 +32,7 @@ from gradascent.algos.sft import SFTConfig, train_sft
 from gradascent.errors import ConfigError
 from gradascent.lm import load_model
 from gradascent.run.plot import plot_runs
-from gradascent.run.rundir import RunDir
+from gradascent.run.rundir import RunDir, make_dir
 from gradascent.tasks import Task, arithmetic_task, exact_match
 from gradascent.tasks.arithmetic import solve
 
@@ -131,7 +131,7 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSetting
     t0 = time.perf_counter()
     task, rl_task, val = arithmetic(settings, seed)
     data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
+    make_dir(data, "demo data directory")
     for split, rows in (("train", task.train), ("val", val), ("test", task.eval)):
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     say(f"task: problems like {task.train[0]['prompt']}{task.train[0]['answer']}; {len(task.train)} SFT "

@@ -15,7 +15,9 @@ Built-ins, usable by name in configs: ``numeric_match`` (the last number of the 
 ``answer`` column), ``format_number`` (the completion is a bare integer), ``length_penalty`` (minus the
 completion's length over 100 characters), and with an argument ``regex(PATTERN)`` (1.0 when the stripped
 completion fully matches PATTERN) and ``length_penalty(N)`` (the same penalty above N characters);
-``regex_reward(pattern)`` and ``length_penalty_fn(max_chars)`` build them in Python. Users name their own as ``module:function`` or ``path/to/file.py:function``.
+``regex_reward(pattern)`` and ``length_penalty_fn(max_chars)`` build them in Python. Users name their own as
+``module:function`` (looked for in the current directory first, as under ``python -m``) or
+``path/to/file.py:function``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import importlib
 import importlib.util
 import math
 import numbers
+import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -121,6 +125,21 @@ BUILTIN_REWARD_FACTORIES: dict[str, Callable[[str], RewardFn]] = {
 _FACTORY_SPEC = re.compile(r"(\w+)\((.*)\)", re.DOTALL)
 
 
+def _import_from_cwd(module_name: str) -> Any:
+    """``import_module`` with the current directory searched first, as ``python -m`` does (the ``gradascent``
+    console script does not put it on ``sys.path``); ``sys.path`` is restored afterwards."""
+    cwd = os.getcwd()
+    added = cwd not in {os.path.abspath(p or os.curdir) for p in sys.path}
+    if added:
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()  # a finder of the directory cached before the file was written would miss it
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
 def resolve_reward(spec: str | RewardFn) -> RewardFn:
     """A built-in name, a built-in with its argument (``regex(-?\\d+)``, ``length_penalty(200)``),
     ``module:function``, ``path/to/file.py:function``, or a callable."""
@@ -153,7 +172,7 @@ def resolve_reward(spec: str | RewardFn) -> RewardFn:
             module = importlib.util.module_from_spec(mod_spec)
             mod_spec.loader.exec_module(module)
         else:
-            module = importlib.import_module(module_name)
+            module = _import_from_cwd(module_name)
     except RewardError:
         raise
     except Exception as exc:  # the user's module failed to import: say which and why
@@ -234,7 +253,10 @@ def score(
         except Exception as exc:
             raise RewardError(f"reward function '{name}' raised {type(exc).__name__}: {exc} "
                               f"({_culprit(fn, exc, prompts, completions, columns or {})})") from None
-        values = [_as_number(v) for v in values] if values is not None else []
+        if values is None or isinstance(values, numbers.Number):  # forgot to return, or returned one number
+            raise RewardError(f"reward function '{name}' returned {values!r}, not a list of {n} numbers (one per "
+                              "completion)")
+        values = [_as_number(v) for v in values]
         if len(values) != n:
             raise RewardError(f"reward function '{name}' returned {len(values)} values for {n} completions")
         numeric = [not isinstance(v, bool) and isinstance(v, numbers.Real) for v in values]

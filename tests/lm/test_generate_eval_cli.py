@@ -9,8 +9,11 @@ import torch
 
 from gradascent.algos.grpo import evaluate
 from gradascent.cli import main
+from gradascent.errors import ConfigError
 from gradascent.lm import build_model, generate_text, load_model, save_model
+from gradascent.lm.cli import evaluate_model
 from gradascent.lm.tokenizers import char_tokenizer
+from gradascent.rewards import format_number, numeric_match
 from gradascent.tasks import arithmetic_task, load_task
 
 
@@ -97,14 +100,56 @@ def test_eval_scores_the_rows_of_the_split_it_names(model_dir, tmp_path, capsys,
         assert out["eval/prompt_len"] == pytest.approx(sum(len(r["prompt"]) for r in picked) / len(picked))
 
 
+def test_eval_rewards_are_one_comma_separated_value_as_for_grpo(model_dir, tmp_path, capsys):
+    # three rewards in one value; the comma inside regex(.{0,99}) belongs to its pattern, which any completion
+    # of at most 2 characters matches (1.0); prompt_len scores the rows "a" and "bbb" 1 and 3, a mean of 2
+    (tmp_path / "lenreward.py").write_text(
+        "def prompt_len(prompts, completions, **_):\n    return [float(len(p)) for p in prompts]\n")
+    task = _jsonl(tmp_path / "t.jsonl", [{"prompt": p, "answer": "1"} for p in ("a", "bbb")])
+    rewards = f"{tmp_path / 'lenreward.py'}:prompt_len,regex(.{{0,99}}),numeric_match"
+    # MODEL after --rewards: --rewards takes one value, it does not swallow the positional argument
+    assert main(["eval", "--task", str(task), "--rewards", rewards, str(model_dir), "--max-new-tokens", "2",
+                 "--json"]) == 0
+    out = json.loads(_lines(capsys)[-1])
+    assert [k for k in out if k.startswith("eval/")] == ["eval/prompt_len", "eval/regex[.{0,99}]",
+                                                         "eval/numeric_match"]
+    assert (out["eval/prompt_len"], out["eval/regex[.{0,99}]"]) == (2.0, 1.0)
+
+
+def test_evaluate_model_is_what_eval_prints(model_dir, tmp_path, capsys):
+    rows = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(5)]
+    task = str(_jsonl(tmp_path / "t.jsonl", rows))
+    assert main(["eval", str(model_dir), "--task", task, "--limit", "3", "--rewards", "numeric_match,format_number",
+                 "--max-new-tokens", "3", "--json"]) == 0
+    printed = json.loads(_lines(capsys)[-1])
+    out = evaluate_model(model_dir, task, limit=3, rewards="numeric_match,format_number", max_new_tokens=3)
+    assert out == printed
+    assert (out["task"], out["split"], out["rows"]) == (task, "all", 3)
+    # the same from a loaded model, rewards as a list: evaluate on the file's first 3 rows in their order
+    model, tok = load_model(model_dir)
+    expected = evaluate(model, tok, rows[:3], [numeric_match, format_number], 3)
+    assert evaluate_model(model, task, tokenizer=tok, limit=3, rewards=[numeric_match, "format_number"],
+                          max_new_tokens=3) == {"task": task, "split": "all", "rows": 3, **expected}
+    with pytest.raises(ConfigError, match="needs its tokenizer"):
+        evaluate_model(model, task, rewards="numeric_match")
+    with pytest.raises(ConfigError, match="split must be one of eval, train, all"):
+        evaluate_model(model_dir, task, split="test")
+
+
+def test_generate_temperature_zero_names_the_greedy_flag(model_dir, capsys):
+    assert main(["generate", str(model_dir), "--prompt", "x", "--temperature", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "gradascent: error: --temperature must be > 0 (use --greedy for argmax decoding), got 0.0"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["generate", "{model}", "--max-new-tokens", "2"], "no prompts"),
     (["generate", "{model}", "--prompt", "x", "--limit", "2"], "--limit applies to the prompts of --prompts-file"),
     (["generate", "{model}", "--prompt", "x", "-n", "0"], "num_samples must be >= 1"),
     (["generate", "{model}", "--prompts-file", "{tmp}/missing.jsonl"], "does not exist"),
     (["generate", "{tmp}/no-model", "--prompt", "x"], "no-model"),
-    (["eval", "{model}", "--task", "arithmetic", "--split", "all"], "--split all is for a file"),
-    (["eval", "{model}", "--task", "arithmetic", "--limit", "0"], "--limit must be >= 1"),
+    (["eval", "{model}", "--task", "arithmetic", "--split", "all"], "split 'all' is for a file"),
+    (["eval", "{model}", "--task", "arithmetic", "--limit", "0"], "limit must be >= 1, got 0"),
     (["eval", "{model}", "--task", "{tmp}/prefs.jsonl"], "fields chosen, prompt, rejected) has no reward"),
     (["eval", "{model}", "--task", "arithmetic", "--rewards", "no_such_reward"], "no_such_reward"),
 ])

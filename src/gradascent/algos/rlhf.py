@@ -175,7 +175,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                                    "then PPO against it with a KL penalty to the SFT model. Sections sft, rm, ppo "
                                    "of the config (flags --sft.FIELD, --rm.FIELD, --ppo.FIELD) configure the stages.")
     p.add_argument("--config", metavar="FILE.yaml", default=None, help="YAML file of RLHFConfig fields")
-    add_config_flags(p, RLHFConfig)
+    add_config_flags(p, RLHFConfig,  # the fields the chain connects are refused: not offered in the help
+                     hidden=frozenset(f"{stage}.{f}" for stage, fields in CHAIN_FIELDS.items() for f in fields))
     p.set_defaults(func=_cmd)
 
 

@@ -10,6 +10,7 @@ Mask convention: bool, True = the token counts. Masks are always carried explici
 pad id, so a tokenizer whose pad token is its EOS token is handled correctly.
 """
 
+from gradascent.lm.cli import evaluate_model
 from gradascent.lm.generate import Generation, filter_logits, fused_supported, generate, generate_text, sample_tokens
 from gradascent.lm.heads import RewardModel, ScalarHeadModel, ValueModel, backbone_hidden_states, last_token_index
 from gradascent.lm.logprobs import SequenceLogprobs, completion_logprobs, head_logprobs, sequence_logprobs
@@ -54,6 +55,7 @@ __all__ = [
     "fused_supported",
     "generate",
     "generate_text",
+    "evaluate_model",
     "head_logprobs",
     "last_token_index",
     "load_model",

@@ -1,8 +1,8 @@
 """``gradascent generate`` and ``gradascent eval``: try a trained language model from the command line.
 
 Both are thin shells over the Python API: ``generate`` is ``lm.load_model`` then ``lm.generate_text``;
-``eval`` is ``lm.load_model``, ``tasks.load_task`` and ``algos.grpo.evaluate`` (greedy completions scored by
-reward functions: with the exact-match reward, the accuracy). After ``make demo``::
+``eval`` is ``evaluate_model`` below: ``lm.load_model``, ``tasks.load_task`` and ``algos.grpo.evaluate``
+(greedy completions scored by reward functions: with the exact-match reward, the accuracy). After ``make demo``::
 
     gradascent generate runs/demo/grpo/model --prompt "12+34=" -n 4
     gradascent eval runs/demo/grpo/model --task runs/demo/data/test.jsonl --max-new-tokens 4  # accuracy_after
@@ -12,9 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gradascent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from gradascent.rewards import RewardFn
+
+__all__ = ["add_parser", "evaluate_model"]
 
 _SPLITS = ("eval", "train", "all")
 
@@ -57,8 +66,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                         "order, or its 'eval'/'train' split as load_task makes it with --seed [default: eval "
                         "for a built-in task, all for a file]")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N rows")
-    p.add_argument("--rewards", nargs="+", default=None, metavar="FN",
-                   help="reward functions (built-in names or module:function) instead of the task's")
+    p.add_argument("--rewards", default=None, metavar="FN[,FN...]",
+                   help="reward functions instead of the task's, comma-separated as for grpo --rewards: built-in "
+                        "names, regex(PATTERN), module:function or path/to/file.py:function")
     p.add_argument("--max-new-tokens", type=int, default=None, help="[default: the task's budget]")
     p.add_argument("--seed", type=int, default=0, help="data seed of a built-in task / of a file's split")
     p.add_argument("--batch-size", type=int, default=128, help="prompts per generation batch [default: 128]")
@@ -84,6 +94,8 @@ def _generate_cmd(args: argparse.Namespace) -> int:
     from gradascent.tasks.data import read_jsonl
 
     _positive("--limit", args.limit)
+    if not args.temperature > 0:  # the API's own message names its argument greedy=True, not the flag
+        raise ConfigError(f"--temperature must be > 0 (use --greedy for argmax decoding), got {args.temperature}")
     if args.limit is not None and not args.prompts_file:
         raise ConfigError("--limit applies to the prompts of --prompts-file; none was given")
     prompts = list(args.prompt)
@@ -112,37 +124,82 @@ def _generate_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_cmd(args: argparse.Namespace) -> int:
+def evaluate_model(
+    model: str | Path | nn.Module,
+    task: str,
+    *,
+    tokenizer: Any = None,
+    split: str | None = None,
+    limit: int | None = None,
+    rewards: str | Sequence[str | RewardFn] | None = None,
+    max_new_tokens: int | None = None,
+    seed: int = 0,
+    batch_size: int = 128,
+    dtype: str | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """Greedy completions of a task's rows scored by reward functions, ``algos.grpo.evaluate`` on the rows
+    ``gradascent eval`` picks; returns what it prints: {'task', 'split', 'rows', 'eval/<reward name>': mean}.
+
+    Args:
+        model: a model directory or preset name, loaded with ``lm.load_model(model, tokenizer, dtype=dtype,
+            device=device, trust_remote_code=trust_remote_code)``, or a loaded model and its ``tokenizer``.
+        task: a built-in task name or a JSONL task file, ``tasks.load_task(task, seed=seed)``.
+        split: ``'eval'`` (a built-in task's held-out rows; the default for one) or ``'train'``, as
+            ``load_task`` makes them with ``seed``; for a file also ``'all'``, its rows in its own order (the
+            default for a file).
+        limit: only the first ``limit`` rows.
+        rewards: reward functions instead of the task's: ``resolve_reward`` specs or callables, or one string
+            of comma-separated specs (a comma inside parentheses belongs to its spec, as for ``grpo --rewards``).
+        max_new_tokens: the completion budget [default: the task's].
+    """
     from gradascent.algos.grpo import evaluate
+    from gradascent.lm import load_model
     from gradascent.rewards import resolve_reward
+    from gradascent.run.config import split_commas
     from gradascent.tasks import BUILTIN_TASKS, describe_rows, load_task
     from gradascent.tasks.data import load_rows
 
-    _positive("--limit", args.limit)
-    _positive("--batch-size", args.batch_size)
-    _positive("--max-new-tokens", args.max_new_tokens)
-    task = load_task(args.task, seed=args.seed)
-    builtin = args.task in BUILTIN_TASKS
-    split = args.split or ("eval" if builtin else "all")
+    for name, value in (("limit", limit), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        _positive(name, value)
+    loaded = load_task(task, seed=seed)
+    builtin = task in BUILTIN_TASKS
+    split = split or ("eval" if builtin else "all")
+    if split not in _SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(_SPLITS)}, got {split!r}")
     if builtin and split == "all":
-        raise ConfigError("--split all is for a file; a built-in task has 'eval' and 'train' rows")
+        raise ConfigError("split 'all' is for a file; a built-in task has 'eval' and 'train' rows")
     if split == "all":  # the file's rows in its own order
-        rows = load_rows(args.task)[1][:args.limit]
+        rows = load_rows(task)[1][:limit]
     else:
-        rows = (task.eval if split == "eval" else task.train)[:args.limit]
+        rows = (loaded.eval if split == "eval" else loaded.train)[:limit]
     if not rows:
-        raise ConfigError(f"task {args.task!r} has no {split!r} rows to score")
-    fns = [resolve_reward(r) for r in args.rewards] if args.rewards else list(task.reward_fns)
+        raise ConfigError(f"task {task!r} has no {split!r} rows to score")
+    if isinstance(rewards, str):
+        rewards = [r for r in split_commas(rewards) if r != ""]
+    fns = [resolve_reward(r) for r in rewards] if rewards else list(loaded.reward_fns)
     if not fns:
-        raise ConfigError(f"task {args.task!r} ({describe_rows(task)}) has no reward functions of its own; "
-                          "pass --rewards")
-    model, tokenizer = _load(args)
-    metrics = evaluate(model, tokenizer, rows, fns, args.max_new_tokens or task.max_new_tokens,
-                       batch_size=args.batch_size)
+        raise ConfigError(f"task {task!r} ({describe_rows(loaded)}) has no reward functions of its own; "
+                          "give some (--rewards, or rewards= in Python)")
+    if isinstance(model, (str, Path)):
+        model, tokenizer = load_model(model, tokenizer, dtype=dtype, device=device,
+                                      trust_remote_code=trust_remote_code)
+    elif tokenizer is None:
+        raise ConfigError("evaluate_model of a loaded model needs its tokenizer")
+    metrics = evaluate(model, tokenizer, rows, fns, max_new_tokens or loaded.max_new_tokens, batch_size=batch_size)
+    return {"task": task, "split": split, "rows": len(rows), **metrics}
+
+
+def _eval_cmd(args: argparse.Namespace) -> int:
+    out = evaluate_model(args.model, args.task, split=args.split, limit=args.limit, rewards=args.rewards,
+                         max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
+                         dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     if args.json:
-        print(json.dumps({"task": args.task, "split": split, "rows": len(rows), **metrics}))
+        print(json.dumps(out))
     else:
-        print(f"{len(rows)} prompts of {args.task} ({split}), greedy:")
-        for key, value in metrics.items():
-            print(f"  {key}: {value:.4f}")
+        print(f"{out['rows']} prompts of {args.task} ({out['split']}), greedy:")
+        for key, value in out.items():
+            if key.startswith("eval/"):
+                print(f"  {key}: {value:.4f}")
     return 0

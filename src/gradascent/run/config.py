@@ -78,7 +78,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _split_commas(text: str) -> list[str]:
+def split_commas(text: str) -> list[str]:
     """'a,b(c,d),e' -> ['a', 'b(c,d)', 'e']: a flag's list items, split on the commas outside parentheses (so
     that ``--rewards 'numeric_match,regex(\\d{1,3})'`` keeps the regex whole)."""
     items, depth, start = [], 0, 0
@@ -119,7 +119,7 @@ def _coerce(key: str, value: Any, tp: Any, from_string: bool) -> Any:
     if origin in (tuple, list):
         (inner, *_rest) = get_args(tp) or (Any,)
         if from_string and isinstance(value, str):
-            value = [v for v in _split_commas(value) if v != ""]
+            value = [v for v in split_commas(value) if v != ""]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {_type_name(tp)}")
         items = [_coerce(key, v, inner, from_string) for v in value]
@@ -272,11 +272,13 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", defaults: Any = None) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", defaults: Any = None,
+                     hidden: frozenset[str] = frozenset()) -> None:
     """One ``--field-name VALUE`` flag per field (nested: ``--ppo.lr``), its help the field's docstring.
 
     The default shown is the field's default; for a nested section, the value in the section's default
-    instance (``defaults``), which may differ from its class's own defaults."""
+    instance (``defaults``), which may differ from its class's own defaults. Flags of the dotted keys in
+    ``hidden`` are left out of the help but still parsed, so that the config's own check names them."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(f"{cls.__name__} fields" if not prefix else f"{prefix.rstrip('.')} fields")
@@ -289,14 +291,16 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "
         if defaults is not None:
             default = getattr(defaults, f.name)
         if dataclasses.is_dataclass(tp):
-            add_config_flags(parser, tp, prefix=f"{prefix}{f.name}.", defaults=default)  # type: ignore[arg-type]
+            add_config_flags(parser, tp, prefix=f"{prefix}{f.name}.", defaults=default,  # type: ignore[arg-type]
+                             hidden=hidden)
             continue
         flag = "--" + (prefix + f.name).replace("_", "-")
         # A bool flag alone means true (`--resume`); `--resume false` also works.
         extra: dict[str, Any] = {"nargs": "?", "const": "true"} if tp is bool else {}
         group.add_argument(
             flag, dest=f"cfg:{prefix}{f.name}", default=None, metavar=_metavar(tp),
-            help=f"{docs.get(f.name, '')} [default: {default!r}]".replace("%", "%%"), **extra,
+            help=argparse.SUPPRESS if f"{prefix}{f.name}" in hidden
+            else f"{docs.get(f.name, '')} [default: {default!r}]".replace("%", "%%"), **extra,
         )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gradascent.errors import GradascentError
+from gradascent.run.rundir import make_dir
 
 # Panel title -> metric names to draw, first present wins for each run (several per panel allowed).
 PANELS: dict[str, tuple[str, ...]] = {
@@ -72,8 +73,7 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
         raise GradascentError("plot needs at least one run directory")
     runs = {Path(d).name or str(d): read_metrics(d) for d in run_dirs}
     x_key = next((k for k in X_KEYS if all(any(k in r for r in rows) for rows in runs.values())), "step")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out_dir, "plot directory")
     drawn: dict[str, list[tuple[str, str, list[float], list[float]]]] = {}
     for title, keys in PANELS.items():
         for name, rows in runs.items():

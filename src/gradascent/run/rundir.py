@@ -31,16 +31,25 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def make_dir(path: str | Path, what: str = "directory") -> Path:
+    """``mkdir -p path``, or a GradascentError naming ``path`` (a file in the way, no permission, ...)."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise GradascentError(f"cannot create {what} {p}: a file is in the way (a directory is needed)") from None
+    except OSError as exc:
+        raise GradascentError(f"cannot create {what} {p}: {exc.strerror or exc}") from None
+    return p
+
+
 class RunDir:
     """Writes config.yaml, metrics.jsonl, summary.json, checkpoints/ and TensorBoard events under ``path``."""
 
     def __init__(self, path: str | Path, tensorboard: bool = True) -> None:
         self.path = Path(path)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self.checkpoints.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise GradascentError(f"cannot create run directory {self.path}: {exc.strerror}") from None
+        make_dir(self.path, "run directory")
+        make_dir(self.checkpoints, "run directory")
         self._tb_enabled = tensorboard
         self._tb: Any = None
 

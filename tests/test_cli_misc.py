@@ -1,0 +1,57 @@
+"""The command line around the trainers: `plot` and `demo` with an --out they cannot write, and `rlhf --help`
+without the stage flags the chain sets itself."""
+
+import pytest
+
+from gradascent.algos.rlhf import CHAIN_FIELDS
+from gradascent.cli import main
+from gradascent.run import RunDir
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("gradascent: error: "), err  # no traceback
+    return err
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run = RunDir(tmp_path / "run", tensorboard=False)
+    for step in (1, 2):
+        run.log(step, {"reward": 0.5 * step})
+    return run.path
+
+
+def test_plot_into_a_file_or_an_impossible_path_is_a_one_line_error(run_dir, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    assert main(["plot", str(run_dir), "--out", str(tmp_path / "a_file")]) == 2
+    assert _one_line_error(capsys) == (f"gradascent: error: cannot create plot directory {tmp_path / 'a_file'}: a "
+                                       "file is in the way (a directory is needed)")
+    too_long = str(tmp_path / ("x" * 300))  # longer than any file system allows a name: OSError, even for root
+    assert main(["plot", str(run_dir), "--out", too_long]) == 2
+    assert _one_line_error(capsys) == f"gradascent: error: cannot create plot directory {too_long}: File name too long"
+    (run_dir / "plots").write_text("")  # in the way of the default --out, RUN/plots
+    assert main(["plot", str(run_dir)]) == 2
+    assert _one_line_error(capsys) == (f"gradascent: error: cannot create plot directory {run_dir / 'plots'}: a "
+                                       "file is in the way (a directory is needed)")
+
+
+def test_demo_into_a_file_is_a_one_line_error_before_any_training(tmp_path, capsys):
+    out = tmp_path / "a_file"
+    out.write_text("")
+    assert main(["demo", "--out", str(out)]) == 2
+    assert _one_line_error(capsys) == (f"gradascent: error: cannot create demo data directory {out / 'data'}: a "
+                                       "file is in the way (a directory is needed)")
+
+
+def test_rlhf_help_leaves_out_the_flags_the_chain_sets_but_refuses_them(capsys):
+    with pytest.raises(SystemExit):
+        main(["rlhf", "--help"])
+    shown = capsys.readouterr().out
+    chained = [f"--{section}.{f.replace('_', '-')}" for section, fields in CHAIN_FIELDS.items() for f in fields]
+    assert len(chained) == 15
+    for flag in chained:
+        assert f"{flag} " not in shown and f"{flag}]" not in shown, flag
+    assert "--sft.model " in shown and "--ppo.kl-coef " in shown  # the stages' other flags are still listed
+    assert main(["rlhf", "--sft.out", "x"]) == 2
+    assert "config key 'sft.out' is set by the rlhf chain" in _one_line_error(capsys)
