@@ -55,3 +55,13 @@ def test_rlhf_help_leaves_out_the_flags_the_chain_sets_but_refuses_them(capsys):
     assert "--sft.model " in shown and "--ppo.kl-coef " in shown  # the stages' other flags are still listed
     assert main(["rlhf", "--sft.out", "x"]) == 2
     assert "config key 'sft.out' is set by the rlhf chain" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("argv", [["--debug", "plot", "nowhere"], ["plot", "nowhere", "--debug"]])
+def test_debug_before_or_after_the_command_shows_the_traceback(argv, tmp_path, monkeypatch):
+    from gradascent.errors import GradascentError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GradascentError, match="not a run directory"):
+        main(argv)
+    assert main(["plot", "nowhere"]) == 2  # without it, the one-line error

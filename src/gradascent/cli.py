@@ -39,13 +39,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # --debug before or after the command: the subcommands' copy sets it only when given (SUPPRESS), so it
+    # does not overwrite the top-level value with its own default
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser = _Parser(
-        prog="gradascent",
-        description="Policy optimization from REINFORCE to GRPO.",
-        parents=[common],
-    )
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show full tracebacks on errors")
+    parser = _Parser(prog="gradascent", description="Policy optimization from REINFORCE to GRPO.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"gradascent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

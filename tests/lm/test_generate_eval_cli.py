@@ -159,3 +159,17 @@ def test_bad_input_is_a_one_line_error(model_dir, tmp_path, capsys, argv, messag
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("gradascent: error:") and message in err[-1], err
+
+
+def test_json_output_leaves_stderr_empty(model_dir):
+    # --json is for programs: the weight-loading progress bar of transformers must not reach stderr either
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    done = subprocess.run([sys.executable, "-m", "gradascent.cli", "generate", str(model_dir), "--prompt", "1+",
+                           "--max-new-tokens", "3", "--json"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": src, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0 and done.stderr == ""
+    assert json.loads(done.stdout)["prompt"] == "1+"

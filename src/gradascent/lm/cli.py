@@ -87,8 +87,18 @@ def _positive(name: str, value: int | None) -> None:
         raise ConfigError(f"{name} must be >= 1, got {value}")
 
 
+def _quiet_if_json(args: argparse.Namespace) -> None:
+    """With --json the output is for a program: no weight-loading progress bar on stderr either."""
+    if args.json:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def _generate_cmd(args: argparse.Namespace) -> int:
     import torch
+
+    _quiet_if_json(args)
 
     from gradascent.lm import generate_text
     from gradascent.tasks.data import read_jsonl
@@ -192,6 +202,7 @@ def evaluate_model(
 
 
 def _eval_cmd(args: argparse.Namespace) -> int:
+    _quiet_if_json(args)
     out = evaluate_model(args.model, args.task, split=args.split, limit=args.limit, rewards=args.rewards,
                          max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
                          dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
