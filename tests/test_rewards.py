@@ -149,3 +149,19 @@ def test_a_reward_that_raises_is_named_with_the_sample_it_fails_on():
 
     with pytest.raises(RewardError, match=r"ZeroDivisionError.*\(sample 1: prompt 'b'"):
         score([from_tensor], ["a", "b", "c"], ["x", "y", "z"], {"answer": torch.tensor([3, 1, 2])})
+
+
+def test_required_columns_are_the_parameters_without_defaults_after_the_first_two():
+    from gradascent.rewards import check_columns, format_number, numeric_match, regex_reward, required_columns
+
+    def mine(p, c, topic, *, level, bonus=1.0, **columns):
+        return [0.0] * len(c)
+
+    assert required_columns(numeric_match) == ["answer"]
+    assert required_columns(format_number) == [] and required_columns(regex_reward(r"\d+")) == []
+    assert required_columns(mine) == ["topic", "level"]
+    assert required_columns(lambda prompts, completions, **_: []) == []
+    check_columns([numeric_match, mine], ["answer", "topic", "level"], "rows")  # all there: no error
+    with pytest.raises(RewardError, match="'mine' needs the column 'level', which the rows of my.jsonl lack "
+                                          r"\(their columns besides 'prompt': answer, topic\)"):
+        check_columns([numeric_match, mine], ["topic", "answer"], "my.jsonl")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import math
 import numbers
 import os
@@ -182,6 +183,30 @@ def resolve_reward(spec: str | RewardFn) -> RewardFn:
     if not callable(fn):
         raise RewardError(f"reward function '{spec}': {module_name} has no function '{attr}'")
     return fn
+
+
+def required_columns(fn: RewardFn) -> list[str]:
+    """The columns ``fn`` cannot run without: the parameters after ``prompts`` and ``completions`` that have no
+    default (``numeric_match``: ``answer``). [] when the signature cannot be read."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    positional = [p for p in named if p.kind is p.POSITIONAL_OR_KEYWORD]
+    skip = {p.name for p in positional[:2]}  # prompts, completions (whatever their names)
+    return [p.name for p in named if p.name not in skip and p.default is p.empty]
+
+
+def check_columns(reward_fns: Sequence[RewardFn], columns: Sequence[str], where: str) -> None:
+    """RewardError naming the first reward function that needs a column ``where``'s rows lack, so that a task
+    file without, say, an ``answer`` field stops a run before it starts rather than at its first scoring."""
+    for fn, name in zip(reward_fns, metric_names(reward_fns)):
+        missing = [c for c in required_columns(fn) if c not in columns]
+        if missing:
+            have = ", ".join(sorted(columns)) or "none"
+            raise RewardError(f"reward function '{name}' needs the column {missing[0]!r}, which the rows of "
+                              f"{where} lack (their columns besides 'prompt': {have})")
 
 
 def metric_names(reward_fns: Sequence[RewardFn]) -> list[str]:

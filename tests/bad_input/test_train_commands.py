@@ -167,3 +167,13 @@ def test_an_empty_prompt_stops_grpo_before_the_run_directory_is_made(fails_clean
     line = fails_cleanly(["grpo", "--model", "qwen2-micro", "--task", str(data), "--out", str(out)], "is empty")
     assert "prompts.jsonl" in line
     assert not out.exists()
+
+
+def test_a_reward_needing_a_column_the_task_file_lacks_stops_grpo_before_it_starts(fails_cleanly, tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "topic": "sums"}) + "\n" for i in range(8)))
+    out = tmp_path / "o"
+    line = fails_cleanly(["grpo", "--model", "qwen2-micro", "--task", str(data), "--rewards", "numeric_match",
+                          "--out", str(out)], "'numeric_match' needs the column 'answer'")
+    assert "topic" in line
+    assert not out.exists()

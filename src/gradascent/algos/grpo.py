@@ -78,7 +78,7 @@ from gradascent.lm import (
 from gradascent.lm.grouped import GroupedLogprobs
 from gradascent.lm.models import check_vocab, eval_mode
 from gradascent.lm.tokenizers import check_prompt_lengths
-from gradascent.rewards import RewardFn, resolve_reward, score
+from gradascent.rewards import RewardFn, check_columns, resolve_reward, score
 from gradascent.tasks import Task, describe_rows, load_task
 from gradascent.run import distributed
 from gradascent.run.checkpoint import (
@@ -592,6 +592,9 @@ def train_grpo(
     if not reward_fns:
         raise ConfigError(f"no reward functions: task {task.name!r} ({describe_rows(task)}) has none of its own; "
                           "set 'rewards'")
+    for rows, split in ((train_rows, "training"), (eval_rows, "held-out")):
+        if rows:
+            check_columns(reward_fns, [k for k in rows[0] if k != "prompt"], f"task {task.name!r} ({split})")
     max_new = cfg.max_new_tokens or task.max_new_tokens
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and max_new >= context:

@@ -47,7 +47,7 @@ from gradascent.lm.generate import generate
 from gradascent.lm.logprobs import SequenceLogprobs, sequence_logprobs
 from gradascent.lm.models import count_parameters, eval_mode, load_model, save_model
 from gradascent.lm.tokenizers import check_prompt_lengths, decode_completions, encode_prompts, eos_token_ids
-from gradascent.rewards import metric_names, score
+from gradascent.rewards import check_columns, metric_names, score
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gradascent.run.checkpoint import seed_everything
@@ -403,6 +403,8 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
             i = too_long[0]
             raise DataError(f"{split} example {i} of {cfg.task} is {len(examples[i][0])} tokens long, more than "
                             f"the model's context of {context} tokens ({len(too_long)} such examples)")
+    if cfg.eval_generate and task.reward_fns and task.eval:  # greedy evaluations are scored with these columns
+        check_columns(task.reward_fns, [k for k in task.eval[0] if k != "prompt"], f"{cfg.task} (eval)")
     if context is not None and cfg.eval_generate and task.reward_fns:  # greedy evaluations complete these
         check_prompt_lengths(tokenizer, [str(r["prompt"]) for r in task.eval[:cfg.eval_generate]],
                              context - task.max_new_tokens, f"{cfg.task}, eval prompts completed by eval_generate "

@@ -166,7 +166,7 @@ def evaluate_model(
     """
     from gradascent.algos.grpo import evaluate
     from gradascent.lm import load_model
-    from gradascent.rewards import resolve_reward
+    from gradascent.rewards import check_columns, resolve_reward
     from gradascent.run.config import split_commas
     from gradascent.tasks import BUILTIN_TASKS, describe_rows, load_task
     from gradascent.tasks.data import load_rows
@@ -192,6 +192,7 @@ def evaluate_model(
     if not fns:
         raise ConfigError(f"task {task!r} ({describe_rows(loaded)}) has no reward functions of its own; "
                           "give some (--rewards, or rewards= in Python)")
+    check_columns(fns, [k for k in rows[0] if k != "prompt"], f"task {task!r} ({split})")
     if isinstance(model, (str, Path)):
         model, tokenizer = load_model(model, tokenizer, dtype=dtype, device=device,
                                       trust_remote_code=trust_remote_code)
