@@ -79,8 +79,47 @@ def test_chain_writes_every_stage_and_a_summary(tmp_path, capsys):
     assert (out / "sft" / "model" / "model.safetensors").stat().st_mtime_ns == sft_weights
 
     # A changed stage config with the same out directory is refused rather than mixed with the old run.
+    before = {name: (out / name).read_text() for name in ("config.yaml", "metrics.jsonl", "summary.json")}
     line = cli_error(capsys, "rlhf", "--config", str(cfg), "--out", str(out), "--ppo.kl-coef", "0.5")
-    assert "holds a finished stage run with another config" in line
+    assert "holds a finished stage run with another config (kl_coef differ)" in line
+    assert {name: (out / name).read_text() for name in before} == before  # refused before writing anything
+
+
+def test_a_chain_on_a_file_of_pairs_reports_reward_model_scores(tmp_path, capsys):
+    # A JSONL task has no hidden rule to judge the policy by: the summary line gives the reward model's
+    # scores instead (it used to crash formatting the missing hidden score).
+    rows = [{"prompt": f"Say {w}:", "chosen": f" {w} {w}", "rejected": f" {w[::-1]}"} for w in
+            ("cat", "dog", "sun", "sky", "red", "tea", "pen", "box") * 4]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tmp_path / "rlhf.yaml"
+    cfg.write_text(TINY.replace("  n_train: 64\n  n_eval: 8\n", "").replace("  train_pairs: 32\n  eval_pairs: 16\n", ""))
+    out = tmp_path / "run"
+    assert main(["rlhf", "--config", str(cfg), "--out", str(out), "--task", str(data)]) == 0
+    line = capsys.readouterr().out
+    assert "reward-model score of greedy completions SFT" in line and "no hidden score" in line
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["hidden_score_sft"] is None and isinstance(summary["rm_score_policy"], float)
+
+
+def test_a_task_without_pairs_is_refused_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "run"
+    line = cli_error(capsys, "rlhf", "--out", str(out), "--task", "arithmetic")
+    assert "not preference pairs" in line
+    assert not out.exists()
+
+
+def test_a_yaml_section_keeps_the_chain_defaults_it_does_not_set(tmp_path):
+    from gradascent.algos.rlhf import RLHFConfig
+    from gradascent.run.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("sft:\n  steps: 7\nrm:\n  lr: 0.002\n")
+    from_yaml = load_config(RLHFConfig, path)
+    from_flags = load_config(RLHFConfig, None, flag_overrides={"sft.steps": "7", "rm.lr": "0.002"})
+    assert from_yaml == from_flags
+    assert (from_yaml.sft.steps, from_yaml.sft.lr, from_yaml.sft.n_train) == (7, 3e-3, 2000)  # chain defaults kept
+    assert (from_yaml.rm.lr, from_yaml.rm.train_pairs) == (0.002, 6000)
 
 
 def test_fields_the_chain_connects_cannot_be_set(tmp_path, capsys):

@@ -32,6 +32,7 @@ from typing import Any
 
 from gradascent.algos.ppo_rlhf import PPORLHFConfig, train_ppo_rlhf
 from gradascent.algos.reward_model import RewardModelConfig, train_reward_model
+from gradascent.algos.rlhf_data import preference_data
 from gradascent.algos.sft import SFTConfig, train_sft
 from gradascent.errors import ConfigError
 from gradascent.run import distributed
@@ -97,18 +98,33 @@ def _finished(stage_cfg: Any, model_dir: str) -> dict[str, Any] | None:
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     if "stopped" in summary or "stopped_by" in summary:
         return None
-    if read_yaml(config_path) != to_dict(stage_cfg):
-        raise ConfigError(f"{out} holds a finished stage run with another config; choose another 'out' for the "
-                          "chain (or remove that directory)")
+    _check_same_config(stage_cfg)
     return summary
+
+
+def _check_same_config(stage_cfg: Any) -> None:
+    """A ConfigError naming the keys in which a finished stage run in ``stage_cfg.out`` differs from this one."""
+    out = Path(stage_cfg.out)
+    if not ((out / "summary.json").is_file() and (out / "config.yaml").is_file()):
+        return
+    saved, now = read_yaml(out / "config.yaml"), to_dict(stage_cfg)
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(f"{out} holds a finished stage run with another config ({', '.join(changed)} differ); "
+                          "choose another 'out' for the chain (or remove that directory)")
 
 
 def run_rlhf(cfg: RLHFConfig) -> dict[str, Any]:
     """SFT -> reward model -> PPO; returns the summary (also in ``out/summary.json``)."""
     t0 = time.perf_counter()
     main = distributed.init(cfg.sft.device).is_main
-    run = RunDir(cfg.out) if main else None  # rank 0 writes
     sft_cfg, rm_cfg, ppo_cfg = stage_configs(cfg)
+    # Before anything is written: the task holds preference pairs (every stage reads them), and no finished
+    # stage was run with another config (its outputs feed the next stages).
+    preference_data(cfg.task, 1, 1, cfg.seed)
+    for stage_cfg in (sft_cfg, rm_cfg, ppo_cfg):
+        _check_same_config(stage_cfg)
+    run = RunDir(cfg.out) if main else None  # rank 0 writes
     if run is not None:
         run.write_config(cfg)
         if run.metrics_path.exists():
@@ -117,7 +133,8 @@ def run_rlhf(cfg: RLHFConfig) -> dict[str, Any]:
     t = time.perf_counter()
     sft = _finished(sft_cfg, rm_cfg.model) or train_sft(sft_cfg)
     if "stopped_by" in sft:
-        return _stopped(run, "sft", f"stopped by {sft['stopped_by']}; run the same command again to resume")
+        return _stopped(run, "sft", f"stopped by {sft['stopped_by']} after step {sft['steps']}; run the same command "
+                        "again to resume")
     if run is not None:
         run.log(1, {"stage": "sft", "wall_s": time.perf_counter() - t, **_numbers(sft)})
 
@@ -191,7 +208,18 @@ def train(cfg: RLHFConfig, resume: bool = False) -> dict[str, Any]:
 def _cmd(args: argparse.Namespace) -> int:
     cfg = load_config(RLHFConfig, args.config, flag_overrides=flag_values(args))
     return finish("rlhf", run_rlhf(cfg), lambda s: (
-        f"rlhf: reward-model accuracy {s['rm_accuracy']:.3f}; hidden score of greedy completions "
-        f"SFT {s['hidden_score_sft']:.3f} -> policy {s['hidden_score_policy']:.3f}; "
+        f"rlhf: reward-model accuracy {s['rm_accuracy']:.3f}; {_scores(s)}; "
         f"KL to reference {s['kl_to_reference']:.2f} nats (target {s['kl_target']:g}); "
         f"{s['wall_s']:.0f} s; results in {cfg.out}"))
+
+
+def _scores(s: dict[str, Any]) -> str:
+    """The hidden score of greedy completions when the task has one (the built-in preference task's rule),
+    else the reward model's score of them (a JSONL task of pairs has no ground truth to judge by)."""
+    if s.get("hidden_score_sft") is not None and s.get("hidden_score_policy") is not None:
+        return (f"hidden score of greedy completions SFT {s['hidden_score_sft']:.3f} -> policy "
+                f"{s['hidden_score_policy']:.3f}")
+    if s.get("rm_score_sft") is not None and s.get("rm_score_policy") is not None:
+        return (f"reward-model score of greedy completions SFT {s['rm_score_sft']:.3f} -> policy "
+                f"{s['rm_score_policy']:.3f} (the task has no hidden score)")
+    return "no held-out scores (eval_prompts 0)"

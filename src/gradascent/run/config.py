@@ -176,11 +176,36 @@ def from_dict(cls: type[C], data: dict[str, Any], *, prefix: str = "", from_stri
             hint = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.5)
             extra = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""
             raise ConfigError(f"unknown config key '{prefix}{key}' for {cls.__name__}{extra}")
+        default = _field_default(fields[name])
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints[name]) and dataclasses.is_dataclass(default):
+            # a section given in part keeps the rest of its default instance, not its class's own defaults
+            value = _deep_merge(to_dict(default), value)
         kwargs[name] = _coerce(prefix + name, value, hints[name], from_string)
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field without a value
         raise ConfigError(f"{cls.__name__}: {exc}") from None
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _deep_merge(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` over ``base``, nested mappings merged key by key (keys as written: '-' or '_')."""
+    out = dict(base)
+    for key, value in given.items():
+        name = str(key).replace("-", "_")
+        if isinstance(value, dict) and isinstance(out.get(name), dict):
+            out[name] = _deep_merge(out[name], value)
+        else:
+            out.pop(name, None)
+            out[key] = value
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
