@@ -177,3 +177,20 @@ def test_a_reward_needing_a_column_the_task_file_lacks_stops_grpo_before_it_star
                           "--out", str(out)], "'numeric_match' needs the column 'answer'")
     assert "topic" in line
     assert not out.exists()
+
+
+def test_rl_minibatches_log_std_and_eval_seed(fails_cleanly, tmp_path):
+    # 3 minibatches of a 32 x 32 batch would be unequal, and 5000 would hold one sample each (whitening then
+    # zeroes every advantage); a NaN starting log-std made the first update non-finite.
+    out = str(tmp_path / "o")
+    line = fails_cleanly(["rl", "ppo", "--env", "CartPole-v1", "--num-minibatches", "3", "--out", out],
+                         "num_minibatches")
+    assert "a divisor of the batch num_envs * num_steps = 1024" in line
+    fails_cleanly(["rl", "ppo", "--env", "Pendulum-v1", "--init-log-std", "nan", "--out", out], "init_log_std")
+    assert not (tmp_path / "o").exists()
+    from gradascent.errors import ConfigError
+    from gradascent.rl import evaluate  # the checks are the Python function's, which the command calls
+
+    for kwargs, key in (({"seed": -1}, "seed"), ({"episodes": 0}, "episodes")):
+        with pytest.raises(ConfigError, match=key):
+            evaluate(out, **kwargs)

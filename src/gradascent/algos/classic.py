@@ -126,6 +126,8 @@ class ClassicConfig:
         require(len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes), "hidden_sizes",
                 self.hidden_sizes, "a non-empty list of integers >= 1")
         require(self.norm_clip > 0, "norm_clip", self.norm_clip, "a float > 0")
+        require(-20.0 <= self.init_log_std <= 5.0, "init_log_std", self.init_log_std,
+                "a finite float in [-20, 5] (a starting std of e^-20 to e^5)")
         require(self.eval_every >= 0, "eval_every", self.eval_every, "an integer >= 0")
         require(self.eval_episodes >= 1, "eval_episodes", self.eval_episodes, "an integer >= 1")
         require(self.stop_at_return is None or self.eval_every > 0, "eval_every", self.eval_every,

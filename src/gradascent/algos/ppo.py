@@ -70,7 +70,9 @@ class PPOConfig(ClassicConfig):
         super().__post_init__()
         require(self.num_steps >= 1, "num_steps", self.num_steps, "an integer >= 1")
         require(self.update_epochs >= 1, "update_epochs", self.update_epochs, "an integer >= 1")
-        require(self.num_minibatches >= 1, "num_minibatches", self.num_minibatches, "an integer >= 1")
+        batch = self.num_envs * self.num_steps
+        require(1 <= self.num_minibatches <= batch and batch % self.num_minibatches == 0, "num_minibatches",
+                self.num_minibatches, f"a divisor of the batch num_envs * num_steps = {batch} (equal minibatches)")
         require(0.0 <= self.lam <= 1.0, "lam", self.lam, "in [0, 1]")
         require(0.0 < self.clip_eps < 1.0, "clip_eps", self.clip_eps, "in (0, 1)")
         require(self.vf_clip_eps is None or self.vf_clip_eps > 0, "vf_clip_eps", self.vf_clip_eps,

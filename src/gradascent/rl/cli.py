@@ -70,8 +70,6 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from gradascent.rl.saved import evaluate
 
-    if args.episodes < 1:
-        raise ConfigError(f"--episodes: {args.episodes} is not allowed; expected an integer >= 1")
     if not Path(args.dir).exists():
         raise GradascentError(f"{args.dir} does not exist")
     result = evaluate(args.dir, episodes=args.episodes, seed=args.seed)

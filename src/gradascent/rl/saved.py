@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gradascent.errors import CheckpointError
+from gradascent.errors import CheckpointError, ConfigError
 from gradascent.rl.envs import ObsNormalizer, make_vec_env
 from gradascent.rl.policy import ActorCritic
 
@@ -90,6 +90,10 @@ def run_episodes(policy: ActorCritic, obs_norm: ObsNormalizer, env_id: str, epis
 
 def evaluate(path: str | Path, episodes: int = 10, seed: int = 0) -> dict[str, Any]:
     """Deterministic evaluation of a saved policy: {eval_return_mean, eval_return_std, episodes, returns}."""
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ConfigError(f"episodes: {episodes!r} is not allowed; expected an integer >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed: {seed!r} is not allowed; expected an integer >= 0 (gymnasium's seeds)")
     policy, obs_norm, meta = load_policy(path)
     returns = run_episodes(policy, obs_norm, meta["env"], episodes, seed)
     return {"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
