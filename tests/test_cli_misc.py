@@ -65,3 +65,14 @@ def test_debug_before_or_after_the_command_shows_the_traceback(argv, tmp_path, m
     with pytest.raises(GradascentError, match="not a run directory"):
         main(argv)
     assert main(["plot", "nowhere"]) == 2  # without it, the one-line error
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line(monkeypatch, capsys):
+    import gradascent.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["grpo"]) == 130
+    assert capsys.readouterr().err == "gradascent: interrupted\n"

@@ -93,6 +93,7 @@ from gradascent.run.config import add_config_flags, flag_values, load_config, re
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
+from gradascent.run.command import stop_status
 from gradascent.run.rundir import RunDir, check_resume
 from gradascent.run.schedule import lr_multiplier
 
@@ -790,7 +791,7 @@ def _cmd(args: argparse.Namespace) -> int:
     if summary.get("stopped_by"):
         print(f"stopped by {summary['stopped_by']} after step {summary['steps']}; continue with --resume",
               file=sys.stderr)
-        return 130
+        return stop_status(summary)
     print(f"run directory: {args.out} (final model in {Path(args.out) / 'model'})")
     return 0
 

@@ -709,9 +709,9 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
                 bar.close()
                 if run is not None:
                     run.close()
-                return {"stopped": f"stopped by {stop.requested or 'a signal to another process'} after update "
-                                   f"{done}; run the same command again "
-                                   "to resume", "updates_done": done}
+                by = stop.requested or "a signal to another process"
+                return {"stopped": f"stopped by {by} after update {done}; continue with --resume (or gradascent "
+                                   f"resume {cfg.out})", "stopped_by": by, "updates_done": done}
     bar.close()
 
     summary: dict[str, Any] = {

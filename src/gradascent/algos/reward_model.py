@@ -292,8 +292,8 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
                 if run is not None:
                     run.close()
                 by = stop.requested or "a signal to another process"
-                return {"stopped": f"stopped by {by} after step {done}; run the same command again to resume",
-                        "steps_done": done}
+                return {"stopped": f"stopped by {by} after step {done}; continue with --resume (or gradascent "
+                                   f"resume {cfg.out})", "stopped_by": by, "steps_done": done}
     bar.close()
 
     out_dir = Path(cfg.out) / "model"

@@ -51,7 +51,7 @@ from gradascent.rewards import check_columns, metric_names, score
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gradascent.run.checkpoint import seed_everything
-from gradascent.run.command import STOPPED, stop_message
+from gradascent.run.command import stop_message, stop_status
 from gradascent.run.config import add_config_flags, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
@@ -561,7 +561,7 @@ def _main(args: argparse.Namespace) -> int:
     stopped = stop_message(summary)
     if stopped is not None:
         print(f"gradascent sft: {stopped}; continue with: gradascent resume {cfg.out}", file=sys.stderr)
-        return STOPPED
+        return stop_status(summary)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ def finish(name: str, summary: dict[str, Any], line: Callable[[dict[str, Any]], 
     if "stopped" in summary:
         if is_main:
             print(f"gradascent {name}: {summary['stopped']}", file=sys.stderr)
-        return STOPPED
+        return stop_status(summary)
     if is_main:
         print(line(summary))
     return 0
@@ -39,3 +40,10 @@ def summary_line(summary: dict[str, Any]) -> str:
     """The scalar entries of a summary as ``key=value`` pairs, floats to 4 significant digits."""
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()
                     if isinstance(v, (int, float, str)) and not isinstance(v, bool))
+
+
+def stop_status(summary: dict[str, Any]) -> int:
+    """The exit status of a run stopped by a signal: 128 + its number (130 for SIGINT, 143 for SIGTERM), or 130
+    when the signal reached another process."""
+    by = summary.get("stopped_by")
+    return 128 + signal.Signals[by].value if by in signal.Signals.__members__ else STOPPED

@@ -19,7 +19,7 @@ from typing import Any
 from gradascent.errors import CheckpointError, GradascentError
 from gradascent.run import distributed
 from gradascent.run.checkpoint import latest_checkpoint
-from gradascent.run.command import STOPPED, stop_message, summary_line
+from gradascent.run.command import stop_message, stop_status, summary_line
 from gradascent.run.config import load_config
 
 
@@ -75,8 +75,8 @@ def _cmd(args: argparse.Namespace) -> int:
     stopped = stop_message(summary)
     if stopped is not None:
         if is_main:
-            print(f"gradascent resume: {stopped}; {again}", file=sys.stderr)
-        return STOPPED
+            print(f"gradascent resume: {stopped.split(';')[0]}; {again}", file=sys.stderr)
+        return stop_status(summary)
     if is_main:
         print(f"{args.run_dir}: finished. {summary_line(summary)}")
     return 0
