@@ -43,6 +43,17 @@ def test_train_then_eval_from_the_command_line(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["rl", "ppo", "--out", str(out), "--resume", "--lr", "0.1", "--no-progress"]) == 2
     assert "lr changed" in capsys.readouterr().err
+    # A smaller budget than the steps already taken, an edited config.yaml and a --config file are refused:
+    # the checkpoint keeps the config it was trained with.
+    assert main(["rl", "ppo", "--out", str(out), "--resume", "--total-steps", "512", "--no-progress"]) == 2
+    assert "total_steps=512 is below the 1024 env steps" in capsys.readouterr().err
+    saved = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(saved.replace("lr: 0.0015", "lr: 0.5"))
+    assert main(["rl", "ppo", "--out", str(out), "--resume", "--total-steps", "3072", "--no-progress"]) == 2
+    assert "lr differ from its checkpoint's" in capsys.readouterr().err
+    (out / "config.yaml").write_text(saved)
+    assert main(["rl", "ppo", "--out", str(out), "--resume", "--config", str(out / "config.yaml")]) == 2
+    assert "leave out --config" in capsys.readouterr().err
     # --resume with a larger budget continues the finished run.
     assert main(["rl", "ppo", "--out", str(out), "--resume", "--total-steps", "3072", "--no-progress"]) == 0
     assert "after 3072 env steps" in capsys.readouterr().out

@@ -138,6 +138,9 @@ class ClassicConfig:
         require(self.torch_threads >= 1, "torch_threads", self.torch_threads, "an integer >= 1")
 
 
+_RESUMABLE = ("total_steps", "tensorboard")  # config fields a resumed run may change
+
+
 class TrainingInterrupted(GradascentError):
     """SIGTERM or Ctrl-C: a checkpoint was written and the run stopped; ``--resume`` continues it."""
 
@@ -219,8 +222,7 @@ class ClassicRun:
                                   f"or choose another --out")
         if resume and (out / "config.yaml").exists():
             saved = load_config(type(self.cfg), out / "config.yaml")
-            changed = [k for k, v in to_dict(self.cfg).items()
-                       if k not in ("total_steps", "tensorboard") and to_dict(saved).get(k) != v]
+            changed = [k for k, v in to_dict(self.cfg).items() if k not in _RESUMABLE and to_dict(saved).get(k) != v]
             if changed:
                 raise ConfigError(f"cannot resume {out} with a different config: {', '.join(changed)} changed "
                                   f"(only total_steps and tensorboard may change on resume)")
@@ -232,6 +234,16 @@ class ClassicRun:
             self.rundir.truncate_metrics(0)
             return
         step, state = load_checkpoint(ckpt)
+        # The checkpoint's own config (since it records one) is the reference: config.yaml may have been edited.
+        saved, now = state.get("config"), to_dict(self.cfg)
+        if saved is not None:
+            changed = [k for k, v in now.items() if k not in _RESUMABLE and saved.get(k) != v]
+            if changed:
+                raise ConfigError(f"cannot resume {self.rundir.path} with a different config: {', '.join(changed)} "
+                                  f"differ from its checkpoint's (only total_steps and tensorboard may change)")
+        if self.cfg.total_steps < int(state["env_steps"]):
+            raise ConfigError(f"total_steps={self.cfg.total_steps} is below the {int(state['env_steps'])} env steps "
+                              f"{self.rundir.path} has already taken; a resume can only extend the budget")
         self.collector.load_state_dict(state["collector"])
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -257,6 +269,7 @@ class ClassicRun:
             "wall_seconds": self.wall_seconds(),
             "eval_seconds": self._eval_seconds,
             "rng": capture_rng(),
+            "config": to_dict(self.cfg),
         }
         path = save_checkpoint(self.rundir.checkpoints, self.update, state, keep_last=self.cfg.keep_last)
         self._saved_at = self.update

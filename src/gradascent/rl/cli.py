@@ -48,6 +48,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.out:
             raise ConfigError("--resume needs --out DIR, the run to continue")
+        if args.config:
+            raise ConfigError("--resume continues the run with its own config (DIR/config.yaml); leave out --config")
         saved = Path(args.out) / "config.yaml"
         if not saved.exists():
             raise ConfigError(f"--resume: {args.out} holds no run (no config.yaml)")
