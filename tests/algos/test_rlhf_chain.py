@@ -125,3 +125,9 @@ def test_a_yaml_section_keeps_the_chain_defaults_it_does_not_set(tmp_path):
 def test_fields_the_chain_connects_cannot_be_set(tmp_path, capsys):
     line = cli_error(capsys, "rlhf", "--out", str(tmp_path / "x"), "--ppo.policy", "elsewhere")
     assert "config key 'ppo.policy' is set by the rlhf chain" in line
+
+
+def test_a_section_check_names_its_key_with_the_section(tmp_path, capsys):
+    line = cli_error(capsys, "rlhf", "--out", str(tmp_path / "x"), "--ppo.minibatch-size", "5")
+    assert "config key 'ppo.minibatch_size': 5 is not allowed" in line
+    assert not (tmp_path / "x").exists()

@@ -52,6 +52,8 @@ def test_train_then_eval_from_the_command_line(tmp_path, capsys):
     assert main(["rl", "ppo", "--out", str(out), "--resume", "--total-steps", "3072", "--no-progress"]) == 2
     assert "lr differ from its checkpoint's" in capsys.readouterr().err
     (out / "config.yaml").write_text(saved)
+    assert main(["rl", "a2c", "--out", str(out), "--resume", "--no-progress"]) == 2
+    assert "is a run of ppo / ppo-penalty, not a2c" in capsys.readouterr().err
     assert main(["rl", "ppo", "--out", str(out), "--resume", "--config", str(out / "config.yaml")]) == 2
     assert "leave out --config" in capsys.readouterr().err
     # --resume with a larger budget continues the finished run.

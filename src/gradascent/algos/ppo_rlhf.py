@@ -192,7 +192,7 @@ class PPORLHFConfig:
         require(0 < self.top_p <= 1, "top_p", self.top_p, "a float in (0, 1]")
         require(0 <= self.gamma <= 1, "gamma", self.gamma, "a float in [0, 1]")
         require(0 <= self.lam <= 1, "lam", self.lam, "a float in [0, 1]")
-        require(self.clip_eps > 0, "clip_eps", self.clip_eps, "a float > 0")
+        require(0 < self.clip_eps < 1, "clip_eps", self.clip_eps, "in (0, 1)")
         require(self.vf_clip_eps is None or self.vf_clip_eps > 0, "vf_clip_eps", self.vf_clip_eps,
                 "a float > 0 or null")
         require(self.vf_coef >= 0, "vf_coef", self.vf_coef, "a float >= 0")

@@ -40,6 +40,23 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     rl.set_defaults(func=lambda args: rl.print_help() or 2)
 
 
+def _check_trainer(algo: str, out: Path) -> None:
+    """Refuse to resume the run in ``out`` with another algorithm than the one that made it (run.json)."""
+    import json
+
+    from gradascent.algos.presets import ALGOS
+
+    try:
+        made_by = json.loads((out / "run.json").read_text(encoding="utf-8"))["config_class"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no record to compare with: the config check that follows still applies
+    cls = ALGOS[algo].config
+    if made_by != f"{cls.__module__}:{cls.__name__}":
+        names = [n for n, a in ALGOS.items() if f"{a.config.__module__}:{a.config.__name__}" == made_by]
+        raise ConfigError(f"--resume: {out} is a run of {' / '.join(names) or made_by}, not {algo}; continue it with "
+                          f"`gradascent resume {out}`")
+
+
 def _train(args: argparse.Namespace) -> int:
     from gradascent.algos.classic import TrainingInterrupted
     from gradascent.algos.presets import classic_config, get_algo
@@ -53,6 +70,7 @@ def _train(args: argparse.Namespace) -> int:
         saved = Path(args.out) / "config.yaml"
         if not saved.exists():
             raise ConfigError(f"--resume: {args.out} holds no run (no config.yaml)")
+        _check_trainer(args.algo, Path(args.out))
         cfg = classic_config(args.algo, path=saved, flag_overrides=flags)
     else:
         cfg = classic_config(args.algo, path=args.config, flag_overrides=flags)

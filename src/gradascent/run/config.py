@@ -181,10 +181,19 @@ def from_dict(cls: type[C], data: dict[str, Any], *, prefix: str = "", from_stri
             # a section given in part keeps the rest of its default instance, not its class's own defaults
             value = _deep_merge(to_dict(default), value)
         kwargs[name] = _coerce(prefix + name, value, hints[name], from_string)
+    return _construct(cls, kwargs, prefix)
+
+
+def _construct(cls: type[C], kwargs: dict[str, Any], prefix: str) -> C:
+    """``cls(**kwargs)``; a section's own checks name their keys with the section (``ppo.minibatch_size``)."""
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field without a value
         raise ConfigError(f"{cls.__name__}: {exc}") from None
+    except ConfigError as exc:
+        if not prefix or "config key '" not in str(exc):
+            raise
+        raise ConfigError(str(exc).replace("config key '", f"config key '{prefix}", 1)) from None
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -290,7 +299,7 @@ def _rebuild(cls: type[C], merged: dict[str, Any], changed: set[str], from_strin
         else:
             fs = from_string and any(c.replace("-", "_") == prefix + key for c in changed)
             kwargs[key] = _coerce(prefix + key, value, tp, fs)
-    return cls(**kwargs)
+    return _construct(cls, kwargs, prefix)
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
