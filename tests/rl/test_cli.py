@@ -65,3 +65,10 @@ def test_eval_of_a_directory_without_a_policy_is_one_line(tmp_path, capsys):
     assert main(["rl", "eval", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no saved policy" in err
+
+
+def test_help_names_the_presets_that_replace_the_listed_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["rl", "ppo", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "(CartPole-v1, Pendulum-v1; docs/classic.md): its values replace the defaults listed below" in shown

@@ -7,6 +7,7 @@ A thin shell over ``gradascent.algos.presets.classic_config``, the trainers' ``t
 from __future__ import annotations
 
 import argparse
+from importlib import resources
 from pathlib import Path
 
 from gradascent.errors import ConfigError, GradascentError
@@ -19,10 +20,15 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     rl = subparsers.add_parser("rl", parents=[common], help="classic control: REINFORCE, A2C, PPO on gymnasium",
                                description="Train or evaluate a policy on a gymnasium classic-control task.")
     sub = rl.add_subparsers(dest="rl_command", metavar="ALGO")
+    presets = sorted(p.name for p in (resources.files("gradascent") / "presets").iterdir()
+                     if p.name.endswith(".yaml"))
     for name, spec in ALGOS.items():
+        mine = [f[len(name) + 1:-5] for f in presets if f.startswith(name + "-") and
+                not (name == "ppo" and f.startswith("ppo-penalty-"))]
         p = sub.add_parser(name, parents=[common], help=f"train {name}",
-                           description=f"Train {name}. Without --config, the preset for --env is applied "
-                                       f"when there is one (docs/classic.md).")
+                           description=f"Train {name}. Without --config, the preset for --env is applied when there "
+                                       f"is one ({', '.join(mine) or 'none'}; docs/classic.md): its values replace "
+                                       "the defaults listed below, and flags replace both.")
         p.add_argument("--out", metavar="DIR", help="run directory [default: runs/ALGO-ENV-seedS]")
         p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields (replaces the preset)")
         p.add_argument("--resume", action="store_true",
