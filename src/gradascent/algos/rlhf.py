@@ -133,24 +133,21 @@ def run_rlhf(cfg: RLHFConfig) -> dict[str, Any]:
     t = time.perf_counter()
     sft = _finished(sft_cfg, rm_cfg.model) or train_sft(sft_cfg)
     if "stopped_by" in sft:
-        return _stopped(run, "sft", f"stopped by {sft['stopped_by']} after step {sft['steps']}; run the same command "
-                        "again to resume", sft["stopped_by"])
+        return _stopped(run, "sft", f"after step {sft['steps']}", sft["stopped_by"])
     if run is not None:
         run.log(1, {"stage": "sft", "wall_s": time.perf_counter() - t, **_numbers(sft)})
 
     t = time.perf_counter()
     rm = _finished(rm_cfg, ppo_cfg.reward_model) or train_reward_model(rm_cfg)
     if "stopped" in rm:
-        return _stopped(run, "rm", rm["stopped"].split(";")[0] + "; run the same command again to resume",
-                        rm.get("stopped_by"))
+        return _stopped(run, "rm", f"after step {rm['steps_done']}", rm["stopped_by"])
     if run is not None:
         run.log(2, {"stage": "rm", "wall_s": time.perf_counter() - t, **_numbers(rm)})
 
     t = time.perf_counter()
     ppo = _finished(ppo_cfg, str(Path(ppo_cfg.out) / "policy")) or train_ppo_rlhf(ppo_cfg)
     if "stopped" in ppo:
-        return _stopped(run, "ppo", ppo["stopped"].split(";")[0] + "; run the same command again to resume",
-                        ppo.get("stopped_by"))
+        return _stopped(run, "ppo", f"after update {ppo['updates_done']}", ppo["stopped_by"])
     if run is not None:
         run.log(3, {"stage": "ppo", "wall_s": time.perf_counter() - t, **_numbers(ppo)})
 
@@ -179,10 +176,12 @@ def _numbers(summary: dict[str, Any]) -> dict[str, float]:
             and k != "wall_s"}
 
 
-def _stopped(run: RunDir | None, stage: str, why: str, by: str | None) -> dict[str, Any]:
+def _stopped(run: RunDir | None, stage: str, when: str, by: str) -> dict[str, Any]:
+    """The chain's summary when a signal stopped ``stage``: the chain resumes it when run again."""
     if run is not None:
         run.close()
-    return {"stopped": f"{stage} stage: {why}", "stopped_by": by}
+    return {"stopped": f"{stage} stage: stopped by {by} {when}; run the same command again to resume",
+            "stopped_by": by}
 
 
 # --- command line --------------------------------------------------------------------------------------
