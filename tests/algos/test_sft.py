@@ -138,6 +138,17 @@ def _run(args, env, **kw):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
 
 
+def _start_until_checkpoint(args, env, out):
+    """Start `gradascent sft ARGS` and return the process as soon as OUT holds its first checkpoint."""
+    proc = _run(args, env)
+    deadline = time.monotonic() + 300
+    while latest_checkpoint(out / "checkpoints") is None:
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    return proc
+
+
 def test_exact_resume_after_sigkill(tmp_path):
     cfg = {**TINY, "n_train": 128, "batch_size": 8, "steps": 60, "save_every": 10, "keep_last": 10,
            "eval_every": 20, "eval_generate": 8, "lr_schedule": "cosine", "warmup_steps": 5}
@@ -149,12 +160,7 @@ def test_exact_resume_after_sigkill(tmp_path):
     ref = _run(["--config", str(cfg_file), "--out", str(a)], env)
     assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()
 
-    victim = _run(["--config", str(cfg_file), "--out", str(b)], env)
-    deadline = time.monotonic() + 300
-    while latest_checkpoint(b / "checkpoints") is None:
-        assert victim.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    victim = _start_until_checkpoint(["--config", str(cfg_file), "--out", str(b)], env, b)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=60)
     assert not (b / "model").exists(), "the run finished before it could be killed; the test proves nothing"
@@ -184,12 +190,7 @@ def test_ctrl_c_exits_130_and_gradascent_resume_finishes_the_run(tmp_path):
     cfg_file.write_text(yaml.safe_dump({**TINY, "steps": 150, "save_every": 5, "keep_last": 1}))
     env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     out = tmp_path / "run"
-    victim = _run(["--config", str(cfg_file), "--out", str(out)], env)
-    deadline = time.monotonic() + 300
-    while latest_checkpoint(out / "checkpoints") is None:
-        assert victim.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    victim = _start_until_checkpoint(["--config", str(cfg_file), "--out", str(out)], env, out)
     victim.send_signal(signal.SIGINT)
     assert victim.wait(timeout=120) == 130
     err = victim.stderr.read().decode()

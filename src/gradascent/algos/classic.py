@@ -221,12 +221,15 @@ class ClassicRun:
             raise GradascentError(f"run directory {out} already holds a run: pass --resume to continue it, "
                                   f"or choose another --out")
         if resume and (out / "config.yaml").exists():
-            saved = load_config(type(self.cfg), out / "config.yaml")
-            changed = [k for k, v in to_dict(self.cfg).items() if k not in _RESUMABLE and to_dict(saved).get(k) != v]
-            if changed:
-                raise ConfigError(f"cannot resume {out} with a different config: {', '.join(changed)} changed "
-                                  f"(only total_steps and tensorboard may change on resume)")
+            self._refuse_changes(to_dict(load_config(type(self.cfg), out / "config.yaml")), out, "changed")
         return rundir
+
+    def _refuse_changes(self, saved: dict[str, Any], out: Path, how: str) -> None:
+        """A ConfigError naming the fields outside ``_RESUMABLE`` in which this config differs from ``saved``."""
+        changed = [k for k, v in to_dict(self.cfg).items() if k not in _RESUMABLE and saved.get(k) != v]
+        if changed:
+            raise ConfigError(f"cannot resume {out} with a different config: {', '.join(changed)} {how} (only "
+                              "total_steps and tensorboard may change on resume)")
 
     def _restore(self) -> None:
         ckpt = latest_checkpoint(self.rundir.checkpoints)
@@ -235,12 +238,8 @@ class ClassicRun:
             return
         step, state = load_checkpoint(ckpt)
         # The checkpoint's own config (since it records one) is the reference: config.yaml may have been edited.
-        saved, now = state.get("config"), to_dict(self.cfg)
-        if saved is not None:
-            changed = [k for k, v in now.items() if k not in _RESUMABLE and saved.get(k) != v]
-            if changed:
-                raise ConfigError(f"cannot resume {self.rundir.path} with a different config: {', '.join(changed)} "
-                                  f"differ from its checkpoint's (only total_steps and tensorboard may change)")
+        if state.get("config") is not None:
+            self._refuse_changes(state["config"], self.rundir.path, "differ from its checkpoint's")
         if self.cfg.total_steps < int(state["env_steps"]):
             raise ConfigError(f"total_steps={self.cfg.total_steps} is below the {int(state['env_steps'])} env steps "
                               f"{self.rundir.path} has already taken; a resume can only extend the budget")

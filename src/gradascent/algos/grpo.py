@@ -93,7 +93,7 @@ from gradascent.run.config import add_config_flags, flag_values, load_config, re
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
-from gradascent.run.command import stop_status
+from gradascent.run.command import stop_status, summary_line
 from gradascent.run.rundir import RunDir, check_resume
 from gradascent.run.schedule import lr_multiplier
 
@@ -787,7 +787,7 @@ def _cmd(args: argparse.Namespace) -> int:
         return 0
     shown = {k: summary[k] for k in ("steps", "reward") if k in summary}
     shown.update({k: v for k, v in summary.items() if k.startswith("eval/")})
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
+    print(summary_line(shown))
     if summary.get("stopped_by"):
         print(f"stopped by {summary['stopped_by']} after step {summary['steps']}; continue with --resume",
               file=sys.stderr)
