@@ -25,8 +25,10 @@ def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: 
     """(x - mean) / (std + eps) over the counted elements; masked-out elements come back as 0.
 
     ``shift_mean=False`` only rescales (as RLHF does for rewards). Uses the unbiased std, as PPO
-    implementations do; a single counted element is only centred. Shapes: x, mask (...).
+    implementations do; a single counted element is only centred. Shapes: x, mask (...); ``mask`` bool.
     """
+    if mask is not None and mask.dtype != torch.bool:
+        raise ValueError(f"whiten needs a bool mask (True counts), got {mask.dtype}")
     mean = masked_mean(x, mask)
     std = masked_var(x, mask, unbiased=True).sqrt()
     out = (x - mean) / (std + eps) if shift_mean else x / (std + eps)
@@ -35,7 +37,13 @@ def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: 
     return out
 
 
+def _as_float(rewards: Tensor) -> Tensor:
+    """Integer or bool rewards (e.g. a 0/1 exact match) as float32; float tensors as they are."""
+    return rewards if rewards.is_floating_point() else rewards.float()
+
+
 def _groups(rewards: Tensor, group_size: int | None) -> Tensor:
+    rewards = _as_float(rewards)
     if rewards.dim() == 2 and group_size is None:
         return rewards
     if group_size is None or group_size < 1:
@@ -64,8 +72,10 @@ def group_advantages(
         eps: added to the std.
 
     Returns:
-        Advantages of the same shape as ``rewards``. A group whose rewards all agree gets exactly 0 (its
-        float mean may differ from the rewards by a rounding error, which the division would magnify).
+        Advantages of the same shape as ``rewards`` (float; integer or bool rewards are taken as float32). A
+        group whose rewards all agree gets exactly 0 (its float mean may differ from the rewards by a rounding
+        error, which the division would magnify). A non-finite reward makes its group's advantages
+        non-finite: the trainers check rewards before they get here.
     """
     g = _groups(rewards, group_size)
     adv = g - g.mean(dim=-1, keepdim=True)
@@ -96,6 +106,7 @@ def rloo_advantages(rewards: Tensor, group_size: int | None = None) -> Tensor:
 
 def batch_mean_advantages(rewards: Tensor) -> Tensor:
     """REINFORCE with a batch-mean baseline: A_i = r_i - mean(r). Shapes: (...)."""
+    rewards = _as_float(rewards)
     return rewards - rewards.mean()
 
 

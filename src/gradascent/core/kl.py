@@ -15,6 +15,7 @@ trainer holds the coefficient and checkpoints it.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -53,11 +54,16 @@ def kl_estimate(logp: Tensor, logp_ref: Tensor, kind: KLEstimator = "k3") -> Ten
 def categorical_kl(logits_p: Tensor, logits_q: Tensor) -> Tensor:
     """Exact KL(p || q) = sum_a p(a) (log p(a) - log q(a)) between categoricals given by logits.
 
-    Shapes: (..., V) each -> (...).
+    Computed in float32, or float64 for float64 logits. Tokens with p(a) = 0 (logit -inf) add nothing; a
+    token with p(a) > 0 and q(a) = 0 makes the KL inf. Shapes: (..., V) each -> (...).
     """
-    logp = torch.log_softmax(logits_p.float(), dim=-1)
-    logq = torch.log_softmax(logits_q.float(), dim=-1)
-    return (logp.exp() * (logp - logq)).sum(-1)
+    dtype = torch.promote_types(torch.promote_types(logits_p.dtype, logits_q.dtype), torch.float32)
+    logp = torch.log_softmax(logits_p.to(dtype), dim=-1)
+    logq = torch.log_softmax(logits_q.to(dtype), dim=-1)
+    p = logp.exp()
+    counted = p > 0  # 0 * (-inf - log q) would be NaN
+    diff = torch.where(counted, logp - logq, torch.zeros_like(logp))
+    return (p * diff).sum(-1)
 
 
 def adaptive_kl_coef(
@@ -74,6 +80,7 @@ def adaptive_kl_coef(
     """
     if target <= 0 or threshold <= 1 or factor <= 1:
         raise ValueError("adaptive KL needs target > 0, threshold > 1, factor > 1")
+    _check_finite(kl_coef=kl_coef, kl=kl)
     if kl < target / threshold:
         return kl_coef / factor
     if kl > target * threshold:
@@ -93,8 +100,15 @@ def proportional_kl_coef(
     beta <- beta * (1 + e * n_steps / horizon), with n_steps the samples of the batch just seen."""
     if target <= 0 or horizon <= 0:
         raise ValueError("proportional KL needs target > 0 and horizon > 0")
+    _check_finite(kl_coef=kl_coef, kl=kl)
     err = min(max(kl / target - 1.0, -clip), clip)
     return kl_coef * (1.0 + err * n_steps / horizon)
+
+
+def _check_finite(**values: float) -> None:
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise ValueError(f"the KL controller got {name} = {value}; it needs a finite number")
 
 
 def kl_penalized_rewards(
@@ -118,8 +132,11 @@ def kl_penalized_rewards(
         kind: KL estimator of ``kl_estimate`` (k1 as in Ziegler et al.).
 
     Returns:
-        (rewards, kl): both (B, T), zero where ``mask`` is False.
+        (rewards, kl): both (B, T), zero where ``mask`` is False. A row with no counted token has no last
+        token to carry its score: its rewards are all 0.
     """
+    if score.shape != logp.shape[:1]:
+        raise ValueError(f"score must have shape ({logp.shape[0]},), one per completion, got {tuple(score.shape)}")
     kl = torch.where(mask, kl_estimate(logp.detach(), logp_ref.detach(), kind), torch.zeros_like(logp))
     rewards = -kl_coef * kl
     last = (mask.long().cumsum(-1) == mask.long().sum(-1, keepdim=True)) & mask  # the last counted token

@@ -31,6 +31,18 @@ def _agg(x: Tensor, mask: Tensor | None, agg: Aggregation, agg_kwargs: dict[str,
     return aggregate(x, mask, agg, **(agg_kwargs or {}))
 
 
+def _counted(x: Tensor, mask: Tensor | None, fill: Tensor | float = 0.0) -> Tensor:
+    """``x`` detached, with ``fill`` in the masked-out slots: a NaN or inf in padding then cannot reach the
+    gradient through a product (0 * NaN) even though the aggregate leaves those slots out."""
+    x = x.detach()
+    if mask is None:
+        return x
+    if mask.shape != x.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match values shape {tuple(x.shape)}")
+    fill_t = fill if isinstance(fill, Tensor) else torch.full_like(x, fill)
+    return torch.where(mask if mask.dtype == torch.bool else mask > 0, x, fill_t)
+
+
 def _ratio_stats(log_ratio: Tensor, mask: Tensor | None) -> Stats:
     ratio = log_ratio.exp()
     return {
@@ -54,7 +66,7 @@ def policy_gradient_loss(
         adv: same shape; the return or advantage (no gradient flows into it).
         mask: same shape, bool, or None.
     """
-    loss = _agg(-logp * adv.detach(), mask, agg, agg_kwargs)
+    loss = _agg(-logp * _counted(adv, mask), mask, agg, agg_kwargs)
     return loss, {"policy_loss": loss.detach()}
 
 
@@ -86,8 +98,11 @@ def clipped_surrogate_loss(
         dual_clip: the constant c > 1 of the dual clip, or None.
     """
     eps_high = clip_eps_low if clip_eps_high is None else clip_eps_high
-    adv = adv.detach()
-    log_ratio = logp - logp_old.detach()
+    if not 0.0 <= clip_eps_low < 1.0 or not eps_high >= 0.0:
+        raise ValueError(f"the clip range needs 0 <= clip_eps_low < 1 and clip_eps_high >= 0, got "
+                         f"{clip_eps_low} and {eps_high}")
+    adv = _counted(adv, mask)
+    log_ratio = logp - _counted(logp_old, mask, logp.detach())  # ratio 1 in padding
     ratio = log_ratio.exp()
     surr1 = ratio * adv
     surr2 = ratio.clamp(1.0 - clip_eps_low, 1.0 + eps_high) * adv
@@ -126,12 +141,13 @@ def kl_penalty_surrogate_loss(
     Args:
         logp, logp_old, adv, mask: as in ``clipped_surrogate_loss``.
         kl: same shape, per-state KL(pi_old || pi) with gradient through pi: exact (e.g.
-            ``torch.distributions.kl_divergence``) or an estimator from ``core.kl``.
+            ``torch.distributions.kl_divergence``) or an estimator from ``core.kl``. It carries the gradient,
+            so it must be finite in masked-out slots as well.
         kl_coef: beta, held by the trainer and adapted with ``core.kl.adaptive_kl_coef``.
     """
-    log_ratio = logp - logp_old.detach()
+    log_ratio = logp - _counted(logp_old, mask, logp.detach())  # ratio 1 in padding
     ratio = log_ratio.exp()
-    objective = ratio * adv.detach() - kl_coef * kl
+    objective = ratio * _counted(adv, mask) - kl_coef * kl
     loss = -_agg(objective, mask, agg, agg_kwargs)
     stats = _ratio_stats(log_ratio, mask)
     stats["kl"] = masked_mean(kl, mask).detach()
@@ -160,13 +176,13 @@ def value_loss(
         clip_eps: the value clip range, or None for the unclipped loss.
         mask: same shape, bool, or None.
     """
-    returns = returns.detach()
+    returns = _counted(returns, mask)
     err = (values - returns) ** 2
     stats: Stats = {}
     if clip_eps is not None:
         if values_old is None:
             raise ValueError("the clipped value loss needs values_old")
-        v_old = values_old.detach()
+        v_old = _counted(values_old, mask)
         v_clip = v_old + (values - v_old).clamp(-clip_eps, clip_eps)
         err_clip = (v_clip - returns) ** 2
         stats["value_clipfrac"] = masked_mean((err_clip > err).to(values.dtype), mask).detach()

@@ -41,7 +41,9 @@ def masked_sum(x: Tensor, mask: Tensor | None = None, dim: int | None = None) ->
     if mask is None:  # everything counts: the same sum without building a weight tensor
         return x.sum() if dim is None else x.sum(dim)
     w = _as_weight(x, mask)
-    # where() instead of x*w so that a NaN or inf in a masked-out slot cannot leak into the sum.
+    # where() instead of x*w so that a NaN or inf in a masked-out slot cannot leak into the sum. (Its
+    # gradient there is 0, but the chain rule still multiplies that 0 by the factors x was made of: the losses
+    # of core.losses therefore zero their non-differentiated inputs in masked-out slots first.)
     xw = torch.where(w > 0, x, torch.zeros_like(x)) * w
     return xw.sum() if dim is None else xw.sum(dim)
 
@@ -80,9 +82,12 @@ def aggregate(
         values: (B, T) per-token values (a loss, an entropy...), or (N,) for ``token_mean``.
         mask: (B, T) bool, True where the token counts; None: all count.
         mode: ``token_mean`` | ``seq_mean_token_mean`` | ``seq_mean_token_sum_norm``.
-        norm_len: the constant divisor of ``seq_mean_token_sum_norm`` (default: T, the padded length).
+        norm_len: the constant divisor of ``seq_mean_token_sum_norm``, > 0. Pass the completion budget
+            (max_new_tokens), as Dr. GRPO does; the default, T (the padded length of this batch), changes from
+            batch to batch.
         num_tokens: divisor of ``token_mean`` in place of the local token count (global count / world size).
-        num_seqs: divisor over sequences for the two ``seq_mean_*`` modes in place of B.
+            A divisor of 0 (no token counted anywhere) gives 0, as an empty selection does.
+        num_seqs: divisor over sequences for the two ``seq_mean_*`` modes in place of B (0 gives 0 too).
 
     Returns:
         A scalar tensor.
@@ -94,16 +99,28 @@ def aggregate(
                 return total / max(values.numel(), 1)
             count = _as_weight(values, mask).sum()
             return total / count.clamp(min=1.0)
-        return total / num_tokens
+        return _divide(total, num_tokens)
     if values.dim() != 2:
         raise ValueError(f"aggregation {mode!r} needs (B, T) values, got shape {tuple(values.shape)}")
     B, T = values.shape
     if mode == "seq_mean_token_mean":
         per_seq = masked_mean(values, mask, dim=-1)  # (B,)
     elif mode == "seq_mean_token_sum_norm":
-        per_seq = masked_sum(values, mask, dim=-1) / float(norm_len if norm_len is not None else T)
+        if norm_len is not None and not norm_len > 0:
+            raise ValueError(f"norm_len must be > 0, got {norm_len}")
+        per_seq = masked_sum(values, mask, dim=-1) / float(norm_len if norm_len is not None else max(T, 1))
     else:
         raise ValueError(f"unknown aggregation {mode!r}; expected one of {', '.join(AGGREGATIONS)}")
     if num_seqs is None:
         return per_seq.mean() if B > 0 else per_seq.sum()
-    return per_seq.sum() / num_seqs
+    return _divide(per_seq.sum(), num_seqs)
+
+
+def _divide(total: Tensor, divisor: Tensor | float) -> Tensor:
+    """total / divisor, and 0 where the divisor is 0 (then nothing was counted and total is 0 as well)."""
+    if not isinstance(divisor, Tensor):
+        if divisor < 0:
+            raise ValueError(f"a loss divisor must be >= 0, got {divisor}")
+        return total / divisor if divisor > 0 else total * 0.0
+    nonzero = divisor > 0
+    return torch.where(nonzero, total / torch.where(nonzero, divisor, torch.ones_like(divisor)), total * 0.0)

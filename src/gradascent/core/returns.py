@@ -12,7 +12,9 @@ state s_t. Episode boundaries come as two bool tensors:
 
 ``next_values[b, t]`` = V(s_{t+1}) for the *true* next state: at a truncation the final observation of the
 cut episode (not the first observation of the next one), and at the last step of the rollout the value of
-the state where collection stopped. It is ignored where ``terminated``.
+the state where collection stopped. It is ignored where ``terminated`` (selected away, so even a NaN there
+does not reach the result), and so is everything after a boundary. Integer or bool rewards are taken as
+float32; a rollout of T = 0 steps gives an empty result.
 
 Deviation from the reference essay: the bootstrap term of the n-step return is gamma^n V(s_{t+n}) (the essay
 writes gamma^{n-1}).
@@ -22,6 +24,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+
+def _as_float(rewards: Tensor) -> Tensor:
+    return rewards if rewards.is_floating_point() else rewards.float()
 
 
 def _flags(rewards: Tensor, flag: Tensor | None) -> Tensor:
@@ -62,15 +68,19 @@ def discounted_returns(
     Returns:
         (B, T) returns, same dtype as ``rewards``.
     """
+    rewards = _as_float(rewards)
     term = _flags(rewards, terminated)
     trunc = _flags(rewards, truncated)
     nv = _next_values(rewards, next_values)
     T = rewards.shape[-1]
     out = torch.empty_like(rewards)
+    if T == 0:
+        return out
+    zero = torch.zeros_like(rewards[..., 0])
     running = nv[..., T - 1]  # bootstrap at the end of the rollout
     for t in range(T - 1, -1, -1):
         cont = torch.where(trunc[..., t], nv[..., t], running) if t < T - 1 else running
-        running = rewards[..., t] + gamma * (~term[..., t]).to(rewards.dtype) * cont
+        running = rewards[..., t] + torch.where(term[..., t], zero, gamma * cont)
         out[..., t] = running
     return out
 
@@ -102,6 +112,7 @@ def nstep_returns(
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    rewards = _as_float(rewards)
     if n >= rewards.shape[-1]:  # every window reaches a boundary or the rollout's end: the bootstrapped return
         return discounted_returns(rewards, gamma, terminated, truncated, next_values)
     term = _flags(rewards, terminated)
@@ -120,8 +131,8 @@ def nstep_returns(
         last = (k == n - 1) | d  # the window closes after this step...
         last = last.clone()
         last[..., -1] = True  # ...or at the end of the rollout
-        boot = discount * gamma * (~term[..., k:]).to(rewards.dtype) * nv[..., k:]
-        closing = a & last
+        boot = discount * gamma * nv[..., k:]
+        closing = a & last & ~term[..., k:]
         out[..., : T - k] += torch.where(closing, boot, torch.zeros_like(boot))
         alive[..., : T - k] = a & ~last
         discount *= gamma
@@ -152,17 +163,18 @@ def gae(
     Returns:
         (advantages, returns), both (B, T); returns = advantages + values (the critic's target).
     """
+    rewards = _as_float(rewards)
     term = _flags(rewards, terminated)
     done = term | _flags(rewards, truncated)
     nv = _next_values(rewards, next_values)
     if values.shape != rewards.shape:
         raise ValueError(f"values shape {tuple(values.shape)} does not match rewards {tuple(rewards.shape)}")
-    notterm = (~term).to(rewards.dtype)
-    notdone = (~done).to(rewards.dtype)
-    deltas = rewards + gamma * notterm * nv - values
+    values = values.to(rewards.dtype)
+    deltas = rewards + torch.where(term, torch.zeros_like(nv), gamma * nv) - values
     adv = torch.empty_like(rewards)
-    running = torch.zeros_like(rewards[..., 0])
+    zero = torch.zeros_like(rewards[..., :1].squeeze(-1))
+    running = zero
     for t in range(rewards.shape[-1] - 1, -1, -1):
-        running = deltas[..., t] + gamma * lam * notdone[..., t] * running
+        running = deltas[..., t] + torch.where(done[..., t], zero, gamma * lam * running)
         adv[..., t] = running
     return adv, adv + values
