@@ -130,3 +130,35 @@ def test_list_flags_split_on_commas_outside_parentheses():
     assert cfg.rewards == ("numeric_match", r"regex(\d{1,3})", "regex((a,b)|c)")
     assert cfg.reward_weights == (1.0, 0.5, 0.25)
     assert load_config(Cfg, flag_overrides={"hidden": "32,16,"}).hidden == (32, 16)
+
+
+def test_configs_built_in_python_are_checked_like_loaded_ones():
+    from pathlib import Path
+
+    from gradascent.algos.a2c import A2CConfig
+    from gradascent.algos.grpo import GRPOConfig
+    from gradascent.algos.ppo import PPOConfig
+    from gradascent.algos.rlhf import RLHFConfig
+    from gradascent.algos.sft import SFTConfig
+
+    with pytest.raises(ConfigError, match="'optimizer': 'sgd' is not allowed; expected one of 'adam', 'rmsprop'"):
+        PPOConfig(optimizer="sgd")
+    with pytest.raises(ConfigError, match="did you mean 'nstep'"):
+        A2CConfig(advantage="n-step")
+    with pytest.raises(ConfigError, match="'steps': 2.5 is not allowed; expected int"):
+        GRPOConfig(steps=2.5)
+    with pytest.raises(ConfigError, match="'rewards': 'numeric_match' is not allowed; expected a list of str"):
+        GRPOConfig(rewards="numeric_match")
+    with pytest.raises(ConfigError, match="'reward_weights': \\(nan,\\) is not allowed; expected a finite number"):
+        GRPOConfig(rewards=("numeric_match",), reward_weights=(float("nan"),))
+    with pytest.raises(ConfigError, match="'seed': None"):
+        GRPOConfig(seed=None)
+    with pytest.raises(ConfigError, match="unknown config key 'sft.stepz'"):
+        RLHFConfig(sft={"stepz": 2})
+    # normalised as from_dict normalises YAML values
+    cfg = GRPOConfig(steps=2.0, lr="1e-5", rewards=["numeric_match"], model=Path("m"))
+    assert (cfg.steps, cfg.lr, cfg.rewards, cfg.model) == (2, 1e-5, ("numeric_match",), "m")
+    assert type(cfg.steps) is int
+    assert SFTConfig(out=Path("runs/x")).out == "runs/x"
+    chained = RLHFConfig(sft={"steps": 2})
+    assert chained.sft.steps == 2 and chained.sft.lr == RLHFConfig().sft.lr != SFTConfig().lr  # the section's default

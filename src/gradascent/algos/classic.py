@@ -39,7 +39,7 @@ from gradascent.run.checkpoint import (
     save_checkpoint,
     seed_everything,
 )
-from gradascent.run.config import load_config, require, to_dict
+from gradascent.run.config import check_fields, load_config, require, to_dict
 from gradascent.run.guard import StopOnSignal
 from gradascent.run.progress import progress_bar
 from gradascent.run.rundir import RunDir
@@ -114,6 +114,7 @@ class ClassicConfig:
     """Also write the metrics as TensorBoard events under OUT/tb."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         require(self.total_steps > 0, "total_steps", self.total_steps, "an integer > 0")
         require(self.num_envs >= 1, "num_envs", self.num_envs, "an integer >= 1")
         require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite float > 0")

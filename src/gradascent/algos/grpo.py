@@ -89,7 +89,7 @@ from gradascent.run.checkpoint import (
     save_checkpoint,
     seed_everything,
 )
-from gradascent.run.config import add_config_flags, flag_values, load_config, require
+from gradascent.run.config import add_config_flags, check_fields, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
@@ -207,6 +207,7 @@ class GRPOConfig:
     state does not fit one device. Same update, same checkpoints; ignored for one process (docs/distributed.md)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         require(self.steps >= 1, "steps", self.steps, ">= 1")
         require(self.prompts_per_step >= 1, "prompts_per_step", self.prompts_per_step, ">= 1")
         require(self.n_train is None or self.n_train >= 1, "n_train", self.n_train, ">= 1 or null")

@@ -68,7 +68,7 @@ from gradascent.lm.tokenizers import check_prompt_lengths
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gradascent.run.command import finish
-from gradascent.run.config import add_config_flags, flag_values, load_config, require
+from gradascent.run.config import add_config_flags, check_fields, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
@@ -175,6 +175,7 @@ class PPORLHFConfig:
     stopped). Without it, an `out` that already holds a run is an error."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         require(self.updates >= 1, "updates", self.updates, "an int >= 1")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
         require(1 <= self.minibatch_size <= self.batch_size, "minibatch_size", self.minibatch_size,

@@ -45,7 +45,7 @@ from gradascent.errors import ConfigError
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gradascent.run.command import finish
-from gradascent.run.config import add_config_flags, flag_values, load_config, require
+from gradascent.run.config import add_config_flags, check_fields, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
@@ -106,6 +106,7 @@ class RewardModelConfig:
     holds a run is an error."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         require(self.train_pairs >= 1, "train_pairs", self.train_pairs, "an int >= 1")
         require(self.eval_pairs >= 1, "eval_pairs", self.eval_pairs, "an int >= 1")
         require(0 < self.eval_fraction < 1, "eval_fraction", self.eval_fraction, "a float in (0, 1)")

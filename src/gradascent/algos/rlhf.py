@@ -37,7 +37,7 @@ from gradascent.algos.sft import SFTConfig, train_sft
 from gradascent.errors import ConfigError
 from gradascent.run import distributed
 from gradascent.run.command import finish
-from gradascent.run.config import add_config_flags, flag_values, load_config, read_yaml, require, to_dict
+from gradascent.run.config import add_config_flags, check_fields, flag_values, load_config, read_yaml, require, to_dict
 from gradascent.run.rundir import RunDir
 
 # Fields of each section that the chain sets (section field -> where its value comes from).
@@ -67,6 +67,7 @@ class RLHFConfig:
     """Stage 3, PPO against the reward model with a KL penalty to the SFT model (`gradascent ppo`)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         require(bool(self.out), "out", self.out, "a directory")
         defaults = {"sft": SFTConfig(), "rm": RewardModelConfig(), "ppo": PPORLHFConfig()}
         for section, fields in CHAIN_FIELDS.items():

@@ -52,7 +52,7 @@ from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gradascent.run.checkpoint import seed_everything
 from gradascent.run.command import stop_message, stop_status
-from gradascent.run.config import add_config_flags, flag_values, load_config, require
+from gradascent.run.config import add_config_flags, check_fields, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
@@ -132,6 +132,7 @@ class SFTConfig:
     """Show a progress bar (None: only on a terminal)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         require(self.steps >= 1, "steps", self.steps, ">= 1")
         require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         require(self.lr > 0, "lr", self.lr, "> 0")

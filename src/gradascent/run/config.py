@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import inspect
 import math
+import os
 import textwrap
 import types
 import typing
@@ -34,12 +35,40 @@ C = TypeVar("C")
 def require(ok: bool, key: str, value: Any, allowed: str) -> None:
     """Raise a ConfigError for ``key`` unless ``ok``. ``allowed`` says what is accepted, e.g. 'in (0, 1)'.
 
-    A float value that is NaN or infinite is refused whatever ``ok`` says: ``lr > 0`` holds for inf, and a
-    hyperparameter of inf would turn the weights to NaN at the first update."""
-    if isinstance(value, float) and not math.isfinite(value):
+    A float value that is NaN or infinite, or a list holding one, is refused whatever ``ok`` says: ``lr > 0``
+    holds for inf, and a hyperparameter of inf would turn the weights to NaN at the first update."""
+    items = value if isinstance(value, (list, tuple)) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in items):
         raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected a finite number, {allowed}")
     if not ok:
         raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {allowed}")
+
+
+def check_fields(cfg: Any) -> None:
+    """Check every field of a config built in Python against its annotation, as loading from YAML does.
+
+    Called first in each config's ``__post_init__``: a misspelt choice (``optimizer="sgd"``), a value of the
+    wrong type (``steps=2.5``, ``rewards="numeric_match"``) or a section given as a mapping is caught when the
+    config is built, not halfway through a run. Values are normalised in place the way ``from_dict`` does it
+    (an int for a float field becomes a float, a list a tuple, a path a string, a section's mapping its
+    dataclass over the section's default)."""
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        if not f.init:
+            continue
+        value, tp = getattr(cfg, f.name), hints[f.name]
+        if isinstance(value, dict) and dataclasses.is_dataclass(tp):
+            default = _field_default(f)
+            if dataclasses.is_dataclass(default):
+                value = _deep_merge(to_dict(default), value)
+        checked = _coerce(f.name, value, tp, from_string=False)
+        if checked is not getattr(cfg, f.name):
+            object.__setattr__(cfg, f.name, checked)  # the configs are frozen
+
+
+@lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 @lru_cache(maxsize=None)
@@ -150,6 +179,8 @@ def _coerce(key: str, value: Any, tp: Any, from_string: bool) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     elif tp is Any:
