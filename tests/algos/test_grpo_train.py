@@ -344,3 +344,14 @@ def test_a_resume_must_keep_the_config_and_the_task(tmp_path):
                          resume=True, progress=False)
     assert summary["steps"] == 3
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_resuming_a_finished_run_keeps_its_summary(tmp_path):
+    torch.set_num_threads(1)
+    cfg = GRPOConfig(steps=2, prompts_per_step=2, group_size=4, lr=1e-2, save_every=1)
+    model, tok = load_model("qwen2-micro", seed=0)
+    first = train_grpo(cfg, tmp_path, model=model, tokenizer=tok, task=DIGITS, progress=False)
+    again = train_grpo(cfg, tmp_path, model=model, tokenizer=tok, task=DIGITS, resume=True, progress=False)
+    assert "reward" in first and "loss" in first
+    assert {k: v for k, v in again.items() if k != "elapsed_s"} == {k: v for k, v in first.items() if k != "elapsed_s"}
+    assert json.loads((tmp_path / "summary.json").read_text())["reward"] == first["reward"]

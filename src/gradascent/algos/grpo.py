@@ -621,6 +621,7 @@ def train_grpo(
 
     # ---- resume: weights, optimizer, schedule, guard, sampling and global RNGs, metrics up to the checkpoint
     step, elapsed, last_eval = 0, 0.0, {}
+    resumed_metrics: dict[str, Any] = {}
     ckpt = latest_checkpoint(Path(out) / "checkpoints") if resume else None
     if run is not None:
         check_resume(run, recorded, ckpt is not None, resume, RESUMABLE_CHANGES)
@@ -645,6 +646,8 @@ def train_grpo(
         elapsed, last_eval = float(state["elapsed_s"]), dict(state["last_eval"])
         if run is not None:
             run.truncate_metrics(step)
+            logged = [r for r in run.read_metrics() if r.get("step") == step]  # the summary of a finished run
+            resumed_metrics = {k: v for k, v in logged[-1].items() if k != "step"} if logged else {}
     if run is not None:
         run.write_config(recorded)
 
@@ -663,7 +666,7 @@ def train_grpo(
             }, keep_last=cfg.keep_last)
 
     G = cfg.group_size
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = resumed_metrics  # replaced at the first step, if there is one left
     stopped_by = None
     bar = progress_bar(cfg.steps, "grpo", enabled=progress if dist_info.is_main else False, initial=step)
     with StopOnSignal() as stop:
