@@ -129,3 +129,18 @@ def test_impossible_numbers_are_named():
         whiten(torch.ones(3), torch.ones(3))
     with pytest.raises(ValueError, match=r"score must have shape \(2,\)"):
         kl_penalized_rewards(torch.ones(2, 1), torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool), 0.1)
+
+
+def test_shapes_that_would_broadcast_are_refused():
+    # (4,) against (4, 1) would make a 4 x 4 product and a scalar that means nothing
+    with pytest.raises(ValueError, match=r"adv has shape \(4, 1\), logp \(4,\)"):
+        policy_gradient_loss(torch.zeros(4), torch.zeros(4, 1))
+    with pytest.raises(ValueError, match=r"logp_old has shape \(4, 1\)"):
+        clipped_surrogate_loss(torch.zeros(4), torch.zeros(4, 1), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"returns has shape \(4, 1\)"):
+        value_loss(torch.zeros(4), torch.zeros(4, 1))
+    with pytest.raises(ValueError, match=r"mask has shape \(2, 1\)"):
+        policy_gradient_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 1, dtype=torch.bool))
+    from gradascent.core import bradley_terry_loss
+    with pytest.raises(ValueError, match=r"r_rejected has shape \(3, 1\)"):
+        bradley_terry_loss(torch.zeros(3), torch.zeros(3, 1))

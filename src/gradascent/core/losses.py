@@ -31,6 +31,15 @@ def _agg(x: Tensor, mask: Tensor | None, agg: Aggregation, agg_kwargs: dict[str,
     return aggregate(x, mask, agg, **(agg_kwargs or {}))
 
 
+def _same_shape(**tensors: Tensor | None) -> None:
+    """Refuse tensors that would broadcast into a wrong loss: (N,) against (N, 1) makes an N x N product."""
+    named = [(k, t) for k, t in tensors.items() if t is not None]
+    first, shape = named[0][0], named[0][1].shape
+    for name, t in named[1:]:
+        if t.shape != shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, {first} {tuple(shape)}: they must match")
+
+
 def _counted(x: Tensor, mask: Tensor | None, fill: Tensor | float = 0.0) -> Tensor:
     """``x`` detached, with ``fill`` in the masked-out slots: a NaN or inf in padding then cannot reach the
     gradient through a product (0 * NaN) even though the aggregate leaves those slots out."""
@@ -66,6 +75,7 @@ def policy_gradient_loss(
         adv: same shape; the return or advantage (no gradient flows into it).
         mask: same shape, bool, or None.
     """
+    _same_shape(logp=logp, adv=adv, mask=mask)
     loss = _agg(-logp * _counted(adv, mask), mask, agg, agg_kwargs)
     return loss, {"policy_loss": loss.detach()}
 
@@ -101,6 +111,7 @@ def clipped_surrogate_loss(
     if not 0.0 <= clip_eps_low < 1.0 or not eps_high >= 0.0:
         raise ValueError(f"the clip range needs 0 <= clip_eps_low < 1 and clip_eps_high >= 0, got "
                          f"{clip_eps_low} and {eps_high}")
+    _same_shape(logp=logp, logp_old=logp_old, adv=adv, mask=mask)
     adv = _counted(adv, mask)
     log_ratio = logp - _counted(logp_old, mask, logp.detach())  # ratio 1 in padding
     ratio = log_ratio.exp()
@@ -145,6 +156,7 @@ def kl_penalty_surrogate_loss(
             so it must be finite in masked-out slots as well.
         kl_coef: beta, held by the trainer and adapted with ``core.kl.adaptive_kl_coef``.
     """
+    _same_shape(logp=logp, logp_old=logp_old, adv=adv, kl=kl, mask=mask)
     log_ratio = logp - _counted(logp_old, mask, logp.detach())  # ratio 1 in padding
     ratio = log_ratio.exp()
     objective = ratio * _counted(adv, mask) - kl_coef * kl
@@ -176,6 +188,7 @@ def value_loss(
         clip_eps: the value clip range, or None for the unclipped loss.
         mask: same shape, bool, or None.
     """
+    _same_shape(values=values, returns=returns, values_old=values_old, mask=mask)
     returns = _counted(returns, mask)
     err = (values - returns) ** 2
     stats: Stats = {}
@@ -226,6 +239,9 @@ def bradley_terry_loss(
 
     Stats: ``accuracy`` (fraction with r_chosen > r_rejected) and ``margin`` (mean r_chosen - r_rejected).
     """
+    _same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
+    if r_chosen.dim() != 1:
+        raise ValueError(f"r_chosen and r_rejected must be (B,), one score per pair, got {tuple(r_chosen.shape)}")
     diff = r_chosen - r_rejected
     logits = diff if margin is None else diff - margin
     loss = -torch.nn.functional.logsigmoid(logits).mean()

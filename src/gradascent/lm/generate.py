@@ -26,6 +26,7 @@ With ``greedy=True`` ``logp`` is likewise log softmax(logits / temperature) of t
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,7 +37,7 @@ from torch import Tensor, nn
 
 from gradascent.core.logits import token_logprobs
 from gradascent.errors import ConfigError, DataError
-from gradascent.lm.models import eval_mode, position_ids_from_mask, resolve_dtype
+from gradascent.lm.models import check_token_ids, eval_mode, position_ids_from_mask, resolve_dtype
 from gradascent.lm.tokenizers import decode_completions, encode_prompts, eos_token_ids
 
 Engine = Literal["auto", "fused", "hf"]
@@ -349,6 +350,10 @@ _MLP = ("gate_proj", "up_proj", "down_proj")
 # --- the sampling loop -------------------------------------------------------------------------------
 
 
+def _is_id(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 def _check_args(max_new_tokens: int, num_samples: int, temperature: float, top_k: int, top_p: float) -> None:
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -414,6 +419,14 @@ def generate(
     prompt_mask = prompt_mask.bool()
     if prompt_ids.shape[0] == 0:
         raise DataError("no prompts to generate from")
+    check_token_ids(prompt_ids, model, "prompt_ids")
+    if engine not in ("auto", "fused", "hf"):
+        raise ConfigError(f"engine must be 'auto', 'fused' or 'hf', got {engine!r}")
+    if not _is_id(pad_token_id):
+        raise ConfigError(f"pad_token_id must be a token id (an int), got {pad_token_id!r}; a tokenizer without "
+                          "one: see lm.tokenizers.ensure_pad_token")
+    if isinstance(eos_token_ids, (numbers.Number, str)) or not all(_is_id(e) for e in eos_token_ids):
+        raise ConfigError(f"eos_token_ids must be a list of token ids, got {eos_token_ids!r}")
     if not bool(prompt_mask.any(-1).all()):
         raise DataError("a prompt is empty (all padding); every prompt needs at least one token")
     if not bool(prompt_mask[:, -1].all()):
@@ -490,7 +503,7 @@ def generate_text(
     model unless given), and decode each completion without its EOS. Returns (generation, texts)."""
     ids, mask = encode_prompts(tokenizer, prompts)
     eos = kwargs.pop("eos_token_ids", None)
-    eos = list(eos) if eos is not None else eos_token_ids(tokenizer, model)
+    eos = eos if eos is not None else eos_token_ids(tokenizer, model)  # generate checks it
     pad = kwargs.pop("pad_token_id", tokenizer.pad_token_id)
     gen = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_token_ids=eos, pad_token_id=pad, **kwargs)
     texts = decode_completions(tokenizer, gen.completion_ids.cpu(), gen.completion_mask.cpu(), strip_eos=eos)

@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gradascent.core.logits import entropy_from_logits, token_logprobs
 from gradascent.errors import DataError
-from gradascent.lm.models import position_ids_from_mask
+from gradascent.lm.models import check_token_ids, position_ids_from_mask
 
 _CHUNK_ELEMENTS = 1 << 23  # float32 logits per LM-head chunk (32 MiB)
 
@@ -58,6 +58,12 @@ def grouped_completion_logprobs(
     """
     from transformers import DynamicCache
 
+    if prompt_mask.shape != prompt_ids.shape or completion_mask.shape != completion_ids.shape:
+        raise DataError(f"prompt ids {tuple(prompt_ids.shape)} / mask {tuple(prompt_mask.shape)} and completion "
+                        f"ids {tuple(completion_ids.shape)} / mask {tuple(completion_mask.shape)}: each mask must "
+                        "have its ids' shape")
+    check_token_ids(prompt_ids, model, "prompt_ids")
+    check_token_ids(completion_ids, model, "completion_ids")
     P, Lp = prompt_ids.shape
     N, T = completion_ids.shape
     G = group_size

@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from gradascent.errors import CheckpointError
+from gradascent.errors import CheckpointError, DataError
 from gradascent.lm.models import load_model, position_ids_from_mask, previous_token_index, read_json, save_model
 
 HEAD_FORMAT = 1
@@ -45,6 +45,9 @@ def backbone_hidden_states(model: nn.Module, input_ids: Tensor, mask: Tensor,
 
     Shapes: input_ids, mask, position_ids (B, T) -> (B, T, H) in the model's dtype.
     """
+    for name, t in (("mask", mask), ("position_ids", position_ids)):
+        if t is not None and t.shape != input_ids.shape:
+            raise DataError(f"{name} has shape {tuple(t.shape)}, input_ids {tuple(input_ids.shape)}: they must match")
     if position_ids is None:
         out = model.base_model(  # type: ignore[operator]
             input_ids=input_ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask),
@@ -160,6 +163,10 @@ class ValueModel(ScalarHeadModel):
         """V(s_t) for each completion token: the value at the last real token before it (the layout of
         ``generate`` and ``completion_logprobs``). Shapes: (B, P), (B, P), (B, T), (B, T) -> (B, T) float32,
         0 where ``completion_mask`` is False."""
+        for name, t, ref in (("prompt_mask", prompt_mask, prompt_ids), ("completion_mask", completion_mask,
+                                                                          completion_ids)):
+            if t.shape != ref.shape:
+                raise DataError(f"{name} has shape {tuple(t.shape)}, its ids {tuple(ref.shape)}: they must match")
         P = prompt_ids.shape[1]
         ids = torch.cat([prompt_ids, completion_ids], dim=1)
         cmask = completion_mask.bool()
@@ -185,7 +192,11 @@ class RewardModel(ScalarHeadModel):
     kind: ClassVar[str] = "reward"
 
     def forward(self, input_ids: Tensor, mask: Tensor) -> Tensor:
+        mask = mask.bool()
         h = backbone_hidden_states(self.backbone, input_ids, mask)  # (B, T, H)
+        if not bool(mask.any(-1).all()):
+            raise DataError(f"row {int((~mask.any(-1)).nonzero()[0])} has no real token to score (its mask is all "
+                            "False)")
         last = last_token_index(mask)  # (B,)
         h_last = h[torch.arange(h.shape[0], device=h.device), last]  # (B, H)
         return self.head(h_last).squeeze(-1).float()

@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from gradascent.core.logits import entropy_from_logits, token_logprobs
 from gradascent.errors import ConfigError, DataError
 from gradascent.lm.heads import backbone_hidden_states
-from gradascent.lm.models import previous_token_index
+from gradascent.lm.models import check_token_ids, previous_token_index
 
 # Logits elements per chunk when ``chunk_tokens`` is not given: 2**23 float32 = 32 MiB.
 _CHUNK_ELEMENTS = 1 << 23
@@ -117,6 +117,9 @@ def sequence_logprobs(
     if bool((target_mask & ~mask).any()):
         raise DataError("target_mask marks a padding token (mask is False there)")
     head = _check_model(model)
+    check_token_ids(input_ids, model, "input_ids")
+    if chunk_tokens is not None and chunk_tokens < 1:
+        raise ConfigError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     B, L = input_ids.shape
     prev = previous_token_index(mask)  # (B, L): the logits predicting a token live there
     if bool((target_mask & (prev < 0)).any()):

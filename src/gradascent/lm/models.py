@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError
 from torch import Tensor, nn
 
-from gradascent.errors import CheckpointError, ConfigError
+from gradascent.errors import CheckpointError, ConfigError, DataError
 from gradascent.lm.tokenizers import char_tokenizer, ensure_pad_token
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -218,6 +218,20 @@ def save_model(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
     if tokenizer is not None:
         tokenizer.save_pretrained(str(p))
     return p
+
+
+def check_token_ids(ids: Tensor, model: nn.Module, what: str = "token ids") -> None:
+    """Refuse ids an embedding lookup would fail on with an opaque IndexError: not integers, or outside
+    [0, vocabulary size of ``model``)."""
+    if ids.is_floating_point() or ids.dtype == torch.bool:
+        raise DataError(f"{what} must be an integer tensor, got {ids.dtype}")
+    if ids.numel() == 0:
+        return
+    vocab = model.get_input_embeddings().num_embeddings
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab:
+        raise DataError(f"{what} hold id {low if low < 0 else high}, outside the model's vocabulary of {vocab} "
+                        "(a tokenizer of another model?)")
 
 
 def position_ids_from_mask(mask: Tensor) -> Tensor:

@@ -114,8 +114,13 @@ def encode_prompts(
     Raises DataError for an empty prompt list, or a prompt longer than ``max_length`` tokens (never truncated
     silently: a cut prompt changes the task).
     """
+    if isinstance(prompts, str):  # a str is a sequence too: of one-character prompts
+        raise DataError(f"prompts must be a list of strings, got one string {prompts!r:.60}; pass [prompt]")
     if len(prompts) == 0:
         raise DataError("no prompts to encode")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise DataError(f"prompt {i} is {type(p).__name__} {p!r:.60}, not a string")
     ensure_pad_token(tokenizer)
     rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     P = max(len(r) for r in rows)
@@ -142,6 +147,8 @@ def decode_completions(tokenizer: Any, ids: Tensor, mask: Tensor, strip_eos: Seq
     Shapes: ids, mask (B, T) -> B strings. Special tokens other than ``strip_eos`` are kept, so a completion
     that wrote <unk> or <pad> in the middle is judged as written.
     """
+    if ids.shape != mask.shape:
+        raise DataError(f"completion ids {tuple(ids.shape)} and mask {tuple(mask.shape)} differ in shape")
     drop = set(int(i) for i in strip_eos)
     out = []
     for row, m in zip(ids.tolist(), mask.tolist()):
