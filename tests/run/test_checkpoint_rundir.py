@@ -110,3 +110,17 @@ def test_run_dir_contract(tmp_path):
         fh.write('{"step": 4, "env_st')
     run.truncate_metrics(2)
     assert [r["step"] for r in run.read_metrics()] == [1, 2]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_told_apart(tmp_path):
+    from gradascent.errors import ConfigError
+    from gradascent.run.rundir import check_resume
+
+    run = RunDir(tmp_path / "r")
+    run.log(0, {"loss": 1.0})  # e.g. a baseline evaluation, then a crash before any checkpoint
+    with pytest.raises(ConfigError, match="stopped before its first checkpoint .* pass --resume .* to start it over"):
+        check_resume(run, {}, False, False, frozenset())
+    check_resume(run, {}, False, True, frozenset())  # --resume: starts over
+    save_checkpoint(run.checkpoints, 1, {"x": torch.zeros(1)})
+    with pytest.raises(ConfigError, match="already holds a run \\(metrics.jsonl\\); pass --resume .* to continue it"):
+        check_resume(run, {}, False, False, frozenset())

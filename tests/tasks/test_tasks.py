@@ -176,3 +176,36 @@ def test_every_row_of_a_task_file_needs_the_first_rows_fields(tmp_path):
         with pytest.raises(DataError, match=rf"{name}\.jsonl:2: fields .* differ from the first row's "
                                             r"\(prompt, topic\)"):
             load_task(str(f))
+
+
+def test_task_arguments_and_rows_built_in_python_are_checked(tmp_path):
+    from pathlib import Path
+
+    from gradascent.algos.ppo_rlhf import PromptSet
+    from gradascent.algos.rlhf_data import preference_data
+    from gradascent.tasks import Task
+
+    f = tmp_path / "t.jsonl"
+    f.write_text('{"prompt": "1+1=", "answer": 2}\n{"prompt": "", "answer": "4"}\n')
+    with pytest.raises(DataError, match="t.jsonl:2: field 'prompt' is empty"):
+        load_task(str(f))
+    f.write_text('{"prompt": "1+1=", "answer": 2}\n{"prompt": "2+2=", "answer": "4"}\n')
+    assert load_task(Path(f), eval_fraction=0.5).name == str(f)  # a path object, as a string would be
+    with pytest.raises(ConfigError, match="eval_fraction must be in \\[0, 1\\), got 1.5"):
+        load_task(str(f), eval_fraction=1.5)
+    with pytest.raises(ConfigError, match="the built-in task 'arithmetic' draws its own eval rows"):
+        load_task("arithmetic", eval_file=str(f))  # was silently ignored
+    with pytest.raises(ConfigError, match="n_train must be an integer >= 1, got 0"):
+        load_task("arithmetic", n_train=0)
+    with pytest.raises(DataError, match="task 'mine': train row 0 has no 'prompt' field"):
+        Task("mine", "answer", [{"question": "1+1="}], [])
+    with pytest.raises(DataError, match="eval row 1 has prompt 12, not a non-empty string"):
+        Task("mine", "answer", [], [{"prompt": "a"}, {"prompt": 12}])
+    with pytest.raises(DataError, match="reward weight nan is not a finite number"):
+        Task("mine", "answer", [{"prompt": "1+1="}], [], (exact_match,), (float("nan"),))
+    with pytest.raises(DataError, match="PromptSet.train is empty"):
+        PromptSet(train=[], eval=["a"])
+    one = tmp_path / "pref.jsonl"
+    one.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    with pytest.raises(DataError, match="1 preference pair\\(s\\): too few to hold any out"):
+        preference_data(str(one), 10, 10, seed=0)

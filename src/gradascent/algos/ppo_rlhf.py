@@ -63,7 +63,7 @@ from gradascent.core import (
     value_loss,
     whiten,
 )
-from gradascent.errors import ConfigError, NonFiniteError
+from gradascent.errors import ConfigError, DataError, NonFiniteError
 from gradascent.lm.tokenizers import check_prompt_lengths
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
@@ -271,6 +271,16 @@ class PromptSet:
     train: list[str]
     eval: list[str]
     hidden_score: HiddenScore | None = None
+
+    def __post_init__(self) -> None:
+        for split, prompts in (("train", self.train), ("eval", self.eval)):
+            if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+                raise DataError(f"PromptSet.{split} must be a list of prompt strings, got {type(prompts).__name__}")
+            if not prompts:
+                raise DataError(f"PromptSet.{split} is empty; PPO needs at least one {split} prompt")
+            for i, prompt in enumerate(prompts):
+                if not isinstance(prompt, str) or not prompt:
+                    raise DataError(f"PromptSet.{split}[{i}] is {prompt!r}, not a non-empty string")
 
 
 def load_prompt_set(spec: str, n_eval: int, seed: int) -> PromptSet:

@@ -92,6 +92,9 @@ def preference_data(spec: str, n_train: int, n_eval: int, seed: int,
         return check_pairs(train), check_pairs(held)
     pairs = read_pairs(spec)
     train, held = split_rows(pairs, eval_fraction, seed)
+    if not held:
+        raise DataError(f"{spec} has {len(pairs)} preference pair(s): too few to hold any out for evaluation "
+                        f"(eval_fraction {eval_fraction}); give it at least 2")
     return train, held
 
 

@@ -121,6 +121,12 @@ def check_resume(run: RunDir, cfg: Any, resuming: bool, resume_requested: bool, 
     """
     if not resuming:
         if run.read_metrics() and not resume_requested:
+            from gradascent.run.checkpoint import latest_checkpoint
+
+            if latest_checkpoint(run.checkpoints) is None:
+                raise ConfigError(f"{run.path} holds a run that stopped before its first checkpoint (metrics.jsonl, "
+                                  "no checkpoint); pass --resume (resume=True from Python) to start it over, or "
+                                  "choose another run directory")
             raise ConfigError(f"{run.path} already holds a run (metrics.jsonl); pass --resume (resume=True from "
                               "Python) to continue it, or choose another run directory")
         return

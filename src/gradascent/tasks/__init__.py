@@ -14,6 +14,8 @@ Reward functions are plain callables ``(prompts, completions, **columns) -> list
 
 from __future__ import annotations
 
+import math
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +51,26 @@ class Task:
     reward_weights: tuple[float, ...] = ()
     max_new_tokens: int = 64
     info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Rows a trainer can read: each a dict with a non-empty text 'prompt' (checked here, where a task built
+        in Python enters, rather than as a KeyError or a tokenizer error mid-run)."""
+        for split, rows in (("train", self.train), ("eval", self.eval)):
+            if not isinstance(rows, list):
+                raise DataError(f"task {self.name!r}: its {split} rows must be a list of dicts, got "
+                                f"{type(rows).__name__}")
+            for i, row in enumerate(rows):
+                prompt = row.get("prompt") if isinstance(row, dict) else None
+                if not isinstance(prompt, str) or not prompt:
+                    what = ("not a dict" if not isinstance(row, dict) else "no 'prompt' field"
+                            if "prompt" not in row else f"prompt {prompt!r}, not a non-empty string")
+                    raise DataError(f"task {self.name!r}: {split} row {i} has {what} ({row!r:.80})")
+        if len(self.reward_weights) not in (0, len(self.reward_fns)):
+            raise DataError(f"task {self.name!r}: {len(self.reward_weights)} reward weights for "
+                            f"{len(self.reward_fns)} reward functions")
+        for w in self.reward_weights:
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+                raise DataError(f"task {self.name!r}: reward weight {w!r} is not a finite number")
 
 
 def describe_rows(task: Task) -> str:
@@ -102,7 +124,7 @@ def split_rows(rows: list[dict[str, Any]], eval_fraction: float, seed: int) -> t
 
 
 def load_task(
-    spec: str,
+    spec: str | os.PathLike[str],
     *,
     n_train: int | None = None,
     n_eval: int | None = None,
@@ -119,7 +141,16 @@ def load_task(
         eval_file: a JSONL file of eval rows (same format) instead of splitting ``spec``.
         eval_fraction: share of a file's rows held out for eval when ``eval_file`` is not given.
     """
+    spec = os.fspath(spec)
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ConfigError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     if spec in BUILTIN_TASKS:
+        if eval_file is not None:
+            raise ConfigError(f"eval_file applies to a JSONL task; the built-in task '{spec}' draws its own eval rows "
+                              "(set their number with n_eval)")
+        for key, value, least in (("n_train", n_train, 1), ("n_eval", n_eval, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ConfigError(f"{key} must be an integer >= {least}, got {value!r}")
         sizes = {k: v for k, v in (("n_train", n_train), ("n_eval", n_eval)) if v is not None}
         return BUILTIN_TASKS[spec](seed=seed, **sizes)
     if not (spec.endswith(".jsonl") or spec.endswith(".json") or Path(spec).exists()):

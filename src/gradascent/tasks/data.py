@@ -71,6 +71,9 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",), same_fie
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise DataError(f"{p}:{lineno}: field '{key}' must be text, got {type(value).__name__}")
             obj[key] = value if isinstance(value, str) else str(value)
+        if "prompt" in required and not obj["prompt"]:
+            raise DataError(f"{p}:{lineno}: field 'prompt' is empty; every row needs a prompt of at least one "
+                            "character")
         if same_fields and rows and obj.keys() != rows[0].keys():
             raise DataError(f"{p}:{lineno}: fields {', '.join(sorted(obj))} differ from the first row's "
                             f"({', '.join(sorted(rows[0]))}); every row of a task file needs the same fields, "
