@@ -144,3 +144,13 @@ def test_shapes_that_would_broadcast_are_refused():
     from gradascent.core import bradley_terry_loss
     with pytest.raises(ValueError, match=r"r_rejected has shape \(3, 1\)"):
         bradley_terry_loss(torch.zeros(3), torch.zeros(3, 1))
+
+
+def test_discount_and_gae_parameters_must_be_rates():
+    r = torch.ones(1, 2)
+    with pytest.raises(ValueError, match="gamma must be in \\[0, 1\\], got 2.0"):
+        discounted_returns(r, 2.0)
+    with pytest.raises(ValueError, match="gamma must be in"):
+        nstep_returns(r, r, -0.1, n=1)
+    with pytest.raises(ValueError, match="lam must be in \\[0, 1\\], got nan"):
+        gae(r, r, r, 0.9, NAN)

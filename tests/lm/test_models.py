@@ -222,3 +222,25 @@ def test_freeze_lm_head_freezes_an_untied_head_only():
     untied.freeze_lm_head()
     frozen = [n for n, p in untied.named_parameters() if not p.requires_grad]
     assert frozen == ["backbone.lm_head.weight"]
+
+
+def test_damaged_configs_and_a_tokenizer_directory(tmp_path):
+    import json
+    import shutil
+
+    from gradascent.errors import CheckpointError
+    from gradascent.lm import load_model, save_model
+
+    model, tok = load_model("qwen2-micro")
+    good = save_model(model, tok, tmp_path / "good")
+    listed = shutil.copytree(good, tmp_path / "listed")
+    (listed / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="config.json holds a JSON list, not a model config"):
+        load_model(listed)
+    layers = shutil.copytree(good, tmp_path / "layers")
+    cfg = json.loads((layers / "config.json").read_text())
+    (layers / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": cfg["num_hidden_layers"] + 5}))
+    with pytest.raises(CheckpointError, match=f"cannot load the (tokenizer|model) in {layers}"):
+        load_model(layers)
+    loaded, loaded_tok = load_model(good, tokenizer=str(good))  # a tokenizer given as its directory
+    assert len(loaded_tok) == len(tok)

@@ -30,6 +30,11 @@ def _as_float(rewards: Tensor) -> Tensor:
     return rewards if rewards.is_floating_point() else rewards.float()
 
 
+def _check_rate(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
 def _flags(rewards: Tensor, flag: Tensor | None) -> Tensor:
     if flag is None:
         return torch.zeros_like(rewards, dtype=torch.bool)
@@ -68,6 +73,7 @@ def discounted_returns(
     Returns:
         (B, T) returns, same dtype as ``rewards``.
     """
+    _check_rate("gamma", gamma)
     rewards = _as_float(rewards)
     term = _flags(rewards, terminated)
     trunc = _flags(rewards, truncated)
@@ -112,6 +118,7 @@ def nstep_returns(
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    _check_rate("gamma", gamma)
     rewards = _as_float(rewards)
     if n >= rewards.shape[-1]:  # every window reaches a boundary or the rollout's end: the bootstrapped return
         return discounted_returns(rewards, gamma, terminated, truncated, next_values)
@@ -163,6 +170,8 @@ def gae(
     Returns:
         (advantages, returns), both (B, T); returns = advantages + values (the critic's target).
     """
+    _check_rate("gamma", gamma)
+    _check_rate("lam", lam)
     rewards = _as_float(rewards)
     term = _flags(rewards, terminated)
     done = term | _flags(rewards, truncated)

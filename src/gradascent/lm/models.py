@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from gradascent.errors import CheckpointError, ConfigError, DataError
@@ -116,10 +115,13 @@ def _check_model_dir(path: Path) -> None:
         raise CheckpointError(f"no model in {path}: config.json is missing (expected a directory written by "
                               "save_pretrained, or a preset name)")
     try:
-        json.loads((path / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path / 'config.json'} is not valid JSON ({exc}); the model directory is "
                               "damaged") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path / 'config.json'} holds a JSON {type(config).__name__}, not a model config "
+                              "(an object); the model directory is damaged")
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise CheckpointError(f"no model weights in {path}: no *.safetensors file")
 
@@ -138,8 +140,8 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(f"no tokenizer in {p}: tokenizer.json / tokenizer_config.json is missing")
     try:
         tok = AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"cannot load the tokenizer in {p}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - transformers also reads config.json here: name the directory
+        raise CheckpointError(f"cannot load the tokenizer in {p}: {type(exc).__name__}: {exc}") from None
     return ensure_pad_token(tok)
 
 
@@ -164,7 +166,8 @@ def load_model(
 
     Args:
         spec: a directory written by ``save_model`` / ``save_pretrained``, or a name in ``PRESETS``.
-        tokenizer: use this tokenizer instead of the directory's (or instead of ``char_tokenizer`` for a preset).
+        tokenizer: use this tokenizer (an object, or a directory holding one) instead of the directory's (or
+            instead of ``char_tokenizer`` for a preset).
         dtype: 'float32' | 'bfloat16' | 'float16' | None (as saved; presets are float32).
         device: where to put the model (default CPU).
         seed: initialisation seed of a preset.
@@ -181,6 +184,8 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     if device is not None:
         check_device(device)
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer)
     path = Path(spec)
     if str(spec) in PRESETS and not path.exists():
         model = build_model(str(spec), tokenizer, seed=seed)
@@ -194,7 +199,7 @@ def load_model(
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code,
                                                          dtype=torch_dtype)
-        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever transformers raises, name the directory at fault
             raise CheckpointError(f"cannot load the model in {path}: {type(exc).__name__}: {exc}") from None
     check_vocab(model, tokenizer)
     if torch_dtype is not None:
