@@ -8,7 +8,8 @@ Aggregation modes (docs/equations.md, (R1)-(R3)):
 - ``token_mean``: sum of all counted tokens over their number (DAPO, Yu et al. 2025). Every token weighs the
   same, whatever the length of its sequence.
 - ``seq_mean_token_mean``: mean over tokens inside each sequence, then mean over sequences (GRPO paper,
-  Shao et al. 2024). Tokens of short sequences weigh more: the length bias that Dr. GRPO points out.
+  Shao et al. 2024). Tokens of short sequences weigh more: the length bias that Dr. GRPO points out. A row
+  with no counted token adds 0 and still counts in B (as in TRL); pass ``num_seqs`` to count otherwise.
 - ``seq_mean_token_sum_norm``: per-sequence token sum divided by a constant ``norm_len`` (e.g. the maximum
   completion length), then mean over sequences (Dr. GRPO, Liu et al. 2025). Unbiased in length.
 
