@@ -40,3 +40,11 @@ def register() -> None:
     # An action space no classic trainer supports.
     gym.register("GradascentTest/MultiBinary-v0", entry_point=ConstantEnv, max_episode_steps=10,
                  kwargs={"action_space": gym.spaces.MultiBinary(3)})
+    # Integer Box actions: a Gaussian policy's samples are not members of the space.
+    gym.register("GradascentTest/IntBox-v0", entry_point=ConstantEnv, max_episode_steps=10,
+                 kwargs={"action_space": gym.spaces.Box(0, 5, (2,), np.int64)})
+    # An empty Box of actions.
+    gym.register("GradascentTest/EmptyBox-v0", entry_point=ConstantEnv, max_episode_steps=10,
+                 kwargs={"action_space": gym.spaces.Box(-1.0, 1.0, (0,), np.float32)})
+    # Episodes that never end (no time limit, never terminal).
+    gym.register("GradascentTest/Endless-v0", entry_point=ConstantEnv)

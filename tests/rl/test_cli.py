@@ -7,7 +7,13 @@ from gradascent.cli import main
 
 @pytest.mark.parametrize("argv, key, words", [
     (["ppo", "--env", "NoSuchEnv-v9"], "'env'", "registered gymnasium environment id"),
-    (["a2c", "--env", "GradascentTest/MultiBinary-v0"], "'env'", "Discrete(n) or a bounded 1-D Box"),
+    (["a2c", "--env", "GradascentTest/MultiBinary-v0"], "'env'", "Discrete(n) or a bounded, non-empty 1-D Box"),
+    (["ppo", "--env", "GradascentTest/IntBox-v0"], "'env'", "1-D Box of floats"),  # int64 actions
+    (["ppo", "--env", "GradascentTest/EmptyBox-v0"], "'env'", "non-empty 1-D Box"),
+    (["ppo", "--env", "no_such_module:CartPole-v1"], "'env'", "module 'no_such_module' cannot be imported"),
+    (["a2c", "--seed", "-1"], "'seed'", "an integer >= 0"),
+    (["ppo", "--num-envs", "1", "--num-steps", "4", "--num-minibatches", "4"], "'num_minibatches'",
+     "minibatches of one sample whiten every advantage to 0"),
     (["reinforce", "--env", "FrozenLake-v1"], "'env'", "1-D Box"),
     (["ppo", "--total-steps", "0"], "'total_steps'", "an integer > 0"),
     (["a2c", "--total-steps", "-5"], "'total_steps'", "an integer > 0"),
@@ -53,7 +59,7 @@ def test_train_then_eval_from_the_command_line(tmp_path, capsys):
     assert "lr differ from its checkpoint's" in capsys.readouterr().err
     (out / "config.yaml").write_text(saved)
     assert main(["rl", "a2c", "--out", str(out), "--resume", "--no-progress"]) == 2
-    assert "is a run of ppo / ppo-penalty, not a2c" in capsys.readouterr().err
+    assert "is a run of ppo, not a2c" in capsys.readouterr().err
     assert main(["rl", "ppo", "--out", str(out), "--resume", "--config", str(out / "config.yaml")]) == 2
     assert "leave out --config" in capsys.readouterr().err
     # --resume with a larger budget continues the finished run.
@@ -72,3 +78,15 @@ def test_help_names_the_presets_that_replace_the_listed_defaults(capsys):
         main(["rl", "ppo", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
     assert "(CartPole-v1, Pendulum-v1; docs/classic.md): its values replace the defaults listed below" in shown
+
+
+def test_an_env_of_ones_own_through_its_module_and_a_resume_with_the_other_ppo(tmp_path, capsys):
+    # module:EnvId imports the module (which registers the id), as gymnasium.make does; rl eval reads it back
+    out = tmp_path / "run"
+    env = "gymnasium.envs.classic_control:CartPole-v1"
+    assert main(["rl", "ppo", "--env", env, "--total-steps", "128", "--num-steps", "32", "--num-envs", "2",
+                 "--out", str(out), "--tensorboard", "false", "--no-progress"]) == 0
+    assert main(["rl", "eval", str(out), "--episodes", "2"]) == 0
+    assert "over 2 episodes" in capsys.readouterr().out
+    assert main(["rl", "ppo-penalty", "--out", str(out), "--resume", "--no-progress"]) == 2
+    assert "is a run of ppo, not ppo-penalty" in capsys.readouterr().err

@@ -132,3 +132,30 @@ def test_fast_sampler_has_the_distributions_law():
     params = torch.tensor([[0.5, -1.0]]).expand(200_000, 2)  # mean 0.5, log-std -1
     a = gauss.sample(params)
     assert abs(a.mean().item() - 0.5) < 0.005 and abs(a.std().item() - torch.e ** -1) < 0.005
+
+
+def test_episodes_cut_by_the_step_cap_are_reported(tmp_path):
+    # An environment that never ends: collection and evaluation stop at their caps and say so.
+    import warnings
+
+    import gymnasium as gym
+
+    from gradascent.rl.envs import ObsNormalizer, make_vec_env
+    from gradascent.rl.saved import run_episodes
+
+    envs = make_vec_env("GradascentTest/Endless-v0", 2)
+    obs_dim, action = spaces_of(envs, "GradascentTest/Endless-v0", "test")
+    policy = ActorCritic(obs_dim, action)
+    with pytest.warns(UserWarning, match="2 of 2 evaluation episodes were cut at 5 steps"):
+        returns = run_episodes(policy, ObsNormalizer(obs_dim, False), "GradascentTest/Endless-v0", 2, 0, max_steps=5)
+    assert returns.tolist() == [5.0, 5.0]  # reward 1 a step
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an environment with a time limit: no warning
+        run_episodes(policy, ObsNormalizer(obs_dim, False), "GradascentTest/Trunc-v0", 2, 0, max_steps=5)
+    envs.close()
+    assert gym.spec("GradascentTest/Endless-v0").max_episode_steps is None
+    collector, _, _ = _collector("GradascentTest/Endless-v0", 2)
+    collector.reset(0)
+    with pytest.warns(UserWarning, match="2 of 2 episodes were cut at 7 steps without ending"):
+        batch = collector.collect_episodes(policy, max_steps=7)
+    assert batch.mask.sum().item() == 14 and len(batch.episode_returns) == 0

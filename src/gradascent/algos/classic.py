@@ -54,7 +54,7 @@ class ClassicConfig:
     """Fields shared by every classic-control trainer; each algorithm's config extends it."""
 
     env: str = "CartPole-v1"
-    """Gymnasium environment id: a 1-D Box observation, a Discrete or bounded 1-D Box action."""
+    """Gymnasium environment id (or `module:EnvId`): a 1-D Box observation, a Discrete or bounded 1-D Box action."""
     total_steps: int = 100_000
     """Budget of environment steps, all copies together; the run stops at the first update boundary at or
     past it."""
@@ -116,6 +116,7 @@ class ClassicConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         require(self.total_steps > 0, "total_steps", self.total_steps, "an integer > 0")
+        require(self.seed >= 0, "seed", self.seed, "an integer >= 0 (gymnasium's seeds)")
         require(self.num_envs >= 1, "num_envs", self.num_envs, "an integer >= 1")
         require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite float > 0")
         require(self.optimizer_eps > 0, "optimizer_eps", self.optimizer_eps, "a float > 0")

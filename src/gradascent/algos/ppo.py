@@ -73,6 +73,9 @@ class PPOConfig(ClassicConfig):
         batch = self.num_envs * self.num_steps
         require(1 <= self.num_minibatches <= batch and batch % self.num_minibatches == 0, "num_minibatches",
                 self.num_minibatches, f"a divisor of the batch num_envs * num_steps = {batch} (equal minibatches)")
+        require(not self.norm_adv or batch // self.num_minibatches >= 2, "num_minibatches", self.num_minibatches,
+                f"at most {batch // 2} with norm_adv (minibatches of one sample whiten every advantage to 0, so the "
+                "policy never learns); or set norm_adv false")
         require(0.0 <= self.lam <= 1.0, "lam", self.lam, "in [0, 1]")
         require(0.0 < self.clip_eps < 1.0, "clip_eps", self.clip_eps, "in (0, 1)")
         require(self.vf_clip_eps is None or self.vf_clip_eps > 0, "vf_clip_eps", self.vf_clip_eps,

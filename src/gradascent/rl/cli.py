@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from gradascent.errors import ConfigError, GradascentError
-from gradascent.run.config import add_config_flags, flag_values
+from gradascent.run.config import add_config_flags, flag_values, read_yaml
 
 
 def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -56,9 +56,14 @@ def _check_trainer(algo: str, out: Path) -> None:
         made_by = json.loads((out / "run.json").read_text(encoding="utf-8"))["config_class"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # no record to compare with: the config check that follows still applies
-    cls = ALGOS[algo].config
-    if made_by != f"{cls.__module__}:{cls.__name__}":
-        names = [n for n, a in ALGOS.items() if f"{a.config.__module__}:{a.config.__name__}" == made_by]
+    names = [n for n, a in ALGOS.items() if f"{a.config.__module__}:{a.config.__name__}" == made_by]
+    if len(names) > 1:  # ppo and ppo-penalty share a config class: the saved variant fields tell them apart
+        try:
+            saved = read_yaml(out / "config.yaml")
+        except ConfigError:
+            saved = {}
+        names = [n for n in names if all(saved.get(k) == v for k, v in ALGOS[n].variant.items())] or names
+    if algo not in names:
         raise ConfigError(f"--resume: {out} is a run of {' / '.join(names) or made_by}, not {algo}; continue it with "
                           f"`gradascent resume {out}`")
 

@@ -16,6 +16,7 @@ are part of the policy (saved with it) and of every checkpoint.
 from __future__ import annotations
 
 import difflib
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +27,24 @@ from gradascent.errors import ConfigError
 
 
 def check_env_id(env_id: str) -> None:
-    """A ConfigError naming ``env`` unless ``env_id`` is a registered gymnasium id."""
-    if env_id in gym.registry:
+    """A ConfigError naming ``env`` unless ``env_id`` is a registered gymnasium id.
+
+    As in ``gymnasium.make``, ``module:EnvId`` first imports ``module``, which registers ``EnvId``: the way to
+    reach an environment of one's own from the command line (and to evaluate or resume its runs)."""
+    name = env_id
+    if ":" in env_id:
+        module, _, name = env_id.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"config key 'env': {env_id!r}: module {module!r} cannot be imported ({exc})") from None
+    if name in gym.registry:
         return
-    hint = difflib.get_close_matches(env_id, list(gym.registry), n=1, cutoff=0.6)
+    hint = difflib.get_close_matches(name, list(gym.registry), n=1, cutoff=0.6)
     extra = f" (did you mean {hint[0]!r}?)" if hint else ""
     raise ConfigError(f"config key 'env': {env_id!r} is not allowed; expected a registered gymnasium "
-                      f"environment id such as 'CartPole-v1' or 'Pendulum-v1'{extra}")
+                      f"environment id such as 'CartPole-v1' or 'Pendulum-v1', or 'module:EnvId' for one that "
+                      f"a module registers when imported{extra}")
 
 
 def make_vec_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
@@ -40,7 +52,7 @@ def make_vec_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
     check_env_id(env_id)
     try:
         envs = gym.make_vec(env_id, num_envs=num_envs)
-    except gym.error.Error as exc:  # e.g. a missing optional dependency (box2d, mujoco)
+    except (gym.error.Error, ImportError) as exc:  # e.g. a missing optional dependency (box2d, mujoco, jax)
         raise ConfigError(f"config key 'env': {env_id!r} cannot be created: {exc}") from None
     mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
     if mode != gym.vector.AutoresetMode.NEXT_STEP:
@@ -69,18 +81,19 @@ class ActionSpec:
 def spaces_of(envs: gym.vector.VectorEnv, env_id: str, algo: str) -> tuple[int, ActionSpec]:
     """(observation size, action spec) of one copy; a ConfigError if ``algo`` cannot handle the spaces."""
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1):
+    if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1 and obs_space.shape[0] > 0):
         raise ConfigError(f"config key 'env': {env_id!r} has observation space {obs_space}, which {algo} does "
-                          f"not support; expected a 1-D Box")
+                          f"not support; expected a non-empty 1-D Box")
     if isinstance(act_space, gym.spaces.Discrete) and act_space.start == 0:
         return obs_space.shape[0], ActionSpec("discrete", int(act_space.n))
-    if (isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1
+    if (isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1 and act_space.shape[0] > 0
+            and np.issubdtype(act_space.dtype, np.floating)
             and np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
         low = tuple(float(x) for x in act_space.low)
         high = tuple(float(x) for x in act_space.high)
         return obs_space.shape[0], ActionSpec("box", act_space.shape[0], low, high)
     raise ConfigError(f"config key 'env': {env_id!r} has action space {act_space}, which {algo} does not "
-                      f"support; expected Discrete(n) or a bounded 1-D Box")
+                      f"support; expected Discrete(n) or a bounded, non-empty 1-D Box of floats")
 
 
 class RunningMeanStd:

@@ -17,6 +17,7 @@ vectorised ones whose internals we cannot reach. The trainers reset at fixed upd
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +98,8 @@ class Collector:
         return self._collect(policy, num_steps, first_episode_only=False)
 
     def collect_episodes(self, policy: ActorCritic, max_steps: int = 100_000) -> Batch:
-        """Step until every copy has ended one episode (or ``max_steps``); the mask keeps each first episode.
+        """Step until every copy has ended one episode (or ``max_steps``, with a warning); the mask keeps each
+        first episode.
 
         Meant right after ``reset``: B complete episodes, the batch of Monte-Carlo methods.
         """
@@ -147,6 +149,10 @@ class Collector:
             mask_l.append(counted)
             self._obs = torch.from_numpy(self.obs_norm(raw))
 
+        if first_episode_only and not finished.all():
+            warnings.warn(f"{int((~finished).sum())} of {B} episodes were cut at {num_steps} steps without ending "
+                          "(does the environment set no time limit? register it with max_episode_steps); their "
+                          "steps are trained on as if the episode had ended there", stacklevel=2)
         obs = torch.stack(obs_l, dim=1)  # (B, T, obs_dim)
         actions = torch.stack(act_l, dim=1)
         params = torch.stack(par_l, dim=1)  # (B, T, P)

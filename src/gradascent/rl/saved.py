@@ -8,6 +8,7 @@ pickle: loading a policy runs no code from the file.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,8 @@ def run_episodes(policy: ActorCritic, obs_norm: ObsNormalizer, env_id: str, epis
     """Undiscounted returns of ``episodes`` episodes, one per copy of the environment, played in parallel.
 
     Deterministic: the policy's mode (argmax or Gaussian mean, clipped to the bounds). The normaliser's
-    statistics are used, never updated. Copy i is reset with seed + i.
+    statistics are used, never updated. Copy i is reset with seed + i. An episode still running after
+    ``max_steps`` steps is cut there, with a warning.
     """
     envs = make_vec_env(env_id, episodes)
     try:
@@ -83,6 +85,10 @@ def run_episodes(policy: ActorCritic, obs_norm: ObsNormalizer, env_id: str, epis
             finished |= term | trunc
             if finished.all():
                 break
+        else:
+            warnings.warn(f"{int((~finished).sum())} of {episodes} evaluation episodes were cut at {max_steps} steps "
+                          "without ending (does the environment set no time limit?); their returns are partial",
+                          stacklevel=2)
     finally:
         envs.close()
     return returns
