@@ -12,8 +12,11 @@
    model in this phase: it only learns which of its own answers were right.
 4. The held-out exact-match accuracy of greedy answers, before and after GRPO.
 
-Writes ``out/`` with ``data/``, the run directories ``sft/`` and ``grpo/`` (each with its model/), plots of
-both in ``plots/``, and ``summary.json`` holding ``accuracy_before`` and ``accuracy_after`` (fractions).
+Writes ``out/`` with ``demo.json`` (seed and settings), ``data/``, the run directories ``sft/`` and ``grpo/``
+(each with its model/), plots of both in ``plots/``, and ``summary.json`` holding ``accuracy_before`` and
+``accuracy_after`` (fractions). A demo stopped by a signal (Ctrl-C, SIGTERM) continues where it stopped when
+it is run again with the same ``out`` and seed (or with ``gradascent resume OUT``): each phase resumes from
+its checkpoint, a finished phase is not run again.
 The settings are those of ``bench/grpo_learning.py``, which measures the gain over several seeds.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +35,8 @@ from gradascent.algos.grpo import GRPOConfig, evaluate, train_grpo
 from gradascent.algos.sft import SFTConfig, train_sft
 from gradascent.errors import ConfigError
 from gradascent.lm import load_model
+from gradascent.run.command import stop_message, stop_status
+from gradascent.run.config import to_dict
 from gradascent.run.plot import plot_runs
 from gradascent.run.rundir import RunDir, make_dir
 from gradascent.tasks import Task, arithmetic_task, exact_match
@@ -120,16 +126,54 @@ def plot_accuracy(out: Path, sft_step: int, before: float) -> Path:
     return path
 
 
+def _start_or_continue(out: Path, seed: int, settings: DemoSettings) -> bool:
+    """Write ``out/demo.json`` for a new demo, or check that the demo already in ``out`` is this one (same seed
+    and settings) and has not finished; returns True when continuing one."""
+    record = {"seed": seed, "settings": to_dict(settings)}
+    marker = out / "demo.json"
+    if (out / "summary.json").exists():
+        raise ConfigError(f"{out} already holds a finished demo run (summary.json); remove it or choose another "
+                          "--out")
+    if marker.is_file():
+        try:
+            saved = json.loads(marker.read_text(encoding="utf-8"))
+        except ValueError:
+            raise ConfigError(f"{marker} is damaged (not JSON); remove {out} or choose another --out") from None
+        if saved != record:
+            differ = "seed" if saved.get("seed") != seed else "settings"
+            raise ConfigError(f"{out} holds a demo started with other {differ} (seed {saved.get('seed')}); continue "
+                              f"it with --seed {saved.get('seed')}, or choose another --out")
+        return True
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} already exists and holds no demo (no demo.json); remove it or choose another --out")
+    make_dir(out, "demo directory")
+    marker.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return False
+
+
+def _stopped(phase: str, run: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
+    """The demo's summary when a phase was stopped by a signal: how it stopped and how to continue."""
+    message = (f"{phase} {stop_message(run)}; its checkpoint is kept; continue with: gradascent demo --out {out} "
+               f"--seed {seed} (or gradascent resume {out})")
+    return {"stopped_by": run.get("stopped_by"), "stopped": message, "phase": phase, "steps": run.get("steps")}
+
+
 def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSettings | None = None,
              progress: bool | None = None, verbose: bool = True) -> dict[str, Any]:
-    """SFT then GRPO on arithmetic; prints and returns the summary (``accuracy_before``, ``accuracy_after``)."""
+    """SFT then GRPO on arithmetic; prints and returns the summary (``accuracy_before``, ``accuracy_after``).
+
+    Stopped by a signal, it returns ``{"stopped_by": SIGNAL, "stopped": message, ...}`` and writes no
+    summary.json; called again with the same ``out`` and ``seed`` it continues (see the module docstring)."""
     settings = settings or DemoSettings()
     out = Path(out)
-    if (out / "summary.json").exists() or (out / "sft" / "metrics.jsonl").exists():
-        raise ConfigError(f"{out} already holds a demo run; remove it or choose another --out")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ConfigError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    continuing = _start_or_continue(out, seed, settings)
     say = print if verbose else (lambda *a, **k: None)
     t0 = time.perf_counter()
     task, rl_task, val = arithmetic(settings, seed)
+    if continuing:
+        say(f"continuing the demo in {out}", flush=True)
     data = out / "data"
     make_dir(data, "demo data directory")
     for split, rows in (("train", task.train), ("val", val), ("test", task.eval)):
@@ -146,7 +190,9 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSetting
         weight_decay=settings.sft_weight_decay, warmup_steps=20, eval_every=settings.sft_every,
         eval_generate=settings.n_val, save_every=0,
         stop_at=settings.sft_target, stop_metric="eval/reward/exact_match", log_every=settings.sft_every,
-        progress=progress))
+        progress=progress, resume=continuing))
+    if stop_message(sft) is not None:
+        return _stopped("SFT", sft, out, seed)
     steps, val_acc = sft["steps"], sft["eval/reward/exact_match"]
     start = Path(sft["model_dir"])  # what GRPO starts from, loadable as is
     model, tokenizer = load_model(start)
@@ -158,7 +204,10 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSetting
     # ---- GRPO from the SFT model on the exact-match reward
     cfg = replace(settings.grpo, model=str(start), seed=seed)
     say(f"GRPO for {cfg.steps} steps of {cfg.prompts_per_step} prompts x {cfg.group_size} completions ...", flush=True)
-    train_grpo(cfg, out / "grpo", model=model, tokenizer=tokenizer, task=rl_task, progress=progress)
+    grpo = train_grpo(cfg, out / "grpo", model=model, tokenizer=tokenizer, task=rl_task, progress=progress,
+                      resume=continuing)
+    if stop_message(grpo) is not None:
+        return _stopped("GRPO", grpo, out, seed)
     after = accuracy(model, tokenizer, task.eval, task.max_new_tokens)
     elapsed = time.perf_counter() - t0
     say(f"held-out test accuracy after GRPO (greedy): {after:.1%}  ({100 * (after - before):+.1f} points)  "
@@ -171,7 +220,7 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSetting
                "test_problems": len(task.eval), "max_new_tokens": task.max_new_tokens, "sft_seconds": t_sft,
                "total_seconds": elapsed}
     RunDir(out, tensorboard=False).write_summary(summary)
-    say(f"run directory: {out} (summary.json, sft/ and grpo/ each with its model/, plots/)")
+    say(f"run directory: {out} (summary.json, plots/, and the runs sft/ and grpo/, each with its model/)")
     say(f"try the model: gradascent generate {out / 'grpo' / 'model'} --prompt {json.dumps(task.eval[0]['prompt'])} "
         f"-n 4\n               gradascent eval {out / 'grpo' / 'model'} --task {data / 'test.jsonl'} "
         f"--max-new-tokens {task.max_new_tokens}")
@@ -185,4 +234,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                                    "accuracy before and after and writes the run directory with plots.")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory [default: runs/demo]")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the model and the sampling [default: 0]")
-    p.set_defaults(func=lambda args: run_demo(args.out, args.seed) and 0)
+    p.set_defaults(func=_command)
+
+
+def _command(args: argparse.Namespace) -> int:
+    summary = run_demo(args.out, args.seed)
+    if "stopped" in summary:
+        print(f"gradascent demo: {summary['stopped']}", file=sys.stderr)
+        return stop_status(summary)
+    return 0

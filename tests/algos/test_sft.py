@@ -1,6 +1,7 @@
 """SFT: it learns, every parameter moves, packing is exact, the guard skips NaN steps, and a run killed with
 SIGKILL resumes bitwise as if it had never stopped."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -253,3 +254,15 @@ def test_stop_metric_is_checked_before_training(tmp_path):
     assert not (tmp_path / "run").exists()  # refused before the run directory is created
     with pytest.raises(ConfigError, match="stop_at"):
         SFTConfig(**{**TINY, "eval_every": 0}, stop_at=0.5)
+
+
+def test_a_run_that_reached_its_target_is_finished_when_resumed(tmp_path):
+    # stop_at 0 is reached at the first validation (step 2): resuming it trains no further step
+    cfg = SFTConfig(**{**TINY, "steps": 10, "eval_every": 2, "eval_generate": 4, "log_every": 2, "stop_at": 0.0,
+                       "stop_metric": "eval/reward/exact_match"}, out=str(tmp_path / "run"))
+    first = train_sft(cfg)
+    assert first["steps"] == 2 and first["stopped_at_target"]["step"] == 2
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = train_sft(dataclasses.replace(cfg, resume=True))
+    assert again["steps"] == 2 and again["stopped_at_target"] == first["stopped_at_target"]
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics

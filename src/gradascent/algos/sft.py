@@ -429,6 +429,8 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     guard = NonFiniteGuard(cfg.max_nonfinite)
     acc = {"loss_sum": 0.0, "steps": 0, "tokens": 0}  # running sums of the current log interval
     step, tokens_seen = 0, 0
+    stopped_at: int | None = None
+    last_eval: dict[str, float] = {}
 
     if ckpt is not None:
         step, state = load_checkpoint(ckpt)
@@ -437,6 +439,8 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
         order.load_state_dict(state["data"])
         guard.load_state_dict(state["guard"])
         acc, tokens_seen = dict(state["acc"]), int(state["tokens_seen"])
+        if state.get("stopped_at") is not None:  # it had reached stop_at: nothing is left to train
+            stopped_at, last_eval = int(state["stopped_at"]), dict(state["last_eval"])
         restore_rng(state["rng"])
         if run is not None:
             run.truncate_metrics(step)
@@ -451,6 +455,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
                 "model": model_state, "optim": optim_state, "sched": sched.state_dict(),
                 "data": order.state_dict(), "guard": guard.state_dict(), "acc": mean_acc,
                 "tokens_seen": tokens_seen, "rng": capture_rng(),
+                "stopped_at": stopped_at, "last_eval": last_eval,  # a run that reached stop_at is finished
             }, keep_last=cfg.keep_last)
 
     def evaluate() -> dict[str, float]:
@@ -466,11 +471,11 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
                                                                   device).items()})
         return out
 
-    t_start, last_eval, stopped, stopped_at = time.perf_counter(), {}, None, None
+    t_start, stopped = time.perf_counter(), None
     bar = progress_bar(cfg.steps, "sft", enabled=cfg.progress if dist_info.is_main else False, initial=step)
     model.train()
     with StopOnSignal() as stop:
-        while step < cfg.steps:
+        while step < cfg.steps and stopped_at is None:
             batch = next_batch(cfg, train_ex, order, pad_id)  # the global batch; sft_step takes this rank's rows
             loss, grad_norm = sft_step(lm, opt, guard, batch, cfg.grad_clip, device, where=f"step {step + 1}")
             if grad_norm is not None:
@@ -506,10 +511,11 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
             # The evaluation is the same on every rank (sharded and reduced), so is this decision.
             reached = cfg.stop_at is not None and bool(last_eval) and cfg.eval_every and step % cfg.eval_every == 0 \
                 and watched(last_eval, cfg) >= cfg.stop_at
+            if reached:
+                stopped_at = step
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or reached:
                 checkpoint_now()
             if reached:
-                stopped_at = step
                 break
             if distributed.any_rank(stop.requested is not None):  # a signal may reach the ranks a step apart
                 checkpoint_now()

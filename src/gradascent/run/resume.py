@@ -27,6 +27,8 @@ def resume_run(run_dir: str | Path) -> Any:
     """Resume the run in ``run_dir``; returns what its trainer's ``train`` returns (the summary)."""
     run_dir = Path(run_dir)
     meta_path = run_dir / "run.json"
+    if (run_dir / "demo.json").is_file() and not meta_path.is_file():  # a demo: SFT then GRPO, each resumable
+        return _resume_demo(run_dir)
     if not meta_path.is_file():
         raise GradascentError(f"{run_dir} is not a run directory: run.json is missing")
     try:
@@ -47,6 +49,20 @@ def resume_run(run_dir: str | Path) -> Any:
     if "out" in inspect.signature(train).parameters:  # trainers that take the run directory as an argument
         kwargs["out"] = str(run_dir)
     return train(cfg, **kwargs)
+
+
+def _resume_demo(run_dir: Path) -> dict[str, Any]:
+    from gradascent.demo import DemoSettings, run_demo
+    from gradascent.run.config import from_dict
+
+    if (run_dir / "summary.json").is_file():  # finished: nothing to continue
+        return dict(json.loads((run_dir / "summary.json").read_text(encoding="utf-8")))
+    try:
+        saved = json.loads((run_dir / "demo.json").read_text(encoding="utf-8"))
+        seed, settings = int(saved["seed"]), from_dict(DemoSettings, saved["settings"])
+    except (ValueError, KeyError, TypeError):
+        raise GradascentError(f"{run_dir / 'demo.json'} is damaged; the demo cannot be continued") from None
+    return run_demo(run_dir, seed, settings)
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
