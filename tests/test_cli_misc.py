@@ -76,3 +76,19 @@ def test_ctrl_c_while_the_commands_load_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert cli.main(["grpo"]) == 130
     assert capsys.readouterr().err == "gradascent: interrupted\n"
+
+
+@pytest.mark.parametrize("argv, what", [
+    (["rl", "ppo", "--total-steps", "64"], "rl ppo"),
+    (["demo"], "demo"),
+    (["generate", "qwen2-micro", "--prompt", "1+1="], "generate"),
+    (["eval", "qwen2-micro", "--task", "arithmetic"], "eval"),
+])
+def test_one_process_commands_refuse_torchrun(tmp_path, monkeypatch, capsys, argv, what):
+    # Under torchrun every copy would write the same run directory (or print the same result).
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = ["--out", str(tmp_path / "run")] if argv[0] in ("rl", "demo") else []
+    assert main([*argv, *out]) == 2
+    err = capsys.readouterr().err
+    assert f"{what} runs in one process, and torchrun started 2; launch it without torchrun" in err
+    assert not (tmp_path / "run").exists()

@@ -35,6 +35,7 @@ from gradascent.algos.grpo import GRPOConfig, evaluate, train_grpo
 from gradascent.algos.sft import SFTConfig, train_sft
 from gradascent.errors import ConfigError
 from gradascent.lm import load_model
+from gradascent.run import distributed
 from gradascent.run.command import stop_message, stop_status
 from gradascent.run.config import to_dict
 from gradascent.run.plot import plot_runs
@@ -166,6 +167,7 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSetting
     summary.json; called again with the same ``out`` and ``seed`` it continues (see the module docstring)."""
     settings = settings or DemoSettings()
     out = Path(out)
+    distributed.refuse_several_processes("demo")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ConfigError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     continuing = _start_or_continue(out, seed, settings)

@@ -39,6 +39,7 @@ from gradascent.run.checkpoint import (
     save_checkpoint,
     seed_everything,
 )
+from gradascent.run import distributed
 from gradascent.run.config import check_fields, load_config, require, to_dict
 from gradascent.run.guard import StopOnSignal
 from gradascent.run.progress import progress_bar
@@ -169,6 +170,7 @@ class ClassicRun:
     def __init__(self, cfg: ClassicConfig, algo: str, out: str | Path | None = None, *, resume: bool = False,
                  progress: bool | None = None) -> None:
         self.cfg, self.algo = cfg, algo
+        distributed.refuse_several_processes(f"rl {algo}")
         torch.set_num_threads(cfg.torch_threads)
         self.envs = make_vec_env(cfg.env, cfg.num_envs)
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gradascent.errors import ConfigError
+from gradascent.run import distributed
 
 if TYPE_CHECKING:
     from torch import nn
@@ -98,6 +99,7 @@ def _quiet_if_json(args: argparse.Namespace) -> None:
 def _generate_cmd(args: argparse.Namespace) -> int:
     import torch
 
+    distributed.refuse_several_processes("generate")
     _quiet_if_json(args)
 
     from gradascent.lm import generate_text
@@ -203,6 +205,7 @@ def evaluate_model(
 
 
 def _eval_cmd(args: argparse.Namespace) -> int:
+    distributed.refuse_several_processes("eval")
     _quiet_if_json(args)
     out = evaluate_model(args.model, args.task, split=args.split, limit=args.limit, rewards=args.rewards,
                          max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,

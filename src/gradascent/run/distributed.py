@@ -76,6 +76,15 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def refuse_several_processes(what: str) -> None:
+    """A ConfigError, on every process, when ``what`` (a command that runs in one process) is launched by
+    torchrun with several: the copies would each write the same run directory or print the same result."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        raise ConfigError(f"{what} runs in one process, and torchrun started {world}; launch it without torchrun "
+                          "(sft, grpo, rm, ppo and rlhf train data-parallel)")
+
+
 def init(device: str = "cpu") -> DistInfo:
     """Join the process group described by torchrun's environment; single-process runs need nothing.
     ``device`` is checked first (``check_device``)."""
