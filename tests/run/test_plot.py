@@ -26,7 +26,7 @@ def test_plot_two_runs_writes_pngs(tmp_path, capsys):
 def test_plot_errors_are_one_line(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "metrics.jsonl is missing" in err
+    assert err.count("\n") == 0 and "missing does not exist" in err
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 3}\n')
     assert main(["plot", str(tmp_path / "bad")]) == 2
@@ -35,3 +35,20 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "empty" / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
     assert main(["plot", str(tmp_path / "empty")]) == 2
     assert "none of the runs logged a metric" in capsys.readouterr().err
+
+
+def test_runs_of_one_name_and_directories_of_runs(tmp_path):
+    from gradascent.run.plot import expand_runs, plot_runs
+
+    a, b = _fake_run(tmp_path / "x" / "grpo", 1.0), _fake_run(tmp_path / "y" / "grpo", 2.0)
+    _fake_run(tmp_path / "x" / "sft", 3.0)
+    assert expand_runs([tmp_path / "x"]) == [tmp_path / "x" / "grpo", tmp_path / "x" / "sft"]  # a demo's runs
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from unittest import mock
+
+    with mock.patch("gradascent.run.plot._draw") as draw:
+        plot_runs([a, b], tmp_path / "cmp")
+    labels = {name for call in draw.call_args_list for name, *_ in call.args[2]}
+    assert labels == {str(a), str(b)}  # both lines kept, told apart by their paths

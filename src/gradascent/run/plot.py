@@ -2,9 +2,11 @@
 
     gradascent plot runs/a runs/b --out plots/
 
-writes one PNG per panel (return or reward, KL, entropy, losses, clip fraction, and a combined
-``overview.png``), each run a line, labelled by its directory name. The x axis is the first counter the
-runs share among env_steps, samples, step.
+writes one PNG per panel (``return.png``: episode return, reward or accuracy; ``kl.png``, ``entropy.png``,
+``loss.png``, ``clip_fraction.png``; and ``overview.png`` with all of them), for the panels that some run
+logged; each run a line, labelled by its directory name (by its path where two names agree). The x axis is
+the first counter the runs share among env_steps, samples, step. A directory of several runs (a demo, an
+rlhf chain) stands for the runs in it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,18 @@ PANELS: dict[str, tuple[str, ...]] = {
     "clip fraction": ("clipfrac", "clipfrac_high", "clipfrac_low"),
 }
 X_KEYS = ("env_steps", "samples", "step")
+
+
+def expand_runs(run_dirs: list[str | Path]) -> list[Path]:
+    """The run directories meant: each directory with a metrics.jsonl, or else the runs directly inside it
+    (a demo's sft/ and grpo/, an rlhf chain's stages), in name order."""
+    runs: list[Path] = []
+    for d in map(Path, run_dirs):
+        if not d.exists():
+            raise GradascentError(f"{d} does not exist")
+        inner = sorted(p for p in d.iterdir() if (p / "metrics.jsonl").is_file()) if d.is_dir() else []
+        runs.extend(inner if inner and not (d / "metrics.jsonl").exists() else [d])
+    return runs
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -71,7 +85,11 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
 
     if not run_dirs:
         raise GradascentError("plot needs at least one run directory")
-    runs = {Path(d).name or str(d): read_metrics(d) for d in run_dirs}
+    paths = expand_runs(run_dirs)
+    names = [p.name or str(p) for p in paths]
+    if len(set(names)) < len(names):  # two runs of one name (a/grpo, b/grpo): label them by their paths
+        names = [str(p) for p in paths]
+    runs = {name: read_metrics(p) for name, p in zip(names, paths)}
     x_key = next((k for k in X_KEYS if all(any(k in r for r in rows) for rows in runs.values())), "step")
     out = make_dir(out_dir, "plot directory")
     drawn: dict[str, list[tuple[str, str, list[float], list[float]]]] = {}
@@ -106,11 +124,13 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
 
 
 def _draw(ax: Any, title: str, lines: list[tuple[str, str, list[float], list[float]]], x_key: str, n_runs: int) -> None:
+    keys = list(dict.fromkeys(k for _, k, _, _ in lines))
     for name, key, xs, ys in lines:
-        label = name if n_runs > 1 and len({k for _, k, _, _ in lines}) == 1 else f"{name}: {key}"
-        ax.plot(xs, ys, label=label, linewidth=1.2)
+        label = name if n_runs > 1 and len(keys) == 1 else f"{name}: {key}"
+        ax.plot(xs, ys, label=label, linewidth=1.2, marker="o" if len(xs) == 1 else None)  # one point: a dot
     ax.set_title(title)
     ax.set_xlabel(x_key)
+    ax.set_ylabel(", ".join(keys) if len(keys) <= 2 else title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
 

@@ -39,7 +39,8 @@ def resume_run(run_dir: str | Path) -> Any:
         raise GradascentError(f"{meta_path} does not name a known gradascent trainer") from None
     # A chain of stages (rlhf) keeps no checkpoint of its own: each stage resumes from its own directory.
     if not getattr(module, "RESUMES_FROM_STAGES", False) and latest_checkpoint(run_dir / "checkpoints") is None:
-        raise CheckpointError(f"{run_dir} has no complete checkpoint to resume from")
+        raise CheckpointError(f"{run_dir} has no complete checkpoint to resume from (it stopped before its first "
+                              "one); start it over with the command that started it plus --resume")
     train = getattr(module, "train", None)
     if train is None or "resume" not in inspect.signature(train).parameters:
         raise GradascentError(f"the trainer of {cls_name} cannot resume runs")
