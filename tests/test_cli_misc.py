@@ -40,8 +40,12 @@ def test_demo_into_a_file_is_a_one_line_error_before_any_training(tmp_path, caps
     out = tmp_path / "a_file"
     out.write_text("")
     assert main(["demo", "--out", str(out)]) == 2
-    assert _one_line_error(capsys) == (f"gradascent: error: cannot create demo data directory {out / 'data'}: a "
+    assert _one_line_error(capsys) == (f"gradascent: error: cannot create demo directory {out}: a "
                                        "file is in the way (a directory is needed)")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("")  # a directory of something else: not taken over
+    assert main(["demo", "--out", str(tmp_path / "other")]) == 2
+    assert "already exists and holds no demo (no demo.json)" in _one_line_error(capsys)
 
 
 def test_rlhf_help_leaves_out_the_flags_the_chain_sets_but_refuses_them(capsys):
@@ -62,7 +66,7 @@ def test_debug_before_or_after_the_command_shows_the_traceback(argv, tmp_path, m
     from gradascent.errors import GradascentError
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(GradascentError, match="not a run directory"):
+    with pytest.raises(GradascentError, match="nowhere does not exist"):
         main(argv)
     assert main(["plot", "nowhere"]) == 2  # without it, the one-line error
 

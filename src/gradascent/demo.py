@@ -145,7 +145,9 @@ def _start_or_continue(out: Path, seed: int, settings: DemoSettings) -> bool:
             raise ConfigError(f"{out} holds a demo started with other {differ} (seed {saved.get('seed')}); continue "
                               f"it with --seed {saved.get('seed')}, or choose another --out")
         return True
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"cannot create demo directory {out}: a file is in the way (a directory is needed)")
+    if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} already exists and holds no demo (no demo.json); remove it or choose another --out")
     make_dir(out, "demo directory")
     marker.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
