@@ -170,8 +170,8 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSetting
     settings = settings or DemoSettings()
     out = Path(out)
     distributed.refuse_several_processes("demo")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ConfigError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     continuing = _start_or_continue(out, seed, settings)
     say = print if verbose else (lambda *a, **k: None)
     t0 = time.perf_counter()

@@ -11,7 +11,8 @@ from gradascent.cli import main
     (["ppo", "--env", "GradascentTest/IntBox-v0"], "'env'", "1-D Box of floats"),  # int64 actions
     (["ppo", "--env", "GradascentTest/EmptyBox-v0"], "'env'", "non-empty 1-D Box"),
     (["ppo", "--env", "no_such_module:CartPole-v1"], "'env'", "module 'no_such_module' cannot be imported"),
-    (["a2c", "--seed", "-1"], "'seed'", "an integer >= 0"),
+    (["a2c", "--seed", "-1"], "'seed'", "an integer in [0, 2**32)"),
+    (["ppo", "--seed", "99999999999999999999"], "'seed'", "an integer in [0, 2**32)"),
     (["ppo", "--num-envs", "1", "--num-steps", "4", "--num-minibatches", "4"], "'num_minibatches'",
      "minibatches of one sample whiten every advantage to 0"),
     (["reinforce", "--env", "FrozenLake-v1"], "'env'", "1-D Box"),

@@ -153,6 +153,8 @@ def test_configs_built_in_python_are_checked_like_loaded_ones():
         GRPOConfig(rewards=("numeric_match",), reward_weights=(float("nan"),))
     with pytest.raises(ConfigError, match="'seed': None"):
         GRPOConfig(seed=None)
+    with pytest.raises(ConfigError, match="'seed': 99999999999999999999 is not allowed; expected an integer in"):
+        GRPOConfig(seed=99999999999999999999)  # torch cannot take it: an overflow traceback at the start
     with pytest.raises(ConfigError, match="unknown config key 'sft.stepz'"):
         RLHFConfig(sft={"stepz": 2})
     # normalised as from_dict normalises YAML values

@@ -117,7 +117,7 @@ class ClassicConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         require(self.total_steps > 0, "total_steps", self.total_steps, "an integer > 0")
-        require(self.seed >= 0, "seed", self.seed, "an integer >= 0 (gymnasium's seeds)")
+        require(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32) (gymnasium's seeds)")
         require(self.num_envs >= 1, "num_envs", self.num_envs, "an integer >= 1")
         require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite float > 0")
         require(self.optimizer_eps > 0, "optimizer_eps", self.optimizer_eps, "a float > 0")

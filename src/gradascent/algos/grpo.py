@@ -208,6 +208,7 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        require(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32)")
         require(self.steps >= 1, "steps", self.steps, ">= 1")
         require(self.prompts_per_step >= 1, "prompts_per_step", self.prompts_per_step, ">= 1")
         require(self.n_train is None or self.n_train >= 1, "n_train", self.n_train, ">= 1 or null")

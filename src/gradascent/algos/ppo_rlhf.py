@@ -176,6 +176,7 @@ class PPORLHFConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        require(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32)")
         require(self.updates >= 1, "updates", self.updates, "an int >= 1")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
         require(1 <= self.minibatch_size <= self.batch_size, "minibatch_size", self.minibatch_size,

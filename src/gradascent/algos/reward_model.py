@@ -107,6 +107,7 @@ class RewardModelConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        require(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32)")
         require(self.train_pairs >= 1, "train_pairs", self.train_pairs, "an int >= 1")
         require(self.eval_pairs >= 1, "eval_pairs", self.eval_pairs, "an int >= 1")
         require(0 < self.eval_fraction < 1, "eval_fraction", self.eval_fraction, "a float in (0, 1)")

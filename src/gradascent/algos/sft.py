@@ -133,6 +133,7 @@ class SFTConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        require(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32)")
         require(self.steps >= 1, "steps", self.steps, ">= 1")
         require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         require(self.lr > 0, "lr", self.lr, "> 0")
