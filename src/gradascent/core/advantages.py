@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from gradascent.core.reduce import masked_mean, masked_var
+from gradascent.core.returns import as_float
 
 
 def advantages_from_returns(returns: Tensor, values: Tensor) -> Tensor:
@@ -37,13 +38,8 @@ def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: 
     return out
 
 
-def _as_float(rewards: Tensor) -> Tensor:
-    """Integer or bool rewards (e.g. a 0/1 exact match) as float32; float tensors as they are."""
-    return rewards if rewards.is_floating_point() else rewards.float()
-
-
 def _groups(rewards: Tensor, group_size: int | None) -> Tensor:
-    rewards = _as_float(rewards)
+    rewards = as_float(rewards)
     if rewards.dim() == 2 and group_size is None:
         return rewards
     if group_size is None or group_size < 1:
@@ -106,7 +102,7 @@ def rloo_advantages(rewards: Tensor, group_size: int | None = None) -> Tensor:
 
 def batch_mean_advantages(rewards: Tensor) -> Tensor:
     """REINFORCE with a batch-mean baseline: A_i = r_i - mean(r). Shapes: (...)."""
-    rewards = _as_float(rewards)
+    rewards = as_float(rewards)
     return rewards - rewards.mean()
 
 

@@ -42,12 +42,11 @@ def _same_shape(**tensors: Tensor | None) -> None:
 
 def _counted(x: Tensor, mask: Tensor | None, fill: Tensor | float = 0.0) -> Tensor:
     """``x`` detached, with ``fill`` in the masked-out slots: a NaN or inf in padding then cannot reach the
-    gradient through a product (0 * NaN) even though the aggregate leaves those slots out."""
+    gradient through a product (0 * NaN) even though the aggregate leaves those slots out. The callers have
+    checked that ``mask`` has the shape of ``x`` (``_same_shape``)."""
     x = x.detach()
     if mask is None:
         return x
-    if mask.shape != x.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match values shape {tuple(x.shape)}")
     fill_t = fill if isinstance(fill, Tensor) else torch.full_like(x, fill)
     return torch.where(mask if mask.dtype == torch.bool else mask > 0, x, fill_t)
 

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 
-def _as_float(rewards: Tensor) -> Tensor:
+def as_float(rewards: Tensor) -> Tensor:
+    """Integer or bool rewards (e.g. a 0/1 exact match) as float32; float tensors as they are."""
     return rewards if rewards.is_floating_point() else rewards.float()
 
 
@@ -74,7 +75,7 @@ def discounted_returns(
         (B, T) returns, same dtype as ``rewards``.
     """
     _check_rate("gamma", gamma)
-    rewards = _as_float(rewards)
+    rewards = as_float(rewards)
     term = _flags(rewards, terminated)
     trunc = _flags(rewards, truncated)
     nv = _next_values(rewards, next_values)
@@ -119,7 +120,7 @@ def nstep_returns(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     _check_rate("gamma", gamma)
-    rewards = _as_float(rewards)
+    rewards = as_float(rewards)
     if n >= rewards.shape[-1]:  # every window reaches a boundary or the rollout's end: the bootstrapped return
         return discounted_returns(rewards, gamma, terminated, truncated, next_values)
     term = _flags(rewards, terminated)
@@ -172,7 +173,7 @@ def gae(
     """
     _check_rate("gamma", gamma)
     _check_rate("lam", lam)
-    rewards = _as_float(rewards)
+    rewards = as_float(rewards)
     term = _flags(rewards, terminated)
     done = term | _flags(rewards, truncated)
     nv = _next_values(rewards, next_values)

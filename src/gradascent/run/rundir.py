@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gradascent.errors import ConfigError, GradascentError
+from gradascent.run.checkpoint import latest_checkpoint
 from gradascent.run.config import read_yaml, save_yaml, to_dict
 
 
@@ -121,8 +122,6 @@ def check_resume(run: RunDir, cfg: Any, resuming: bool, resume_requested: bool, 
     """
     if not resuming:
         if run.read_metrics() and not resume_requested:
-            from gradascent.run.checkpoint import latest_checkpoint
-
             if latest_checkpoint(run.checkpoints) is None:
                 raise ConfigError(f"{run.path} holds a run that stopped before its first checkpoint (metrics.jsonl, "
                                   "no checkpoint); pass --resume (resume=True from Python) to start it over, or "
