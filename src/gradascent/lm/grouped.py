@@ -16,19 +16,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from gradascent.core.logits import entropy_from_logits, token_logprobs
 from gradascent.errors import DataError
+from gradascent.lm.logprobs import head_logprobs
 from gradascent.lm.models import check_token_ids, position_ids_from_mask
-
-_CHUNK_ELEMENTS = 1 << 23  # float32 logits per LM-head chunk (32 MiB)
-
-
-def _head_stats(head: nn.Module, h: Tensor, targets: Tensor, temperature: float, with_entropy: bool) -> Tensor:
-    logits = head(h)  # (K, V)
-    logp = token_logprobs(logits, targets, temperature)
-    return torch.stack([logp, entropy_from_logits(logits, temperature)]) if with_entropy else logp
+from gradascent.lm.onednn import onednn_linears
 
 
 def grouped_completion_logprobs(
@@ -56,8 +48,6 @@ def grouped_completion_logprobs(
     Returns:
         logp (P * G, T) float32, 0 where ``completion_mask`` is False; with ``with_entropy``, (logp, entropy).
     """
-    from transformers import DynamicCache
-
     if prompt_mask.shape != prompt_ids.shape or completion_mask.shape != completion_ids.shape:
         raise DataError(f"prompt ids {tuple(prompt_ids.shape)} / mask {tuple(prompt_mask.shape)} and completion "
                         f"ids {tuple(completion_ids.shape)} / mask {tuple(completion_mask.shape)}: each mask must "
@@ -72,6 +62,15 @@ def grouped_completion_logprobs(
     pmask, cmask = prompt_mask.bool(), completion_mask.bool()
     if P and not bool(pmask[:, -1].all()):
         raise DataError("grouped log-probs need left-padded prompts (the last column a real token)")
+    with onednn_linears(model):
+        return _grouped(model, prompt_ids, pmask, completion_ids, cmask, G, temperature, with_entropy)
+
+
+def _grouped(model: nn.Module, prompt_ids: Tensor, pmask: Tensor, completion_ids: Tensor, cmask: Tensor, G: int,
+             temperature: float, with_entropy: bool) -> Tensor | tuple[Tensor, Tensor]:
+    from transformers import DynamicCache
+
+    N, T = completion_ids.shape
     base, head = model.base_model, model.get_output_embeddings()
     cache = DynamicCache(config=model.config)
     out = base(input_ids=prompt_ids, attention_mask=pmask.long(), position_ids=position_ids_from_mask(pmask),
@@ -88,13 +87,7 @@ def grouped_completion_logprobs(
         hidden = torch.cat([hidden, out.last_hidden_state], dim=1)  # (N, T, H)
     rows, cols = cmask.nonzero(as_tuple=True)
     h, targets = hidden[rows, cols], completion_ids[rows, cols]  # (K, H), (K,)
-    chunk = max(1, _CHUNK_ELEMENTS // int(head.weight.shape[0]))
-    use_ckpt = torch.is_grad_enabled() and h.requires_grad
-    pieces = []
-    for s in range(0, h.shape[0], chunk):
-        args = (head, h[s:s + chunk], targets[s:s + chunk], temperature, with_entropy)
-        pieces.append(checkpoint(_head_stats, *args, use_reentrant=False) if use_ckpt else _head_stats(*args))
-    flat = torch.cat(pieces, dim=-1).float() if pieces else hidden.new_zeros((2, 0) if with_entropy else (0,))
+    flat = head_logprobs(head, h, targets, temperature=temperature, with_entropy=with_entropy)
     logp = hidden.new_zeros((N, T), dtype=torch.float32).index_put((rows, cols), flat[0] if with_entropy else flat)
     if not with_entropy:
         return logp

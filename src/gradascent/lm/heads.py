@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from gradascent.errors import CheckpointError, DataError
 from gradascent.lm.models import load_model, position_ids_from_mask, previous_token_index, read_json, save_model
+from gradascent.lm.onednn import onednn_linears
 
 HEAD_FORMAT = 1
 H = TypeVar("H", bound="ScalarHeadModel")
@@ -48,13 +49,15 @@ def backbone_hidden_states(model: nn.Module, input_ids: Tensor, mask: Tensor,
     for name, t in (("mask", mask), ("position_ids", position_ids)):
         if t is not None and t.shape != input_ids.shape:
             raise DataError(f"{name} has shape {tuple(t.shape)}, input_ids {tuple(input_ids.shape)}: they must match")
-    if position_ids is None:
-        out = model.base_model(  # type: ignore[operator]
-            input_ids=input_ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask),
-            use_cache=False,
-        )
-    else:
-        out = model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False)  # type: ignore[operator]
+    base = model.base_model
+    with onednn_linears(base):
+        if position_ids is None:
+            out = base(  # type: ignore[operator]
+                input_ids=input_ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask),
+                use_cache=False,
+            )
+        else:
+            out = base(input_ids=input_ids, position_ids=position_ids, use_cache=False)  # type: ignore[operator]
     return out.last_hidden_state
 
 

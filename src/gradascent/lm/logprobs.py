@@ -28,6 +28,7 @@ from gradascent.core.logits import entropy_from_logits, token_logprobs
 from gradascent.errors import ConfigError, DataError
 from gradascent.lm.heads import backbone_hidden_states
 from gradascent.lm.models import check_token_ids, previous_token_index
+from gradascent.lm.onednn import onednn_linears
 
 # Logits elements per chunk when ``chunk_tokens`` is not given: 2**23 float32 = 32 MiB.
 _CHUNK_ELEMENTS = 1 << 23
@@ -47,7 +48,8 @@ def _check_model(model: nn.Module) -> nn.Module:
 
 def _chunk_stats(head: nn.Module, h: Tensor, targets: Tensor, temperature: float, with_entropy: bool) -> Tensor:
     """(K, H) hidden, (K,) targets -> (K,) log-probs, or (2, K) log-probs and entropies."""
-    logits = head(h)  # (K, V)
+    with onednn_linears(head):  # here, not around the caller: a checkpoint's recomputation must match
+        logits = head(h)  # (K, V)
     logp = token_logprobs(logits, targets, temperature)
     if not with_entropy:
         return logp
