@@ -108,6 +108,25 @@ def test_samples_of_one_prompt_equal_the_prompt_repeated(tok, engine, dtype):
     assert torch.equal(shared.prompt_ids, copies.prompt_ids)
 
 
+@pytest.mark.parametrize("tokens", [17, 40])  # prompts of 17 columns: chunks of one prompt; of 2, 2 and 1
+def test_prefill_in_chunks_of_prompts_changes_nothing(tok, monkeypatch, tokens):
+    """The fused prefill runs the prompts in chunks of _PREFILL_TOKENS tokens: greedy tokens still equal HF's,
+    and samples (num_samples=2, the cache rows of each prompt copied) equal those of a one-chunk prefill."""
+    import sys
+
+    generate_module = sys.modules["gradascent.lm.generate"]  # the package's ``generate`` is the function
+    model = build_model("qwen2-micro", tok, seed=17).eval()
+    ids, mask = encode_prompts(tok, PROMPTS + ["7+7="])  # 5 prompts of 17 columns
+    kw = dict(max_new_tokens=6, eos_token_ids=[], pad_token_id=0, engine="fused")
+    one_chunk = generate(model, ids, mask, num_samples=2, generator=torch.Generator().manual_seed(2), **kw)
+    monkeypatch.setattr(generate_module, "_PREFILL_TOKENS", tokens)
+    chunked = generate(model, ids, mask, num_samples=2, generator=torch.Generator().manual_seed(2), **kw)
+    assert torch.equal(chunked.completion_ids, one_chunk.completion_ids)
+    torch.testing.assert_close(chunked.logp, one_chunk.logp, atol=1e-5, rtol=1e-5)
+    greedy = generate(model, ids, mask, greedy=True, **kw)
+    assert torch.equal(greedy.completion_ids, _hf_greedy(model, ids, mask, 6, eos=None, pad=0))
+
+
 def test_sampled_logprobs_equal_recomputed_logprobs(tok):
     model = build_model("qwen2-micro", tok, seed=12)
     ids, mask = encode_prompts(tok, PROMPTS)
