@@ -116,6 +116,24 @@ def matmul_flops(n: int = 1024, repeats: int = 10, dtype: torch.dtype = torch.fl
     return 2 * n**3 * repeats / (time.perf_counter() - t0)
 
 
+def cpu_matmul_flops(n: int = 1024, repeats: int = 10) -> dict[str, float]:
+    """Float32 (n x n) @ (n x n) throughput (FLOP/s) of this CPU through each kernel torch offers: ``blas``
+    (``torch.mm``: MKL in the official wheels) and ``onednn`` (the kernels of ``gradascent.lm.onednn``, where
+    available). On some CPUs they differ by 2x (MKL takes its AVX2 path on AMD's AVX-512 parts)."""
+    from gradascent.lm import onednn
+
+    rates = {"blas": matmul_flops(n, repeats)}
+    if onednn.available():
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(2):
+            onednn.linear(a, b)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            onednn.linear(a, b)
+        rates["onednn"] = 2 * n**3 * repeats / (time.perf_counter() - t0)
+    return rates
+
+
 def machine() -> dict[str, Any]:
     return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version()}

@@ -24,7 +24,8 @@ Figures per model size:
                highest over the rounds
     one pass   ours with the whole update in one forward/backward pass, one run after the rounds (not
                interleaved: a side figure for the memory/time trade of ``--micro``)
-    floor      model FLOPs of one step over the measured fp32 matmul throughput: 2 N per generated token
+    floor      model FLOPs of one step over the measured fp32 matmul throughput (the faster of torch.mm and
+               oneDNN's kernel, ``_common.cpu_matmul_flops``): 2 N per generated token
                (64 x 32 sampled tokens plus the 64 x 6 prompt tokens of the prefill) plus 6 N per trained token
                (forward + backward over 64 x (6 + 32) tokens), N = parameters
     of_floor   s/step over that floor (1.0 would be matmul-bound with no overhead). The throughput is measured
@@ -61,7 +62,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 
-from _common import PeakRSS, emit, machine, matmul_flops, median  # noqa: E402
+from _common import PeakRSS, cpu_matmul_flops, emit, machine, median  # noqa: E402
 from gradascent.algos.grpo import GRPOConfig, train_grpo  # noqa: E402
 from gradascent.lm import build_model, count_parameters, load_model, save_model  # noqa: E402
 from gradascent.lm.tokenizers import char_tokenizer  # noqa: E402
@@ -164,8 +165,10 @@ def main() -> None:
     import torch.utils.tensorboard  # noqa: F401  (imported before any measurement: imports are not part of a run)
     import trl  # noqa: F401
 
-    flops = matmul_flops(n=1024, repeats=10)
-    print(f"fp32 matmul throughput: {flops / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
+    rates = cpu_matmul_flops(n=1024, repeats=10)
+    flops = max(rates.values())
+    print(f"fp32 matmul throughput: {', '.join(f'{k} {v / 1e9:.1f}' for k, v in rates.items())} GFLOP/s "
+          f"({torch.get_num_threads()} threads)")
     figures: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
@@ -194,7 +197,9 @@ def main() -> None:
             theirs = {"s_per_step": median([t for x in runs["trl"] for t in x["times"]]),
                       "peak_rss_mb": max(x["peak_rss_mb"] for x in runs["trl"])}
             round_ratios = [median(b["times"]) / median(a["times"]) for a, b in zip(runs["ours"], runs["trl"])]
-            flops = max(flops, matmul_flops(n=1024, repeats=10))
+            more = cpu_matmul_flops(n=1024, repeats=10)
+            rates = {k: max(v, more[k]) for k, v in rates.items()}
+            flops = max(flops, *more.values())
             floor = step_flops / flops
             speedup = theirs["s_per_step"] / ours["s_per_step"]
             figures[name] = {
@@ -219,7 +224,7 @@ def main() -> None:
           f"{os.getloadavg()[0]:.2f}")
     emit({"bench": "grpo_vs_trl", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
           "load_average_end": round(os.getloadavg()[0], 2),
-          "matmul_gflops": round(flops / 1e9, 1), "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+          "matmul_gflops": round(flops / 1e9, 1), "matmul_gflops_by_kernel": {k: round(v / 1e9, 1) for k, v in rates.items()}, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
           "micro_batch_prompts": args.micro,
           **{f"{k}_{name}": v for name, f in figures.items() for k, v in f.items()},
           "speedup": {name: f["speedup"] for name, f in figures.items()}})
