@@ -127,6 +127,29 @@ def test_prefill_in_chunks_of_prompts_changes_nothing(tok, monkeypatch, tokens):
     assert torch.equal(greedy.completion_ids, _hf_greedy(model, ids, mask, 6, eos=None, pad=0))
 
 
+def test_unfilled_kv_cache_is_written_before_it_is_read(tok, monkeypatch):
+    """The fused engine leaves its KV cache unfilled: filled with NaN instead (anything at all may be in fresh
+    memory), not a single token or log-prob may change, left padding and early EOS included."""
+    import sys
+
+    dec_cls = sys.modules["gradascent.lm.generate"]._FusedDecoder
+    model = build_model("qwen2-micro", tok, seed=19).eval()
+    ids, mask = encode_prompts(tok, PROMPTS)
+    kw = dict(max_new_tokens=7, eos_token_ids=[1], pad_token_id=0, num_samples=2, engine="fused")
+    plain = generate(model, ids, mask, generator=torch.Generator().manual_seed(4), **kw)
+    init = dec_cls.__init__
+
+    def nan_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        for t in self.k + self.v:
+            t.fill_(float("nan"))
+
+    monkeypatch.setattr(dec_cls, "__init__", nan_init)
+    poisoned = generate(model, ids, mask, generator=torch.Generator().manual_seed(4), **kw)
+    assert torch.equal(poisoned.completion_ids, plain.completion_ids)
+    assert torch.equal(poisoned.logp, plain.logp) and bool(torch.isfinite(poisoned.logp).all())
+
+
 def test_sampled_logprobs_equal_recomputed_logprobs(tok):
     model = build_model("qwen2-micro", tok, seed=12)
     ids, mask = encode_prompts(tok, PROMPTS)
