@@ -100,17 +100,19 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def matmul_flops(n: int = 1024, repeats: int = 10, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
-    """Measured dense matmul throughput (FLOP/s) of this machine at the current thread count."""
+def matmul_flops(n: int = 1024, repeats: int = 10, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                 mm: Callable[[torch.Tensor, torch.Tensor], Any] = torch.matmul) -> float:
+    """Measured dense matmul throughput (FLOP/s) of this machine at the current thread count, of ``mm(a, b)``
+    on two (n, n) matrices (the product or its transpose: the same FLOPs)."""
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(2):
-        a @ b
+        mm(a, b)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(repeats):
-        a @ b
+        mm(a, b)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return 2 * n**3 * repeats / (time.perf_counter() - t0)
@@ -124,13 +126,7 @@ def cpu_matmul_flops(n: int = 1024, repeats: int = 10) -> dict[str, float]:
 
     rates = {"blas": matmul_flops(n, repeats)}
     if onednn.available():
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        for _ in range(2):
-            onednn.linear(a, b)
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            onednn.linear(a, b)
-        rates["onednn"] = 2 * n**3 * repeats / (time.perf_counter() - t0)
+        rates["onednn"] = matmul_flops(n, repeats, mm=onednn.linear)
     return rates
 
 

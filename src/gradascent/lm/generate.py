@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from gradascent.core.logits import token_logprobs
 from gradascent.errors import ConfigError, DataError
+from gradascent.lm import onednn
 from gradascent.lm.models import check_token_ids, eval_mode, position_ids_from_mask, resolve_dtype
 from gradascent.lm.tokenizers import decode_completions, encode_prompts, eos_token_ids
 
@@ -335,10 +336,9 @@ class _HFDecoder:
 
 
 def _onednn_linear() -> bool:
-    """Whether this torch has oneDNN's packed-weight linear (an internal op, so checked, not assumed)."""
-    mkldnn = getattr(torch.ops, "mkldnn", None)
-    return (torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
-            and hasattr(mkldnn, "_reorder_linear_weight") and hasattr(mkldnn, "_linear_pointwise"))
+    """Whether this torch has oneDNN's linear (``lm.onednn``) and its weight packing (internal ops: checked)."""
+    return (onednn.available() and bool(torch.backends.mkldnn.enabled)
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
 def fused_supported(model: nn.Module) -> bool:

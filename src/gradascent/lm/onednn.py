@@ -84,7 +84,12 @@ def _plain(t: Tensor | None) -> bool:
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear`` through ``OneDNNLinear`` where it applies (float32 plain CPU tensors), else ``F.linear``."""
-    if x.numel() == 0 or not (_plain(x) and _plain(weight) and _plain(bias) and x.dim() >= 1) or not enabled():
+    return _routed_linear(x, weight, bias) if enabled() else F.linear(x, weight, bias)
+
+
+def _routed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``linear`` once ``enabled()`` is known to hold (``onednn_linears`` checks it on entry, not per call)."""
+    if x.numel() == 0 or not (_plain(x) and _plain(weight) and _plain(bias) and x.dim() >= 1):
         return F.linear(x, weight, bias)
     return OneDNNLinear.apply(x, weight, bias)
 
@@ -115,4 +120,4 @@ def onednn_linears(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _linear_forward(m: nn.Linear, x: Tensor) -> Tensor:
-    return linear(x, m.weight, m.bias)
+    return _routed_linear(x, m.weight, m.bias)
