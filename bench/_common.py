@@ -121,18 +121,31 @@ def matmul_flops(n: int = 1024, repeats: int = 10, dtype: torch.dtype = torch.fl
 def cpu_matmul_flops(n: int = 1024, repeats: int = 10) -> dict[str, float]:
     """Float32 (n x n) @ (n x n) throughput (FLOP/s) of this CPU through each kernel torch offers: ``blas``
     (``torch.mm``: MKL in the official wheels) and ``onednn`` (the kernels of ``gradascent.lm.onednn``, where
-    available). On some CPUs they differ by 2x (MKL takes its AVX2 path on AMD's AVX-512 parts)."""
+    available, whether or not the library routes through them on this CPU). On some CPUs they differ by 2x (MKL
+    takes its AVX2 path on AMD's AVX-512 parts)."""
     from gradascent.lm import onednn
 
     rates = {"blas": matmul_flops(n, repeats)}
     if onednn.available():
-        rates["onednn"] = matmul_flops(n, repeats, mm=onednn.linear)
+        rates["onednn"] = matmul_flops(n, repeats, mm=lambda a, b: onednn.OneDNNLinear.apply(a, b, None))
     return rates
 
 
 def machine() -> dict[str, Any]:
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
+    return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def emit(figures: dict[str, Any]) -> None:

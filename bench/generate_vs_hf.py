@@ -8,7 +8,8 @@ in machine load hits all of them alike; the figure is the median. Tokens/s = 64 
 
 Rows:
     hf            model.generate(do_sample=True, top_k=0), float32
-    ours-fp32     generate(engine='auto' -> fused), float32: the same arithmetic as HF
+    ours-fp32     generate(engine='auto' -> fused), float32: the same arithmetic as HF (packed MKL or oneDNN
+                  products, whichever ``lm.generate.packed_kernel`` picks on this CPU: the JSON line says)
     ours-hf       generate(engine='hf'): our loop over the model's forward with a StaticCache, float32
     ours-bf16     generate(dtype='bfloat16'): fused engine computing in bfloat16 (weights rounded once per call)
 
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import torch  # noqa: E402
 
 from _common import emit, machine  # noqa: E402
-from gradascent.lm.generate import generate  # noqa: E402
+from gradascent.lm.generate import generate, packed_kernel  # noqa: E402
 from gradascent.lm.models import build_model, count_parameters  # noqa: E402
 
 B, P, NEW = 64, 12, 32
@@ -91,6 +92,7 @@ def main() -> None:
         "speedup_by_model": {n: round(v, 2) for n, v in speedups.items()},
         "speedup_bf16": round(min(speedups_bf16.values()), 2),
         "speedup_bf16_by_model": {n: round(v, 2) for n, v in speedups_bf16.items()},
+        "packed_kernel": packed_kernel(),  # the BLAS of the fused engine's float32 products on this CPU
         "load_average_1min": os.getloadavg()[0],
         "machine": machine(),
     })

@@ -5,7 +5,8 @@ Shapes: the projections of the qwen2-5m and qwen2-14m presets (q/k/v, o, gate/up
 the rows of one GRPO training pass of the GRPO bench (16 completions x 31 positions). Each configuration
 times forward + backward (dL/dx and dL/dW) of y = x W^T, interleaved, median of ``--repeats``. The figure is
 GFLOP/s = 6 M K N / seconds. ``speedup`` in the JSON line is the median over the shapes of F.linear's time
-over ours.
+over ours. oneDNN is called directly, whatever ``onednn.enabled()`` says on this CPU (the library routes its
+linears through it by default only on x86 CPUs not made by Intel).
 
     PYTHONPATH=src python bench/linear_kernels.py [--repeats 30] [--rows 496]
 """
@@ -49,7 +50,7 @@ def main() -> None:
         x = torch.randn(args.rows, k, requires_grad=True)
         w = torch.randn(n, k, requires_grad=True)
         g = torch.randn(args.rows, n)
-        fns = {"F.linear": lambda: F.linear(x, w).backward(g), "onednn": lambda: onednn.linear(x, w).backward(g)}
+        fns = {"F.linear": lambda: F.linear(x, w).backward(g), "onednn": lambda: onednn.OneDNNLinear.apply(x, w, None).backward(g)}
         times: dict[str, list[float]] = {key: [] for key in fns}
         for fn in fns.values():
             fn()

@@ -63,6 +63,40 @@ def test_greedy_equals_transformers_generate(tok, preset, engine):
         assert m == [True] * n + [False] * (len(row) - n)
 
 
+@pytest.mark.parametrize("kernel", ["mkl", "onednn", None])
+def test_every_packing_kernel_gives_hf_greedy_tokens_and_exact_logprobs(tok, monkeypatch, kernel):
+    """The fused engine's float32 products on a CPU run MKL's or oneDNN's packed weights, whichever
+    ``packed_kernel`` picks on this CPU, or plain matmuls: each of the three, forced, gives the greedy tokens
+    of HF generate and log-probs equal to the recomputed ones."""
+    import sys
+
+    generate_module = sys.modules["gradascent.lm.generate"]
+    if kernel == "mkl" and not generate_module._mkl_packing():
+        pytest.skip("this torch has no MKL packed linear")
+    if kernel == "onednn" and not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        pytest.skip("this torch has no oneDNN weight packing")
+    monkeypatch.setattr(generate_module, "packed_kernel", lambda: kernel)
+    made = []
+    original = generate_module._FusedDecoder.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self.packed)
+
+    monkeypatch.setattr(generate_module._FusedDecoder, "__init__", spy)
+    model = build_model("qwen2-1m", tok, seed=3).eval()
+    ids, mask = encode_prompts(tok, PROMPTS)
+    ours = generate(model, ids, mask, max_new_tokens=10, eos_token_ids=[], pad_token_id=0, greedy=True)
+    assert made == [kernel]
+    assert torch.equal(ours.completion_ids, _hf_greedy(model, ids, mask, 10, eos=None, pad=0))
+    sampled = generate(model, ids, mask, max_new_tokens=10, eos_token_ids=[], pad_token_id=0, num_samples=2,
+                       generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        again = completion_logprobs(model, sampled.prompt_ids, sampled.prompt_mask, sampled.completion_ids,
+                                    sampled.completion_mask)
+    torch.testing.assert_close(sampled.logp, again, atol=1e-5, rtol=1e-5)
+
+
 def test_auto_engine_samples_a_model_with_lora_adapters_through_them(tok):
     """The fused engine reads base weights: with an adapter on, 'auto' must take the hf engine, whose greedy
     tokens and log-probs are those of the adapted model, and an explicit 'fused' must be refused."""

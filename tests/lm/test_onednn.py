@@ -5,11 +5,54 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradascent.errors import ConfigError
 from gradascent.lm import completion_logprobs, load_model
 from gradascent.lm import onednn
 from gradascent.lm.onednn import OneDNNLinear, linear, onednn_linears
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN linear")
+
+
+@pytest.fixture(autouse=True)
+def _forced_on(monkeypatch):
+    """These tests check the routing itself: on, whatever this CPU's default (``preferred()``)."""
+    monkeypatch.setenv("GRADASCENT_ONEDNN", "1")
+
+
+@pytest.mark.parametrize("vendor,machine,switch,expected", [
+    ("AuthenticAMD", "x86_64", "auto", True),
+    ("AuthenticAMD", "x86_64", None, True),  # unset is auto
+    ("GenuineIntel", "x86_64", "auto", False),  # MKL is the faster BLAS there
+    ("GenuineIntel", "x86_64", "1", True),
+    ("AuthenticAMD", "x86_64", "0", False),
+    (None, "x86_64", "auto", False),  # vendor unreadable: torch's own BLAS
+    ("AuthenticAMD", "aarch64", "auto", False),
+])
+def test_switch_defaults_by_cpu_vendor(monkeypatch, vendor, machine, switch, expected):
+    monkeypatch.setattr(onednn, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(onednn.platform, "machine", lambda: machine)
+    if switch is None:
+        monkeypatch.delenv("GRADASCENT_ONEDNN")
+    else:
+        monkeypatch.setenv("GRADASCENT_ONEDNN", switch)
+    assert onednn.enabled() is expected
+
+
+def test_switch_rejects_other_values(monkeypatch):
+    monkeypatch.setenv("GRADASCENT_ONEDNN", "yes")
+    with pytest.raises(ConfigError, match="GRADASCENT_ONEDNN"):
+        onednn.enabled()
+
+
+def test_cpu_vendor_is_read_where_linux_lists_it():
+    try:
+        with open("/proc/cpuinfo") as f:
+            listed = [line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")]
+    except OSError:
+        listed = []
+    if not listed:
+        pytest.skip("no vendor_id in /proc/cpuinfo here")
+    assert onednn.cpu_vendor() == listed[0]
 
 
 def _routed(model: nn.Module) -> list[bool]:

@@ -27,6 +27,7 @@ With ``greedy=True`` ``logp`` is likewise log softmax(logits / temperature) of t
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -151,9 +152,11 @@ class _FusedDecoder:
     Cache per layer: k, v of shape (N, H_kv, T_max, D); column j holds token j of the sequence (prompt padding
     included) and ``valid`` (N, T_max) says which columns may be attended to.
 
-    In float32 on a CPU with oneDNN, the weights are also packed once into oneDNN's blocked layout
-    (``mkldnn._reorder_linear_weight``): a plain matmul re-packs its right operand on every call, which for the
-    (N=64)-row matmuls of decoding costs about as much as the product itself. Same products, other rounding.
+    In float32 on a CPU, the weights are also packed once into a BLAS's blocked layout (``packed_kernel``):
+    a plain matmul re-packs its right operand on every call, which for the (N=64)-row matmuls of decoding
+    costs about as much as the product itself. MKL's packed products (``mkl._mkl_linear``, for N rows; other
+    row counts, the prefill's, run MKL's plain product over the same prepared weight) round as ``F.linear``
+    does; oneDNN's (``mkldnn._linear_pointwise``) are the same products with other rounding.
     """
 
     def __init__(self, model: nn.Module, n_rows: int, max_len: int, device: torch.device, dtype: torch.dtype) -> None:
@@ -173,13 +176,17 @@ class _FusedDecoder:
         def f32(t: Tensor) -> Tensor:
             return t.detach().to(device=device, dtype=torch.float32)
 
-        self.packed = dtype == torch.float32 and device.type == "cpu" and _onednn_linear()
+        self.n_rows = n_rows
+        self.packed = packed_kernel() if dtype == torch.float32 and device.type == "cpu" else None
 
-        def prep(weight: Tensor, norm: Tensor | None = None, own: bool = False) -> Tensor:
+        def prep(weight: Tensor, norm: Tensor | None = None, own: bool = False) -> Any:
             """``own``: ``weight`` is a fresh buffer of ours, which the norm may scale in place."""
             if norm is not None:
                 weight = weight.mul_(norm[None, :]) if own else weight * norm[None, :]
-            if self.packed:  # (out, in) in oneDNN's layout, tuned for n_rows-row products
+            if self.packed == "mkl":  # MKL's packed (out, in) for n_rows-row products, and the weight itself
+                weight = weight.contiguous()
+                return torch.ops.mkl._mkl_reorder_linear_weight(weight, n_rows), weight
+            if self.packed == "onednn":  # (out, in) in oneDNN's layout, tuned for n_rows-row products
                 return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), n_rows)
             return weight.t().contiguous().to(dtype)  # (in, out)
 
@@ -225,9 +232,12 @@ class _FusedDecoder:
         """RMSNorm without its weight (folded into the next matmul)."""
         return F.rms_norm(x, (x.shape[-1],), None, self.eps)
 
-    def _linear(self, x: Tensor, w: Tensor, bias: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
+    def _linear(self, x: Tensor, w: Any, bias: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
         """x @ W (+ bias) (+ residual), with W prepared by ``prep``."""
-        if self.packed:
+        if self.packed == "mkl":
+            y = torch.ops.mkl._mkl_linear(x, w[0], w[1], bias, self.n_rows)
+            return y if residual is None else y.add_(residual)
+        if self.packed == "onednn":
             if residual is not None:
                 return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, bias, "add")
             return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
@@ -335,10 +345,26 @@ class _HFDecoder:
         return self._forward(tok[:, None], pos[:, None])
 
 
-def _onednn_linear() -> bool:
-    """Whether this torch has oneDNN's linear (``lm.onednn``) and its weight packing (internal ops: checked)."""
-    return (onednn.available() and bool(torch.backends.mkldnn.enabled)
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+def packed_kernel() -> Literal["mkl", "onednn"] | None:
+    """The BLAS whose packed float32 products the fused engine runs on a CPU: oneDNN's where ``lm.onednn``
+    routes the library's linears through it (``onednn.enabled()``: by default x86 CPUs not made by Intel),
+    else MKL's where this torch has it, else None (plain matmuls over transposed weights)."""
+    if onednn.enabled() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return "onednn"
+    return "mkl" if _mkl_packing() else None
+
+
+@functools.cache
+def _mkl_packing() -> bool:
+    """Whether this torch has MKL's packed linear (internal ops: checked on a small product)."""
+    if not torch.backends.mkl.is_available():
+        return False
+    try:
+        w = torch.ones(4, 3)
+        y = torch.ops.mkl._mkl_linear(torch.ones(2, 3), torch.ops.mkl._mkl_reorder_linear_weight(w, 2), w, None, 2)
+        return bool(torch.equal(y, torch.full((2, 4), 3.0)))
+    except (AttributeError, RuntimeError, TypeError):
+        return False
 
 
 def fused_supported(model: nn.Module) -> bool:

@@ -3,15 +3,17 @@
 torch's CPU ``matmul`` / ``F.linear`` call the BLAS it was built with (MKL in the official wheels), while
 oneDNN, which torch also ships, has its own kernels. On CPUs where MKL does not take its widest code path
 (AMD's AVX-512 parts: MKL runs its AVX2 kernels there) oneDNN's float32 products are about twice as fast for
-the shapes of these models (BENCHMARKS.md, "oneDNN linears"); elsewhere the two are about even. The
-products are the same, y = x W^T + b and its two gradients, in float32 with float32 accumulation; only the
-rounding differs (tests/lm/test_onednn.py).
+the shapes of these models (BENCHMARKS.md, "oneDNN linears"), while on Intel's own CPUs MKL is the faster
+of the two (oneDNN ran at ~0.77x of it on a Xeon). So the routing is on by default only on x86 CPUs of
+another vendor than Intel (``preferred()``); ``GRADASCENT_ONEDNN=1`` forces it on wherever the op exists and
+``GRADASCENT_ONEDNN=0`` off. The products are the same, y = x W^T + b and its two gradients, in float32 with
+float32 accumulation; only the rounding differs (tests/lm/test_onednn.py).
 
 ``onednn_linears(model)`` routes every plain ``nn.Linear`` of ``model`` through ``OneDNNLinear`` for the
 duration of a ``with`` block (the forward passes of log-probs, values and rewards use it); the backward
 runs the same kernels whenever it runs. Nothing changes where the op is missing from this torch, off a CPU,
-for other dtypes, for parameter subclasses (FSDP's DTensor), or with ``GRADASCENT_ONEDNN=0`` in the
-environment: those layers keep their own ``forward``.
+for other dtypes, for parameter subclasses (FSDP's DTensor), or where ``enabled()`` is false: those layers
+keep their own ``forward``.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from gradascent.errors import ConfigError
 
 
 @functools.cache
@@ -40,9 +45,36 @@ def available() -> bool:
         return False
 
 
+@functools.cache
+def cpu_vendor() -> str | None:
+    """The CPU's vendor string on Linux (``GenuineIntel``, ``AuthenticAMD``, ...); None where unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def preferred() -> bool:
+    """Whether oneDNN's float32 products are expected to beat MKL's here: an x86 CPU not made by Intel (MKL
+    takes its AVX2 code path there). Intel CPUs, other architectures and unknown vendors keep MKL / torch's
+    own BLAS."""
+    vendor = cpu_vendor()
+    return vendor is not None and vendor != "GenuineIntel" and platform.machine().lower() in ("x86_64", "amd64")
+
+
 def enabled() -> bool:
-    """``available()`` and not switched off by ``GRADASCENT_ONEDNN=0``."""
-    return os.environ.get("GRADASCENT_ONEDNN", "1") != "0" and available() and bool(torch.backends.mkldnn.enabled)
+    """Whether ``linear`` and ``onednn_linears`` route through oneDNN: ``available()``, and
+    ``GRADASCENT_ONEDNN`` set to 1, or unset / ``auto`` and ``preferred()``; 0 switches it off."""
+    switch = os.environ.get("GRADASCENT_ONEDNN", "auto").strip().lower()
+    if switch not in ("0", "1", "auto", ""):
+        raise ConfigError(f"GRADASCENT_ONEDNN must be 0, 1 or auto, got {switch!r}")
+    if switch == "0" or not (available() and bool(torch.backends.mkldnn.enabled)):
+        return False
+    return switch == "1" or preferred()
 
 
 def _mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
