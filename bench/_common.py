@@ -138,14 +138,9 @@ def machine() -> dict[str, Any]:
 
 def _cpu_model() -> str:
     """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from gradascent.lm.onednn import cpuinfo_field
+
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def emit(figures: dict[str, Any]) -> None:

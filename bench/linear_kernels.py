@@ -50,7 +50,8 @@ def main() -> None:
         x = torch.randn(args.rows, k, requires_grad=True)
         w = torch.randn(n, k, requires_grad=True)
         g = torch.randn(args.rows, n)
-        fns = {"F.linear": lambda: F.linear(x, w).backward(g), "onednn": lambda: onednn.OneDNNLinear.apply(x, w, None).backward(g)}
+        fns = {"F.linear": lambda: F.linear(x, w).backward(g),
+               "onednn": lambda: onednn.OneDNNLinear.apply(x, w, None).backward(g)}
         times: dict[str, list[float]] = {key: [] for key in fns}
         for fn in fns.values():
             fn()

@@ -46,16 +46,22 @@ def available() -> bool:
 
 
 @functools.cache
-def cpu_vendor() -> str | None:
-    """The CPU's vendor string on Linux (``GenuineIntel``, ``AuthenticAMD``, ...); None where unreadable."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first value of field ``name`` (``vendor_id``, ``model name``, ...) in Linux's /proc/cpuinfo; None
+    where it is missing or unreadable."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return None
+
+
+def cpu_vendor() -> str | None:
+    """The CPU's vendor string on Linux (``GenuineIntel``, ``AuthenticAMD``, ...); None where unreadable."""
+    return cpuinfo_field("vendor_id")
 
 
 def preferred() -> bool:
