@@ -91,3 +91,22 @@ def test_an_env_of_ones_own_through_its_module_and_a_resume_with_the_other_ppo(t
     assert "over 2 episodes" in capsys.readouterr().out
     assert main(["rl", "ppo-penalty", "--out", str(out), "--resume", "--no-progress"]) == 2
     assert "is a run of ppo, not ppo-penalty" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_with_its_own_budget_leaves_it_as_it_was(tmp_path, capsys):
+    # 1000 steps is not a multiple of the 1024-step rollout: the run ends after 1024, past its budget.
+    out = tmp_path / "run"
+    argv = ["rl", "ppo", "--env", "CartPole-v1", "--total-steps", "1000", "--out", str(out), "--tensorboard",
+            "false", "--no-progress"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "after 1024 env steps" in first
+    files = {p.name: p.read_bytes() for p in (out / "summary.json", out / "metrics.jsonl", out / "policy.safetensors")}
+    assert main([*argv, "--resume"]) == 0
+    assert "after 1024 env steps" in capsys.readouterr().out
+    assert main(["resume", str(out)]) == 0
+    assert {p.name: p.read_bytes() for p in (out / "summary.json", out / "metrics.jsonl",
+                                             out / "policy.safetensors")} == files
+    # A budget below the steps taken is still refused.
+    assert main([*argv, "--resume", "--total-steps", "512"]) == 2
+    assert "total_steps=512 is below the 1024 env steps" in capsys.readouterr().err

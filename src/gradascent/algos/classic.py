@@ -15,6 +15,7 @@ therefore bit-for-bit the run that never stopped (same machine, same ``torch_thr
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -208,7 +209,8 @@ class ClassicRun:
         self._skipped = 0  # optimizer steps skipped in the current update
         self._wall0, self._eval_seconds = 0.0, 0.0
         self._last_eval: tuple[int, np.ndarray] | None = None
-        self._saved_at: int | None = None  # update of the newest checkpoint written by this process
+        self._saved_at: int | None = None  # update of the newest checkpoint written or read by this process
+        self._finished_summary: dict[str, Any] | None = None  # set by _restore for a run that had finished
         if resume:
             self._restore()
         self.rundir.write_config(cfg)
@@ -244,7 +246,10 @@ class ClassicRun:
         # The checkpoint's own config (since it records one) is the reference: config.yaml may have been edited.
         if state.get("config") is not None:
             self._refuse_changes(state["config"], self.rundir.path, "differ from its checkpoint's")
-        if self.cfg.total_steps < int(state["env_steps"]):
+        # The last rollout may overshoot total_steps: a finished run resumed with its own budget is finished,
+        # not refused; a budget lowered below the steps taken is.
+        saved_budget = (state.get("config") or {}).get("total_steps")
+        if self.cfg.total_steps < int(state["env_steps"]) and self.cfg.total_steps != saved_budget:
             raise ConfigError(f"total_steps={self.cfg.total_steps} is below the {int(state['env_steps'])} env steps "
                               f"{self.rundir.path} has already taken; a resume can only extend the budget")
         self.collector.load_state_dict(state["collector"])
@@ -257,6 +262,10 @@ class ClassicRun:
         self._wall0, self._eval_seconds = float(state["wall_seconds"]), float(state["eval_seconds"])
         restore_rng(state["rng"])
         self.rundir.truncate_metrics(step)
+        self._saved_at = self.update  # the checkpoint just read is this update's
+        summary = self.rundir.path / "summary.json"
+        if self.done and summary.is_file():  # finished before: finish() hands back its summary as it was
+            self._finished_summary = json.loads(summary.read_text(encoding="utf-8"))
 
     def save(self) -> Path:
         """Checkpoint at the current update boundary."""
@@ -397,7 +406,10 @@ class ClassicRun:
         return self.wall_seconds() - self._eval_seconds
 
     def finish(self) -> dict[str, Any]:
-        """Final checkpoint, the saved policy, a final evaluation and summary.json; returns the summary."""
+        """Final checkpoint, the saved policy, a final evaluation and summary.json; returns the summary. A
+        finished run resumed as it was returns its summary.json untouched."""
+        if self._finished_summary is not None:
+            return self._finished_summary
         if self._saved_at != self.update:
             self.save()
         save_policy(self.rundir.path, self.policy, self.collector.obs_norm, self.cfg.env,
