@@ -257,3 +257,21 @@ def test_config_ranges_are_checked():
         PPORLHFConfig(batch_size=8, minibatch_size=5)
     with pytest.raises(ConfigError, match="config key 'kl_target'"):
         PPORLHFConfig(kl_target=0.0)
+    with pytest.raises(ConfigError, match="config key 'kl_threshold'"):
+        PPORLHFConfig(kl_control="adaptive", kl_threshold=0.5)
+
+
+@pytest.mark.parametrize("ddp", [False, True])
+def test_seq_mean_token_sum_norm_divides_by_max_new_tokens_whatever_the_minibatch_width(ddp):
+    # R3: one 3-token completion with per-token loss 1 gives 3 / L with L = max_new_tokens = 32, whether its
+    # minibatch is cut to 3 or to 10 columns (the width of its longest completion) and with one process or
+    # several (a world of one here: the divisors are the local counts).
+    from gradascent.algos import ppo_rlhf
+    from gradascent.core import aggregate
+
+    cfg = ppo_rlhf.PPORLHFConfig(policy="p", reward_model="r", agg="seq_mean_token_sum_norm", max_new_tokens=32)
+    for width in (3, 10):
+        m = torch.zeros(1, width, dtype=torch.bool)
+        m[0, :3] = True
+        kwargs = ppo_rlhf._agg_kwargs(cfg, m, ddp) or {}
+        assert float(aggregate(torch.ones(1, width), m, cfg.agg, **kwargs)) == pytest.approx(3 / 32)

@@ -24,6 +24,7 @@ from gradascent.cli import main
     (["ppo", "--clip-eps", "0"], "'clip_eps'", "in (0, 1)"),
     (["ppo-penalty", "--kl-target", "0"], "'kl_target'", "a float > 0"),
     (["ppo-penalty", "--kl-target", "-0.01"], "'kl_target'", "a float > 0"),
+    (["ppo-penalty", "--kl-threshold", "1"], "'kl_threshold'", "a float > 1"),
     (["ppo", "--loss", "kl_penalty"], "'loss'", "expected 'clip'"),
 ])
 def test_bad_input_is_one_line_naming_the_parameter(tmp_path, capsys, argv, key, words):

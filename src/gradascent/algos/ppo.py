@@ -8,7 +8,8 @@ ppo.py and ppo_continuous_action.py.
 Deliberate deviations and choices:
 - One trainer for both losses (``loss``); PPO-Penalty's KL(pi_old || pi) is exact
   (torch.distributions.kl_divergence from the stored parameters of pi_old), and beta is adapted once per
-  update from the batch-mean KL of the final policy, with threshold 2 and factor 2 (the paper: 1.5 and 2).
+  update from the batch-mean KL of the final policy, with threshold ``kl_threshold`` (ours 2, the paper 1.5)
+  and factor 2.
 - ``target_kl`` (PPO-Clip early stop, as in SB3) checks the minibatch's approx_kl before its step and ends
   the update's epochs when it exceeds the target.
 - Advantages are whitened per minibatch (``norm_adv``); the value loss is unclipped unless ``vf_clip_eps``.
@@ -65,6 +66,9 @@ class PPOConfig(ClassicConfig):
     """PPO-Penalty: initial beta; the paper reports results insensitive to it since it adapts quickly."""
     kl_target: float = 0.01
     """PPO-Penalty: d_targ, the KL per update that beta steers towards (paper: 0.003 to 0.03)."""
+    kl_threshold: float = 2.0
+    """PPO-Penalty: beta halves below kl_target / kl_threshold and doubles above kl_target * kl_threshold
+    (eq. 17); ours 2, the PPO paper 1.5."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,6 +87,7 @@ class PPOConfig(ClassicConfig):
         require(self.target_kl is None or self.target_kl > 0, "target_kl", self.target_kl, "a float > 0 or null")
         require(self.kl_coef >= 0, "kl_coef", self.kl_coef, "a float >= 0")
         require(self.kl_target > 0, "kl_target", self.kl_target, "a float > 0")
+        require(self.kl_threshold > 1, "kl_threshold", self.kl_threshold, "a float > 1 (the paper: 1.5)")
 
 
 def train(cfg: PPOConfig, out: str | Path | None = None, *, resume: bool = False,
@@ -143,7 +148,7 @@ def train(cfg: PPOConfig, out: str | Path | None = None, *, resume: bool = False
                     batch_kl = kl_divergence(policy.distribution(params_old),
                                              policy.distribution(policy.dist_params(obs))).mean()
                 metrics["kl"], metrics["kl_coef"] = float(batch_kl), kl_coef
-                kl_coef = adaptive_kl_coef(kl_coef, float(batch_kl), cfg.kl_target)
+                kl_coef = adaptive_kl_coef(kl_coef, float(batch_kl), cfg.kl_target, threshold=cfg.kl_threshold)
             metrics["explained_variance"] = float(explained_variance(values_old, returns))
             metrics["epochs_done"] = epoch + 1 - int(stop)  # fewer than update_epochs after a target_kl stop
             run.end_update(batch, metrics, algo_state={"kl_coef": kl_coef})

@@ -145,6 +145,9 @@ class PPORLHFConfig:
     """How beta moves: fixed; Ziegler et al.'s proportional controller (18); PPO-Penalty's doubling/halving (17)."""
     kl_target: float = 6.0
     """Target KL per completion in nats for the controllers (Ziegler et al.: 6 for 24-token completions)."""
+    kl_threshold: float = 2.0
+    """``adaptive`` control: beta halves below kl_target / kl_threshold and doubles above kl_target *
+    kl_threshold (eq. 17); ours 2, the PPO paper 1.5."""
     kl_horizon: float = 500.0
     """Horizon H of the proportional controller, in completions (Ziegler et al.: 10000 for runs of 10^5+
     completions; shorter runs need a shorter horizon for beta to move at all)."""
@@ -201,6 +204,7 @@ class PPORLHFConfig:
         require(self.ent_coef >= 0, "ent_coef", self.ent_coef, "a float >= 0")
         require(self.kl_coef >= 0, "kl_coef", self.kl_coef, "a float >= 0")
         require(self.kl_target > 0, "kl_target", self.kl_target, "a float > 0")
+        require(self.kl_threshold > 1, "kl_threshold", self.kl_threshold, "a float > 1 (the paper: 1.5)")
         require(self.kl_horizon > 0, "kl_horizon", self.kl_horizon, "a float > 0")
         require(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "missing_eos_penalty",
                 self.missing_eos_penalty, "a float >= 0 or null")
@@ -684,7 +688,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
                 kl_coef = proportional_kl_coef(kl_coef, kl_seq, cfg.kl_target, n_steps=cfg.batch_size,
                                                horizon=cfg.kl_horizon)
             elif cfg.kl_control == "adaptive":
-                kl_coef = adaptive_kl_coef(kl_coef, kl_seq, cfg.kl_target)
+                kl_coef = adaptive_kl_coef(kl_coef, kl_seq, cfg.kl_target, threshold=cfg.kl_threshold)
             samples += cfg.batch_size
 
             # 6. log, evaluate, checkpoint
@@ -744,8 +748,10 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
 
 
 def _agg_kwargs(cfg: PPORLHFConfig, mask: Tensor, ddp: bool) -> dict[str, Any] | None:
+    """The reduction's divisors. R3 divides by the fixed L = max_new_tokens, never by the minibatch's width
+    (which varies: each minibatch is cut to its longest completion), with one process or several."""
     if not ddp:
-        return None
+        return {"norm_len": float(cfg.max_new_tokens)} if cfg.agg == "seq_mean_token_sum_norm" else None
     if cfg.agg == "token_mean":
         return {"num_tokens": distributed.loss_divisor(mask.sum()).to(torch.float32)}
     kwargs: dict[str, Any] = {"num_seqs": distributed.loss_divisor(float(mask.shape[0])).to(torch.float32)}
