@@ -750,14 +750,12 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
 def _agg_kwargs(cfg: PPORLHFConfig, mask: Tensor, ddp: bool) -> dict[str, Any] | None:
     """The reduction's divisors. R3 divides by the fixed L = max_new_tokens, never by the minibatch's width
     (which varies: each minibatch is cut to its longest completion), with one process or several."""
-    if not ddp:
-        return {"norm_len": float(cfg.max_new_tokens)} if cfg.agg == "seq_mean_token_sum_norm" else None
-    if cfg.agg == "token_mean":
-        return {"num_tokens": distributed.loss_divisor(mask.sum()).to(torch.float32)}
-    kwargs: dict[str, Any] = {"num_seqs": distributed.loss_divisor(float(mask.shape[0])).to(torch.float32)}
-    if cfg.agg == "seq_mean_token_sum_norm":
-        kwargs["norm_len"] = float(cfg.max_new_tokens)
-    return kwargs
+    kwargs: dict[str, Any] = {"norm_len": float(cfg.max_new_tokens)} if cfg.agg == "seq_mean_token_sum_norm" else {}
+    if ddp and cfg.agg == "token_mean":
+        kwargs["num_tokens"] = distributed.loss_divisor(mask.sum()).to(torch.float32)
+    elif ddp:
+        kwargs["num_seqs"] = distributed.loss_divisor(float(mask.shape[0])).to(torch.float32)
+    return kwargs or None
 
 
 def _gather_states(g: torch.Generator) -> list[Tensor]:
