@@ -1,0 +1,75 @@
+"""The Python examples in README.md and docs/ run as written.
+
+Every ```python block is classified below. "run" blocks take seconds and are executed whole, in a fresh
+directory; "imports" blocks train for minutes, so they are parsed and their imports executed (every name
+they import must exist); "signature" blocks list call signatures and are only checked for the names they
+show. A new block must be added to the table, so no example goes unchecked by accident.
+"""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+KIND = {
+    ("README.md", 1): "run",        # gae + clipped_surrogate_loss on a 3-step batch
+    ("classic.md", 1): "imports",   # PPO on CartPole for 100k steps
+    ("classic.md", 2): "fragment",  # one resume line, continues the block above
+    ("grpo.md", 1): "run",          # 5 GRPO steps on qwen2-micro with a custom reward
+    ("lm.md", 1): "run",            # load, generate, log-probs, score, save, value and reward heads
+    ("lm.md", 2): "signature",      # generate(...)
+    ("lm.md", 3): "run",            # evaluate_model on 16 rows
+    ("lm.md", 4): "signature",      # completion_logprobs / sequence_logprobs
+    ("lm.md", 5): "run",            # oneDNN linears
+    ("lm.md", 6): "imports",        # 1000 SFT steps
+    ("rlhf.md", 1): "imports",      # the whole RLHF chain
+}
+
+
+def python_blocks():
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for n, code in enumerate(re.findall(r"^```python\n(.*?)^```", text, re.S | re.M), start=1):
+            yield path.name, n, code
+
+
+BLOCKS = {(name, n): code for name, n, code in python_blocks()}
+
+
+def test_every_python_block_is_classified():
+    assert set(BLOCKS) == set(KIND), (
+        f"unclassified: {sorted(set(BLOCKS) - set(KIND))}; gone: {sorted(set(KIND) - set(BLOCKS))}")
+
+
+@pytest.mark.parametrize("key", [k for k, v in KIND.items() if v == "run"], ids="{0[0]}#{0[1]}".format)
+def test_example_runs(key, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples write runs/... relative to the working directory
+    exec(compile(BLOCKS[key], f"{key[0]}#{key[1]}", "exec"), {"__name__": "__doc_example__"})
+
+
+@pytest.mark.parametrize("key", [k for k, v in KIND.items() if v in ("imports", "fragment")],
+                         ids="{0[0]}#{0[1]}".format)
+def test_long_example_parses_and_its_imports_exist(key):
+    tree = ast.parse(BLOCKS[key])
+    imports = ast.Module(body=[s for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))],
+                         type_ignores=[])
+    exec(compile(imports, f"{key[0]}#{key[1]}", "exec"), {})
+    assert imports.body or KIND[key] == "fragment"
+
+
+@pytest.mark.parametrize("key", [k for k, v in KIND.items() if v == "signature"], ids="{0[0]}#{0[1]}".format)
+def test_signature_block_matches_the_functions(key):
+    import inspect
+
+    import gradascent.lm as lm
+
+    signatures = re.findall(r"^(\w+)\((.*?)\)\s*->", BLOCKS[key], re.S | re.M)
+    assert signatures, f"{key} shows no signature"
+    for name, params in signatures:
+        shown = {p.strip().split("=")[0] for p in params.split(",")} - {"*", ""}
+        actual = set(inspect.signature(getattr(lm, name)).parameters)
+        assert shown == actual, f"{key}: {name} shows {sorted(shown ^ actual)} differently from the code"
