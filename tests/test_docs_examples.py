@@ -1,9 +1,10 @@
-"""The Python examples in README.md and docs/ run as written.
+"""The Python examples in README.md and docs/ run as written, and their shell commands parse.
 
 Every ```python block is classified below. "run" blocks take seconds and are executed whole, in a fresh
 directory; "imports" blocks train for minutes, so they are parsed and their imports executed (every name
 they import must exist); "signature" blocks list call signatures and are only checked for the names they
-show. A new block must be added to the table, so no example goes unchecked by accident.
+show. A new block must be added to the table, so no example goes unchecked by accident. Every documented
+`gradascent` command line is parsed by the real parser, so a renamed or misspelt flag fails here.
 """
 
 import ast
@@ -73,3 +74,33 @@ def test_signature_block_matches_the_functions(key):
         shown = {p.strip().split("=")[0] for p in params.split(",")} - {"*", ""}
         actual = set(inspect.signature(getattr(lm, name)).parameters)
         assert shown == actual, f"{key}: {name} shows {sorted(shown ^ actual)} differently from the code"
+
+
+def shell_commands():
+    """Every `gradascent ...` (or `-m gradascent.cli ...`) command of the docs' shell blocks, as argv."""
+    import shlex
+
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for block in re.findall(r"^```(?:bash|sh|shell|console)\n(.*?)^```", text, re.S | re.M):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                for i, word in enumerate(words):
+                    if word in ("gradascent", "gradascent.cli") and "--help" not in words:
+                        yield path.name, words[i + 1:]
+                        break
+
+
+COMMANDS = list(shell_commands())
+
+
+def test_docs_show_commands():
+    assert len(COMMANDS) >= 40  # the shell examples above are found at all
+
+
+@pytest.mark.parametrize("where,argv", COMMANDS, ids=[f"{w}:{' '.join(a[:2])}" for w, a in COMMANDS])
+def test_documented_command_parses(where, argv):
+    from gradascent.cli import build_parser
+
+    args = build_parser().parse_args(argv)  # an unknown flag or a bad value exits here, naming it
+    assert getattr(args, "func", None), f"{where}: `gradascent {' '.join(argv)}` names no command"
