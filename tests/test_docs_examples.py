@@ -104,3 +104,23 @@ def test_documented_command_parses(where, argv):
 
     args = build_parser().parse_args(argv)  # an unknown flag or a bad value exits here, naming it
     assert getattr(args, "func", None), f"{where}: `gradascent {' '.join(argv)}` names no command"
+
+
+YAML_CONFIG = {"rlhf.md": "gradascent.algos.rlhf:RLHFConfig"}  # which config each document's YAML shows
+
+
+def test_documented_yaml_configs_load(tmp_path):
+    import importlib
+
+    from gradascent.run.config import load_config
+
+    found = 0
+    for path in DOCS:
+        for n, block in enumerate(re.findall(r"^```ya?ml\n(.*?)^```", path.read_text(encoding="utf-8"),
+                                             re.S | re.M), start=1):
+            assert path.name in YAML_CONFIG, f"{path.name} shows a YAML block; name its config in YAML_CONFIG"
+            module, cls = YAML_CONFIG[path.name].split(":")
+            (tmp_path / f"{path.stem}_{n}.yaml").write_text(block, encoding="utf-8")
+            load_config(getattr(importlib.import_module(module), cls), tmp_path / f"{path.stem}_{n}.yaml")
+            found += 1
+    assert found >= len(YAML_CONFIG)
