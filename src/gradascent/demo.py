@@ -39,7 +39,7 @@ from gradascent.run import distributed
 from gradascent.run.command import stop_message, stop_status
 from gradascent.run.config import to_dict
 from gradascent.run.plot import plot_runs
-from gradascent.run.rundir import RunDir, make_dir
+from gradascent.run.rundir import RunDir, make_dir, require_path
 from gradascent.tasks import Task, arithmetic_task, exact_match
 from gradascent.tasks.arithmetic import solve
 
@@ -168,6 +168,7 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSetting
     Stopped by a signal, it returns ``{"stopped_by": SIGNAL, "stopped": message, ...}`` and writes no
     summary.json; called again with the same ``out`` and ``seed`` it continues (see the module docstring)."""
     settings = settings or DemoSettings()
+    require_path(out, "demo directory")
     out = Path(out)
     distributed.refuse_several_processes("demo")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:

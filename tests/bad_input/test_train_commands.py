@@ -194,3 +194,13 @@ def test_rl_minibatches_log_std_and_eval_seed(fails_cleanly, tmp_path):
     for kwargs, key in (({"seed": -1}, "seed"), ({"episodes": 0}, "episodes")):
         with pytest.raises(ConfigError, match=key):
             evaluate(out, **kwargs)
+
+
+@pytest.mark.parametrize("args", [["sft", "--model", "qwen2-micro"], ["grpo", "--model", "qwen2-micro"],
+                                  ["rm", "--model", "qwen2-micro"], ["rl", "reinforce", "--no-progress"],
+                                  ["demo"]], ids=lambda a: a[0])
+def test_empty_out_is_refused_and_the_working_directory_is_left_alone(fails_cleanly, tmp_path, args):
+    # Path("") is the current directory: an empty --out used to write the whole run there
+    before = sorted(p.name for p in tmp_path.iterdir())
+    fails_cleanly(args + ["--out", ""], "(out) is empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

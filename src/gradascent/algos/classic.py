@@ -44,7 +44,7 @@ from gradascent.run import distributed
 from gradascent.run.config import check_fields, load_config, require, to_dict
 from gradascent.run.guard import StopOnSignal
 from gradascent.run.progress import progress_bar
-from gradascent.run.rundir import RunDir
+from gradascent.run.rundir import RunDir, require_path
 
 # Metrics that measure the machine, not the run: the only fields allowed to differ between two runs with
 # the same seed (and between a resumed run and the one that never stopped).
@@ -171,6 +171,8 @@ class ClassicRun:
     def __init__(self, cfg: ClassicConfig, algo: str, out: str | Path | None = None, *, resume: bool = False,
                  progress: bool | None = None) -> None:
         self.cfg, self.algo = cfg, algo
+        if out is not None:
+            require_path(out, "run directory")
         distributed.refuse_several_processes(f"rl {algo}")
         torch.set_num_threads(cfg.torch_threads)
         self.envs = make_vec_env(cfg.env, cfg.num_envs)

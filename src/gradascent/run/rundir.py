@@ -32,8 +32,15 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def require_path(path: str | Path, what: str = "directory") -> None:
+    """An empty path is an error: ``Path("")`` is the current directory, which would silently take the run."""
+    if isinstance(path, str) and not path.strip():
+        raise GradascentError(f"the {what} (out) is empty; give a path such as runs/NAME")
+
+
 def make_dir(path: str | Path, what: str = "directory") -> Path:
     """``mkdir -p path``, or a GradascentError naming ``path`` (a file in the way, no permission, ...)."""
+    require_path(path, what)
     p = Path(path)
     try:
         p.mkdir(parents=True, exist_ok=True)
@@ -48,6 +55,7 @@ class RunDir:
     """Writes config.yaml, metrics.jsonl, summary.json, checkpoints/ and TensorBoard events under ``path``."""
 
     def __init__(self, path: str | Path, tensorboard: bool = True) -> None:
+        require_path(path, "run directory")
         self.path = Path(path)
         make_dir(self.path, "run directory")
         make_dir(self.checkpoints, "run directory")
