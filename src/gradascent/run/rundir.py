@@ -55,9 +55,7 @@ class RunDir:
     """Writes config.yaml, metrics.jsonl, summary.json, checkpoints/ and TensorBoard events under ``path``."""
 
     def __init__(self, path: str | Path, tensorboard: bool = True) -> None:
-        require_path(path, "run directory")
-        self.path = Path(path)
-        make_dir(self.path, "run directory")
+        self.path = make_dir(path, "run directory")  # the path as given, so that an empty string is refused
         make_dir(self.checkpoints, "run directory")
         self._tb_enabled = tensorboard
         self._tb: Any = None
