@@ -108,7 +108,7 @@ def run_ours(model_dir: Path, steps: int, warmup: int, out: Path, micro: int | N
 
 def run_trl(model_dir: Path, steps: int, warmup: int, out: Path) -> dict[str, float]:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
     from trl import GRPOConfig as TRLConfig
     from trl import GRPOTrainer
 
@@ -136,7 +136,7 @@ def run_trl(model_dir: Path, steps: int, warmup: int, out: Path) -> dict[str, fl
     )
     timer = StepTimer()
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = PreTrainedTokenizerFast.from_pretrained(str(model_dir))  # AutoTokenizer swaps in Qwen2's own class
     release_memory()
     with PeakRSS() as mem:
         trainer = GRPOTrainer(model=model, reward_funcs=reward_sevens, args=args, processing_class=tok,

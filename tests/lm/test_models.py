@@ -63,6 +63,20 @@ def test_save_load_round_trip_with_plain_transformers_too(tmp_path):
     assert tok2.pad_token_id == 0 and tok2.eos_token_id == 1
 
 
+@pytest.mark.parametrize("preset", ["qwen2-micro", "llama-micro"])
+def test_saved_tokenizer_encodes_every_character_as_before(tmp_path, preset):
+    # A qwen2 directory once reloaded as transformers' Qwen2Tokenizer, which dropped spaces and newlines.
+    model, tok = load_model(preset)
+    save_model(model, tok, tmp_path / "m")
+    text = "Describe the sea: kind\nthe  sea 12+7=19"
+    want = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(want) == len(text)
+    for again in (load_tokenizer(tmp_path / "m"), load_model(tmp_path / "m")[1]):
+        assert again(text, add_special_tokens=False)["input_ids"] == want
+        assert again.decode(want) == text
+        assert (again.pad_token_id, again.eos_token_id, len(again)) == (0, 1, 99)
+
+
 def test_missing_directory_and_directory_without_model(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "nope")

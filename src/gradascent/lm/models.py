@@ -51,6 +51,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                       num_key_value_heads=2, intermediate_size=1152),
 }
 
+PRESET_CONTEXT = 512  # tokens: the presets' max_position_embeddings
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -64,7 +66,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 
 def preset_config(name: str, vocab_size: int, pad_token_id: int | None = None,
-                  eos_token_id: int | list[int] | None = None, max_position_embeddings: int = 512) -> Any:
+                  eos_token_id: int | list[int] | None = None, max_position_embeddings: int = PRESET_CONTEXT) -> Any:
     """The ``transformers`` config of preset ``name`` for a vocabulary of ``vocab_size`` tokens."""
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; expected a local model directory or one of "
@@ -83,7 +85,8 @@ def preset_config(name: str, vocab_size: int, pad_token_id: int | None = None,
     return LlamaConfig(**common)
 
 
-def build_model(name: str, tokenizer: Any = None, seed: int = 0, max_position_embeddings: int = 512) -> nn.Module:
+def build_model(name: str, tokenizer: Any = None, seed: int = 0,
+                max_position_embeddings: int = PRESET_CONTEXT) -> nn.Module:
     """A randomly initialised preset model sized to ``tokenizer`` (default: ``char_tokenizer()``).
 
     The initialisation draws from its own generator seeded by ``seed``; the global torch RNG is untouched.
@@ -131,18 +134,41 @@ def _has_tokenizer(path: Path) -> bool:
                                               "tokenizer.model"))
 
 
+# tokenizer_config.json classes that mean "the pipeline in tokenizer.json, as it is" (the built-in tokenizers).
+GENERIC_TOKENIZER_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
+
+
 def load_tokenizer(path: str | os.PathLike[str]) -> Any:
-    """The tokenizer saved in directory ``path`` (``AutoTokenizer``), with a pad token ensured."""
-    from transformers import AutoTokenizer
+    """The tokenizer saved in directory ``path``, with a pad token ensured.
+
+    A tokenizer saved as the generic class (``GENERIC_TOKENIZER_CLASSES``, as the built-in tokenizers are)
+    loads as that class, from its tokenizer.json as it is: ``AutoTokenizer`` of transformers 5 would swap in
+    the model type's own class for some types (Qwen2's), whose pre-tokenizer drops the character tokenizer's
+    spaces and newlines. Any other tokenizer loads with ``AutoTokenizer``."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     p = Path(path)
     if not p.is_dir() or not _has_tokenizer(p):
         raise CheckpointError(f"no tokenizer in {p}: tokenizer.json / tokenizer_config.json is missing")
+    generic = (p / "tokenizer.json").is_file() and _saved_tokenizer_class(p) in GENERIC_TOKENIZER_CLASSES
     try:
-        tok = AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)
+        if generic:
+            tok = PreTrainedTokenizerFast.from_pretrained(str(p))
+        else:
+            tok = AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - transformers also reads config.json here: name the directory
         raise CheckpointError(f"cannot load the tokenizer in {p}: {type(exc).__name__}: {exc}") from None
     return ensure_pad_token(tok)
+
+
+def _saved_tokenizer_class(path: Path) -> str | None:
+    """``tokenizer_class`` of ``path/tokenizer_config.json``, or None where it is missing or unreadable."""
+    try:
+        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = config.get("tokenizer_class") if isinstance(config, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def check_vocab(model: nn.Module, tokenizer: Any) -> None:
@@ -151,6 +177,36 @@ def check_vocab(model: nn.Module, tokenizer: Any) -> None:
     if len(tokenizer) > n_rows:
         raise CheckpointError(f"tokenizer/model vocabulary mismatch: the tokenizer has {len(tokenizer)} tokens but "
                               f"the model's embedding has only {n_rows} rows")
+
+
+def _model_dir(spec: str | os.PathLike[str]) -> Path | None:
+    """None for a preset name, else the model directory ``spec`` once checked (``_check_model_dir``)."""
+    path = Path(spec)
+    if str(spec) in PRESETS and not path.exists():
+        return None
+    if not path.exists() and os.sep not in str(spec) and "/" not in str(spec):
+        raise ConfigError(f"model {str(spec)!r} is neither a local directory nor a preset ({', '.join(PRESETS)})")
+    _check_model_dir(path)
+    return path
+
+
+def tokenizer_and_context(spec: str | os.PathLike[str]) -> tuple[Any, int | None]:
+    """The tokenizer ``load_model(spec)`` gives and the model's context length, without loading the weights:
+    to check data against a model before a run that starts from it (a chain of stages) does any work.
+
+    Raises what ``load_model`` raises for a missing or damaged directory, a missing tokenizer, or a tokenizer
+    larger than the model's vocabulary."""
+    path = _model_dir(spec)
+    if path is None:
+        return ensure_pad_token(char_tokenizer()), PRESET_CONTEXT
+    tokenizer = load_tokenizer(path)
+    config = read_json(path / "config.json")
+    n_rows = config.get("vocab_size")
+    if isinstance(n_rows, int) and len(tokenizer) > n_rows:
+        raise CheckpointError(f"tokenizer/model vocabulary mismatch: the tokenizer has {len(tokenizer)} tokens but "
+                              f"the model's embedding has only {n_rows} rows")
+    context = config.get("max_position_embeddings")
+    return tokenizer, context if isinstance(context, int) else None
 
 
 def load_model(
@@ -186,15 +242,11 @@ def load_model(
         check_device(device)
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(tokenizer)
-    path = Path(spec)
-    if str(spec) in PRESETS and not path.exists():
+    path = _model_dir(spec)
+    if path is None:
         model = build_model(str(spec), tokenizer, seed=seed)
         tokenizer = ensure_pad_token(tokenizer if tokenizer is not None else char_tokenizer())
     else:
-        if not path.exists() and os.sep not in str(spec) and "/" not in str(spec):
-            raise ConfigError(f"model {str(spec)!r} is neither a local directory nor a preset "
-                              f"({', '.join(PRESETS)})")
-        _check_model_dir(path)
         tokenizer = ensure_pad_token(tokenizer) if tokenizer is not None else load_tokenizer(path)
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code,

@@ -2,7 +2,9 @@
 
 The built-in tasks use a character-level tokenizer built deterministically in code with the ``tokenizers``
 library and wrapped as an ordinary ``transformers.PreTrainedTokenizerFast``: it saves with
-``save_pretrained`` and loads back with ``AutoTokenizer``, and nothing downstream special-cases it.
+``save_pretrained`` and loads back with ``load_tokenizer`` (or ``PreTrainedTokenizerFast.from_pretrained``),
+and nothing downstream special-cases it. (Not with ``AutoTokenizer``: for a Qwen2 model directory
+transformers 5 loads its own Qwen2 tokenizer class instead, whose pre-tokenizer drops spaces and newlines.)
 
 Conventions shared by generation, log-probs and the trainers:
 
