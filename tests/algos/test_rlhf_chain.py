@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from _rlhf_fixtures import cli_error
 from gradascent.cli import main
 from gradascent.lm import RewardModel, ValueModel, load_model
@@ -131,3 +133,46 @@ def test_a_section_check_names_its_key_with_the_section(tmp_path, capsys):
     line = cli_error(capsys, "rlhf", "--out", str(tmp_path / "x"), "--ppo.minibatch-size", "5")
     assert "config key 'ppo.minibatch_size': 5 is not allowed" in line
     assert not (tmp_path / "x").exists()
+
+
+def test_a_chain_spelt_another_way_or_moved_reruns_and_resumes(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    cfg = tmp_path / "rlhf.yaml"
+    cfg.write_text(TINY)
+    monkeypatch.chdir(tmp_path)
+    assert main(["rlhf", "--config", str(cfg), "--out", "run"]) == 0
+    weights = tmp_path / "run" / "ppo" / "policy" / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    # The same chain named by its absolute path: every stage is found finished, nothing trains again.
+    assert main(["rlhf", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    assert weights.stat().st_mtime_ns == mtime
+    # Moved, with the reward-model and PPO stages unfinished: the reward model resumes from its checkpoint
+    # (whose config names the SFT model at the old place), PPO trains, and the configs follow the move.
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    for stage in ("rm", "ppo"):
+        (tmp_path / "moved" / stage / "summary.json").unlink()
+    assert main(["rlhf", "--config", str(cfg), "--out", "moved"]) == 0
+    rm_cfg = (tmp_path / "moved" / "rm" / "config.yaml").read_text()
+    assert "model: moved/sft/model\n" in rm_cfg and "out: moved/rm\n" in rm_cfg
+    assert "policy: moved/sft/model\n" in (tmp_path / "moved" / "ppo" / "config.yaml").read_text()
+    assert json.loads((tmp_path / "moved" / "summary.json").read_text())["policy_dir"] == "moved/ppo/policy"
+    # A real change is still refused, after a move as before it.
+    line = cli_error(capsys, "rlhf", "--config", str(cfg), "--out", str(tmp_path / "moved"), "--rm.lr", "0.5")
+    assert "holds a finished stage run with another config (lr differ)" in line
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--sft.model", "/no/such/model"], "model directory /no/such/model does not exist"),
+    (["--rm.max-length", "5"], "more than max_length=5"),
+    (["--ppo.max-new-tokens", "600"], "max_new_tokens=600 leaves no room for a prompt in the policy's context of 512"),
+    (["--ppo.reference", "/no/such/reference"], "model directory /no/such/reference does not exist"),
+    (["--ppo.lora-r", "2", "--ppo.reference", "elsewhere"], "with LoRA the reference is the policy's base weights"),
+])
+def test_every_stage_input_is_checked_before_the_first_stage_trains(tmp_path, capsys, flags, named):
+    cfg = tmp_path / "rlhf.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    line = cli_error(capsys, "rlhf", "--config", str(cfg), "--out", str(out), *flags)
+    assert named in line
+    assert not out.exists()  # nothing trained, nothing written

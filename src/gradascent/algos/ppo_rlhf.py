@@ -210,6 +210,8 @@ class PPORLHFConfig:
                 self.missing_eos_penalty, "a float >= 0 or null")
         require(self.lora_r >= 0, "lora_r", self.lora_r, "an int >= 0")
         require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "a float > 0")
+        if self.reference is not None and self.lora_r > 0:
+            raise ConfigError("with LoRA the reference is the policy's base weights: leave 'reference' null")
         require(self.eval_prompts >= 1, "eval_prompts", self.eval_prompts, "an int >= 1")
         require(self.eval_every >= 0, "eval_every", self.eval_every, "an int >= 0")
         require(self.log_every >= 1, "log_every", self.log_every, "an int >= 1")
@@ -336,6 +338,13 @@ def same_tokenizer(a: Any, b: Any) -> bool:
             else a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id)
 
 
+def check_reference_tokenizer(reference: str, reference_tokenizer: Any, policy: str, tokenizer: Any) -> None:
+    """A ConfigError unless the reference model reads the policy's token ids."""
+    if not same_tokenizer(tokenizer, reference_tokenizer):
+        raise ConfigError(f"the reference model in {reference} uses a different tokenizer from the policy in "
+                          f"{policy}; the KL penalty compares log-probs of the same token ids")
+
+
 def load_models(cfg: PPORLHFConfig) -> Models:
     """Policy and critic (trained), reference and reward model (frozen, eval mode, no gradients)."""
     from gradascent.lm import adapters
@@ -355,13 +364,9 @@ def load_models(cfg: PPORLHFConfig) -> Models:
     reference: nn.Module | None = None
     lora = None
     reward_adapter = False
-    if cfg.reference is not None and cfg.lora_r > 0:
-        raise ConfigError("with LoRA the reference is the policy's base weights: leave 'reference' null")
     if cfg.reference is not None:
         reference, ref_tok = load_model(cfg.reference, device=device)
-        if not same_tokenizer(tok, ref_tok):
-            raise ConfigError(f"the reference model in {cfg.reference} uses a different tokenizer from the policy "
-                              f"in {cfg.policy}; the KL penalty compares log-probs of the same token ids")
+        check_reference_tokenizer(cfg.reference, ref_tok, cfg.policy, tok)
     if cfg.value_init == "reward_model":
         critic = ValueModel(copy.deepcopy(reward.backbone), copy.deepcopy(reward.head))
     else:
@@ -516,6 +521,20 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def check_lengths(cfg: PPORLHFConfig, prompt_set: PromptSet, tokenizer: Any, context: int | None,
+                  source: str) -> None:
+    """Every prompt plus ``max_new_tokens`` fits the policy's ``context``, or a ConfigError / DataError that
+    names the first prompt that does not (``source`` says where the prompts came from)."""
+    if context is None:
+        return
+    if cfg.max_new_tokens >= context:
+        raise ConfigError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the policy's "
+                          f"context of {context} tokens")
+    for prompts, split in ((prompt_set.train, "training"), (prompt_set.eval, "held-out")):
+        check_prompt_lengths(tokenizer, prompts, context - cfg.max_new_tokens,
+                             f"{source}, {split} prompts (policy context {context}, max_new_tokens {cfg.max_new_tokens})")
+
+
 def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
                    models: Models | None = None) -> dict[str, Any]:
     """Run PPO-RLHF as configured; returns the summary (also written to ``out/summary.json``).
@@ -537,15 +556,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     prompt_set = prompt_set or load_prompt_set(cfg.prompts, cfg.eval_prompts, cfg.seed)
     models = models or load_models(cfg)
     policy, critic = models.policy, models.critic
-    context = getattr(policy.config, "max_position_embeddings", None)
-    if context is not None and cfg.max_new_tokens >= context:
-        raise ConfigError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the policy's "
-                          f"context of {context} tokens")
-    if context is not None:  # every prompt plus a whole completion must fit the policy's context
-        for prompts, split in ((prompt_set.train, "training"), (prompt_set.eval, "held-out")):
-            check_prompt_lengths(models.tokenizer, prompts, context - cfg.max_new_tokens,
-                                 f"{source}, {split} prompts (policy context {context}, "
-                                 f"max_new_tokens {cfg.max_new_tokens})")
+    check_lengths(cfg, prompt_set, models.tokenizer, getattr(policy.config, "max_position_embeddings", None), source)
     run = RunDir(cfg.out) if is_main else None
     resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
     if run is not None:

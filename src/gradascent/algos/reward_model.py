@@ -139,6 +139,12 @@ def pair_batch(tokenizer: Any, pairs: list[PreferencePair], max_length: int, dev
     return ids.to(device), mask.to(device)
 
 
+def check_lengths(tokenizer: Any, pairs: list[PreferencePair], max_length: int) -> None:
+    """A DataError naming the first pair whose prompt plus chosen or rejected completion exceeds ``max_length``."""
+    for k in range(0, len(pairs), 256):
+        pair_batch(tokenizer, pairs[k:k + 256], max_length, torch.device("cpu"))
+
+
 def pair_rewards(model: nn.Module, tokenizer: Any, pairs: list[PreferencePair], max_length: int,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(r_chosen, r_rejected), each (B,)."""
@@ -195,8 +201,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         fingerprint = adapters.base_fingerprint(model.backbone)
         lora = adapters.add_lora(model.backbone, "reward", cfg.lora_r, cfg.lora_alpha)
     model.freeze_lm_head()  # never used by the reward (and DDP wants every trained weight used)
-    for k in range(0, len(train) + len(held_out), 256):  # every pair fits max_length (the error names it)
-        pair_batch(tok, (train + held_out)[k:k + 256], cfg.max_length, torch.device("cpu"))
+    check_lengths(tok, train + held_out, cfg.max_length)
     # the run directory is made only once the data and the model have loaded and the pairs fit
     run = RunDir(cfg.out) if dist_info.is_main else None
     resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None

@@ -14,7 +14,8 @@ what connects them, so those fields are not set by hand:
 Each stage writes its own run directory under OUT; OUT itself holds config.yaml, metrics.jsonl (one row
 per finished stage), summary.json and checkpoints/ (empty: the stages checkpoint themselves). Running the
 same command again skips the stages that finished with the same config and resumes the one that was
-interrupted from its newest checkpoint.
+interrupted from its newest checkpoint, wherever OUT is now (moved, or named by another path). Every
+stage's data is checked against the model before the first stage starts (``check_inputs``).
 
 Under ``torchrun --nproc-per-node N`` every stage trains data-parallel (each stage's module says how) and
 rank 0 alone writes; the process group is joined once, with the device of the SFT stage.
@@ -30,14 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradascent.algos.ppo_rlhf import PPORLHFConfig, train_ppo_rlhf
+from gradascent.algos.ppo_rlhf import PPORLHFConfig, check_reference_tokenizer, load_prompt_set, train_ppo_rlhf
+from gradascent.algos.ppo_rlhf import check_lengths as check_prompt_lengths
 from gradascent.algos.reward_model import RewardModelConfig, train_reward_model
+from gradascent.algos.reward_model import check_lengths as check_pair_lengths
 from gradascent.algos.rlhf_data import preference_data
-from gradascent.algos.sft import SFTConfig, train_sft
+from gradascent.algos.sft import SFTConfig, check_examples, sft_task, train_sft
 from gradascent.errors import ConfigError
+from gradascent.lm.models import tokenizer_and_context
 from gradascent.run import distributed
 from gradascent.run.command import finish
-from gradascent.run.config import add_config_flags, check_fields, flag_values, load_config, read_yaml, require, to_dict
+from gradascent.run.config import add_config_flags, check_fields, flag_values, load_config, read_yaml, require, save_yaml
+from gradascent.run.config import to_dict
 from gradascent.run.rundir import RunDir
 
 # Fields of each section that the chain sets (section field -> where its value comes from).
@@ -46,6 +51,12 @@ CHAIN_FIELDS: dict[str, tuple[str, ...]] = {
     "rm": ("out", "data", "seed", "model", "resume"),
     "ppo": ("out", "prompts", "seed", "policy", "reward_model", "resume"),
 }
+
+# Of those, the paths under ``out``: they change when the chain's directory is moved or spelt another way
+# (relative, absolute), while the stages in it stay the same, so they are not compared on a rerun; the
+# stages' config.yaml files are brought up to date instead (``_follow_move``).
+PATH_FIELDS: dict[str, tuple[str, ...]] = {"sft": ("out",), "rm": ("out", "model"),
+                                           "ppo": ("out", "policy", "reward_model")}
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,26 @@ def stage_configs(cfg: RLHFConfig) -> tuple[SFTConfig, RewardModelConfig, PPORLH
     return sft, rm, ppo
 
 
+def check_inputs(cfg: RLHFConfig) -> None:
+    """Every stage's data checked against the model it will train, before the first stage starts, so that bad
+    input for a later stage (prompts too long for the context, pairs longer than ``rm.max_length``, a
+    reference with another tokenizer) is an error before any training, not after it.
+
+    The SFT model keeps the tokenizer and context of the model it starts from, so those of ``sft.model`` (or
+    of the SFT stage's model, once it exists) hold for every stage; no weights are loaded."""
+    sft_cfg, rm_cfg, ppo_cfg = stage_configs(cfg)
+    sft_model = rm_cfg.model if (Path(rm_cfg.model) / "config.json").is_file() else cfg.sft.model
+    tokenizer, context = tokenizer_and_context(sft_model)
+    check_examples(sft_cfg, sft_task(sft_cfg), tokenizer, context)
+    train, held_out = preference_data(cfg.task, rm_cfg.train_pairs, rm_cfg.eval_pairs, cfg.seed, rm_cfg.eval_fraction)
+    check_pair_lengths(tokenizer, train + held_out, rm_cfg.max_length)
+    check_prompt_lengths(ppo_cfg, load_prompt_set(cfg.task, ppo_cfg.eval_prompts, cfg.seed), tokenizer, context,
+                         cfg.task)
+    if ppo_cfg.reference is not None:
+        check_reference_tokenizer(ppo_cfg.reference, tokenizer_and_context(ppo_cfg.reference)[0], sft_model,
+                                  tokenizer)
+
+
 def _finished(stage_cfg: Any, model_dir: str) -> dict[str, Any] | None:
     """The summary of a stage that already finished with this very config, else None. A finished stage with
     another config is an error: its outputs feed the next stages."""
@@ -99,20 +130,31 @@ def _finished(stage_cfg: Any, model_dir: str) -> dict[str, Any] | None:
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     if "stopped" in summary or "stopped_by" in summary:
         return None
-    _check_same_config(stage_cfg)
     return summary
 
 
-def _check_same_config(stage_cfg: Any) -> None:
-    """A ConfigError naming the keys in which a finished stage run in ``stage_cfg.out`` differs from this one."""
+def _check_same_config(section: str, stage_cfg: Any) -> None:
+    """A ConfigError naming the keys in which a finished stage run in ``stage_cfg.out`` differs from this one
+    (apart from ``PATH_FIELDS``)."""
     out = Path(stage_cfg.out)
     if not ((out / "summary.json").is_file() and (out / "config.yaml").is_file()):
         return
     saved, now = read_yaml(out / "config.yaml"), to_dict(stage_cfg)
-    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    changed = sorted(k for k in set(saved) | set(now) if k not in PATH_FIELDS[section] and saved.get(k) != now.get(k))
     if changed:
         raise ConfigError(f"{out} holds a finished stage run with another config ({', '.join(changed)} differ); "
                           "choose another 'out' for the chain (or remove that directory)")
+
+
+def _follow_move(section: str, stage_cfg: Any) -> None:
+    """Rewrite the ``PATH_FIELDS`` of a stage's saved config.yaml to where the chain is now, so that the stage,
+    resuming, compares like with like (and its config.yaml names the directories it reads)."""
+    path = Path(stage_cfg.out) / "config.yaml"
+    if not path.is_file():
+        return
+    saved, now = read_yaml(path), to_dict(stage_cfg)
+    if any(saved.get(f) != now[f] for f in PATH_FIELDS[section]):
+        save_yaml({**saved, **{f: now[f] for f in PATH_FIELDS[section]}}, path)
 
 
 def run_rlhf(cfg: RLHFConfig) -> dict[str, Any]:
@@ -120,14 +162,17 @@ def run_rlhf(cfg: RLHFConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     main = distributed.init(cfg.sft.device).is_main
     sft_cfg, rm_cfg, ppo_cfg = stage_configs(cfg)
-    # Before anything is written: the task holds preference pairs (every stage reads them), and no finished
-    # stage was run with another config (its outputs feed the next stages).
-    preference_data(cfg.task, 1, 1, cfg.seed)
-    for stage_cfg in (sft_cfg, rm_cfg, ppo_cfg):
-        _check_same_config(stage_cfg)
+    # Before anything is written: every stage's data fits its model, and no finished stage was run with
+    # another config (its outputs feed the next stages).
+    check_inputs(cfg)
+    stages = {"sft": sft_cfg, "rm": rm_cfg, "ppo": ppo_cfg}
+    for section, stage_cfg in stages.items():
+        _check_same_config(section, stage_cfg)
     run = RunDir(cfg.out) if main else None  # rank 0 writes
     if run is not None:
         run.write_config(cfg)
+        for section, stage_cfg in stages.items():
+            _follow_move(section, stage_cfg)
         if run.metrics_path.exists():
             run.metrics_path.unlink()  # one row per stage, rewritten on every invocation
 

@@ -378,27 +378,23 @@ def sft_step(lm: nn.Module, optimizer: torch.optim.Optimizer, guard: NonFiniteGu
     return loss.detach(), grad_norm
 
 
-def train_sft(cfg: SFTConfig) -> dict[str, Any]:
-    """Run SFT as configured; returns the summary (also written to out/summary.json by rank 0).
-
-    Under torchrun each process trains on its share of every global batch (``sft_step``)."""
-    dist_info = distributed.init(cfg.device)
-    # Data, settings, the model and the examples' lengths are checked before the run directory is touched, so
-    # bad input leaves it as it was.
+def sft_task(cfg: SFTConfig) -> Task:
+    """``cfg.task`` loaded, once checked to hold completions and the metric ``stop_at`` watches."""
     task = load_task(cfg.task, n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed, eval_file=cfg.eval_file)
     if task.kind == "prompt":
         raise DataError(f"task {cfg.task!r} holds prompts alone ({describe_rows(task)}); SFT needs a "
                         "'completion' or an 'answer' beside each prompt")
     if cfg.stop_at is not None:  # the watched metric must exist before any training starts
         watched({"eval/reward": 0.0, **{f"eval/reward/{name}": 0.0 for name in metric_names(task.reward_fns)}}, cfg)
-    seed_everything(cfg.seed)
-    device = torch.device(f"cuda:{dist_info.local_rank}" if cfg.device == "cuda" else cfg.device)
+    return task
 
-    model, tokenizer = load_model(cfg.model, seed=cfg.seed, dtype=cfg.dtype, device=device)
-    pad_id = tokenizer.pad_token_id
+
+def check_examples(cfg: SFTConfig, task: Task, tokenizer: Any,
+                   context: int | None) -> tuple[list[tuple[list[int], int]], list[tuple[list[int], int]]]:
+    """The (training, eval) examples encoded, once checked to fit ``max_length`` and the model's context
+    (and the eval prompts that ``eval_generate`` completes, to leave room for the task's completion budget)."""
     train_ex = encode_examples(tokenizer, task.train, cfg.max_length)
     eval_ex = encode_examples(tokenizer, task.eval, cfg.max_length) if task.eval else []
-    context = getattr(model.config, "max_position_embeddings", None)
     for split, examples in (("training", train_ex), ("eval", eval_ex)):  # positions restart per example
         too_long = [i for i, (ids, _) in enumerate(examples) if context is not None and len(ids) > context]
         if too_long:
@@ -411,6 +407,23 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
         check_prompt_lengths(tokenizer, [str(r["prompt"]) for r in task.eval[:cfg.eval_generate]],
                              context - task.max_new_tokens, f"{cfg.task}, eval prompts completed by eval_generate "
                              f"(model context {context}, completion budget {task.max_new_tokens})")
+    return train_ex, eval_ex
+
+
+def train_sft(cfg: SFTConfig) -> dict[str, Any]:
+    """Run SFT as configured; returns the summary (also written to out/summary.json by rank 0).
+
+    Under torchrun each process trains on its share of every global batch (``sft_step``)."""
+    dist_info = distributed.init(cfg.device)
+    # Data, settings, the model and the examples' lengths are checked before the run directory is touched, so
+    # bad input leaves it as it was.
+    task = sft_task(cfg)
+    seed_everything(cfg.seed)
+    device = torch.device(f"cuda:{dist_info.local_rank}" if cfg.device == "cuda" else cfg.device)
+
+    model, tokenizer = load_model(cfg.model, seed=cfg.seed, dtype=cfg.dtype, device=device)
+    pad_id = tokenizer.pad_token_id
+    train_ex, eval_ex = check_examples(cfg, task, tokenizer, getattr(model.config, "max_position_embeddings", None))
     run = RunDir(cfg.out) if dist_info.is_main else None
     ckpt = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
     if run is not None:

@@ -334,7 +334,11 @@ def _rebuild(cls: type[C], merged: dict[str, Any], changed: set[str], from_strin
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    """Write the config (a dataclass or a mapping) as YAML, atomically: a kill leaves the old file or the new."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", defaults: Any = None,
