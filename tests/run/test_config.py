@@ -151,6 +151,9 @@ def test_configs_built_in_python_are_checked_like_loaded_ones():
         GRPOConfig(rewards="numeric_match")
     with pytest.raises(ConfigError, match="'reward_weights': \\(nan,\\) is not allowed; expected a finite number"):
         GRPOConfig(rewards=("numeric_match",), reward_weights=(float("nan"),))
+    for key in ("clip_eps_low", "clip_eps_high"):  # an empty side of the clip range, refused as PPO's clip_eps 0
+        with pytest.raises(ConfigError, match=f"'{key}': 0.0 is not allowed"):
+            GRPOConfig(**{key: 0})
     with pytest.raises(ConfigError, match="'seed': None"):
         GRPOConfig(seed=None)
     with pytest.raises(ConfigError, match="'seed': 99999999999999999999 is not allowed; expected an integer in"):

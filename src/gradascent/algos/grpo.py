@@ -228,8 +228,9 @@ class GRPOConfig:
                 self.micro_batch_prompts, ">= 1 or null")
         require(self.prompts_per_step % self.num_minibatches == 0, "num_minibatches", self.num_minibatches,
                 "a divisor of prompts_per_step (minibatches hold whole groups)")
-        require(0 <= self.clip_eps_low < 1, "clip_eps_low", self.clip_eps_low, "in [0, 1)")
-        require(self.clip_eps_high >= 0, "clip_eps_high", self.clip_eps_high, ">= 0")
+        # as PPO's clip_eps: each side of the clip range has a width > 0
+        require(0 < self.clip_eps_low < 1, "clip_eps_low", self.clip_eps_low, "in (0, 1)")
+        require(self.clip_eps_high > 0, "clip_eps_high", self.clip_eps_high, "> 0")
         require(self.beta >= 0, "beta", self.beta, ">= 0")
         require(self.adv_eps > 0, "adv_eps", self.adv_eps, "> 0")
         require(self.ent_coef >= 0, "ent_coef", self.ent_coef, ">= 0")
