@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+import torch
+
 from gradascent.run import RunDir, save_checkpoint
 
 
@@ -27,6 +30,28 @@ def test_resume_with_truncated_checkpoint_leaves_it_alone(fails_cleanly, tmp_pat
     data = (ckpt / "tensors.safetensors").read_bytes()
     (ckpt / "tensors.safetensors").write_bytes(data[:40])
     fails_cleanly(["resume", str(run.path)], "run.json", protect=run.checkpoints)
+
+
+@pytest.mark.parametrize("config_class", [
+    "gradascent.algos.sft:train_sft",  # a function, not a config class (it was a TypeError traceback)
+    "gradascent.algos.sft:RESUMABLE_CHANGES",
+    "this:Cfg",  # outside the trainers: not even imported (importing `this` prints a poem)
+    "json:JSONDecoder",
+    ["not", "text"],
+])
+def test_resume_accepts_only_a_config_class_of_a_trainer(tmp_path, config_class):
+    import sys
+
+    from gradascent.errors import GradascentError
+    from gradascent.run.resume import resume_run
+
+    run = RunDir(tmp_path / "r", tensorboard=False)
+    (run.path / "run.json").write_text(json.dumps({"config_class": config_class}))
+    save_checkpoint(run.checkpoints, 1, {"w": torch.ones(3)})
+    assert "this" not in sys.modules
+    with pytest.raises(GradascentError, match="run.json does not name a known gradascent trainer"):
+        resume_run(run.path)
+    assert "this" not in sys.modules
 
 
 def test_usage_errors_are_one_line(fails_cleanly):

@@ -23,6 +23,9 @@ from gradascent.run.command import stop_message, stop_status, summary_line
 from gradascent.run.config import load_config
 
 
+TRAINER_PACKAGE = "gradascent.algos"  # run.json names a config class of one of its modules, which trains it
+
+
 def resume_run(run_dir: str | Path) -> Any:
     """Resume the run in ``run_dir``; returns what its trainer's ``train`` returns (the summary)."""
     run_dir = Path(run_dir)
@@ -31,12 +34,18 @@ def resume_run(run_dir: str | Path) -> Any:
         return _resume_demo(run_dir)
     if not meta_path.is_file():
         raise GradascentError(f"{run_dir} is not a run directory: run.json is missing")
+    unknown = GradascentError(f"{meta_path} does not name a known gradascent trainer (its config_class is not "
+                              f"the config class of a module of {TRAINER_PACKAGE})")
     try:
         module_name, _, cls_name = json.loads(meta_path.read_text(encoding="utf-8"))["config_class"].partition(":")
+        if not module_name.startswith(TRAINER_PACKAGE + "."):  # nothing else is imported
+            raise unknown
         module = importlib.import_module(module_name)
         cls = getattr(module, cls_name)
-    except (ValueError, KeyError, ImportError, AttributeError, TypeError):
-        raise GradascentError(f"{meta_path} does not name a known gradascent trainer") from None
+    except (ValueError, KeyError, ImportError, AttributeError, TypeError, UnicodeDecodeError):
+        raise unknown from None
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise unknown
     # A chain of stages (rlhf) keeps no checkpoint of its own: each stage resumes from its own directory.
     if not getattr(module, "RESUMES_FROM_STAGES", False) and latest_checkpoint(run_dir / "checkpoints") is None:
         raise CheckpointError(f"{run_dir} has no complete checkpoint to resume from (it stopped before its first "
