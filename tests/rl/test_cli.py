@@ -75,6 +75,33 @@ def test_eval_of_a_directory_without_a_policy_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "no saved policy" in err
 
 
+def test_eval_of_a_policy_that_does_not_fit_its_env_or_its_network_is_one_line(tmp_path, capsys):
+    import json
+    import shutil
+
+    out = tmp_path / "run"
+    assert main(["rl", "reinforce", "--env", "CartPole-v1", "--total-steps", "300", "--out", str(out),
+                 "--tensorboard", "false", "--no-progress"]) == 0
+    meta = json.loads((out / "policy.json").read_text())
+    weights = (out / "policy.safetensors").read_bytes()
+    for change, words in (
+        ({"env": "Pendulum-v1"}, "the policy was built for 4-dim observations and 2 discrete actions, but "
+                                 "Pendulum-v1 has 3-dim observations and 1-dim Box actions"),
+        ({"env": "Acrobot-v1"}, "but Acrobot-v1 has 6-dim observations and 3 discrete actions"),
+        ({"network": {**meta["network"], "hidden_sizes": [32, 32]}},
+         "policy.safetensors and the network of policy.json disagree: tensor actor_body.0.bias is of shape (64,) "
+         "in the file, and the network needs (32,)"),
+    ):
+        broken = tmp_path / f"broken-{len(words)}"
+        shutil.copytree(out, broken)
+        (broken / "policy.json").write_text(json.dumps({**meta, **change}))
+        capsys.readouterr()
+        assert main(["rl", "eval", str(broken)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err and str(broken) in err, err
+        assert (broken / "policy.safetensors").read_bytes() == weights
+
+
 def test_help_names_the_presets_that_replace_the_listed_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["rl", "ppo", "--help"])

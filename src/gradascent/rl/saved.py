@@ -12,13 +12,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gradascent.errors import CheckpointError, ConfigError
-from gradascent.rl.envs import ObsNormalizer, make_vec_env
+from gradascent.rl.envs import ActionSpec, ObsNormalizer, make_vec_env, spaces_of
 from gradascent.rl.policy import ActorCritic
 
 WEIGHTS, META = "policy.safetensors", "policy.json"
@@ -50,7 +51,9 @@ def load_policy(path: str | Path) -> tuple[ActorCritic, ObsNormalizer, dict[str,
         meta = json.loads((directory / META).read_text(encoding="utf-8"))
         tensors = load_file(str(directory / WEIGHTS))
         policy = ActorCritic.from_spec(meta["network"])
-        policy.load_state_dict({k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")})
+        weights = {k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")}
+        _check_shapes(policy, weights, directory)
+        policy.load_state_dict(weights)
         obs_norm = ObsNormalizer(policy.obs_dim, enabled=False)
         obs_norm.load_state_dict({**meta["obs_norm"], "mean": tensors["obs_norm.mean"].numpy(),
                                   "var": tensors["obs_norm.var"].numpy()})
@@ -58,6 +61,32 @@ def load_policy(path: str | Path) -> tuple[ActorCritic, ObsNormalizer, dict[str,
         raise CheckpointError(f"saved policy in {directory} is corrupt: {type(exc).__name__}: {exc}") from None
     policy.eval()
     return policy, obs_norm, meta
+
+
+def _check_shapes(policy: ActorCritic, weights: dict[str, torch.Tensor], directory: Path) -> None:
+    """A one-line CheckpointError naming the first tensor in which the weights file and the network that
+    policy.json describes disagree (load_state_dict would print every one of them, over many lines)."""
+    want = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in weights.items()}
+    for name in sorted(set(want) | set(have)):
+        if want.get(name) != have.get(name):
+            in_file = "missing" if name not in have else f"of shape {have[name]}"
+            in_net = "has none" if name not in want else f"needs {want[name]}"
+            raise CheckpointError(f"saved policy in {directory} is corrupt: {WEIGHTS} and the network of {META} "
+                                  f"disagree: tensor {name} is {in_file} in the file, and the network {in_net}")
+
+
+def _describe(obs_dim: int, action: ActionSpec) -> str:
+    what = f"{action.dim} discrete actions" if action.kind == "discrete" else f"{action.dim}-dim Box actions"
+    return f"{obs_dim}-dim observations and {what}"
+
+
+def check_env_fits(policy: ActorCritic, envs: gym.vector.VectorEnv, env_id: str) -> None:
+    """A ConfigError unless ``env_id``'s spaces are the ones the policy's network was built for."""
+    obs_dim, action = spaces_of(envs, env_id, "the policy")
+    if (obs_dim, action.kind, action.dim) != (policy.obs_dim, policy.action.kind, policy.action.dim):
+        raise ConfigError(f"the policy was built for {_describe(policy.obs_dim, policy.action)}, but {env_id} has "
+                          f"{_describe(obs_dim, action)}")
 
 
 @torch.no_grad()
@@ -71,6 +100,7 @@ def run_episodes(policy: ActorCritic, obs_norm: ObsNormalizer, env_id: str, epis
     """
     envs = make_vec_env(env_id, episodes)
     try:
+        check_env_fits(policy, envs, env_id)
         raw, _ = envs.reset(seed=seed)
         returns = np.zeros(episodes, np.float64)
         finished = np.zeros(episodes, bool)
@@ -101,6 +131,9 @@ def evaluate(path: str | Path, episodes: int = 10, seed: int = 0) -> dict[str, A
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed: {seed!r} is not allowed; expected an integer >= 0 (gymnasium's seeds)")
     policy, obs_norm, meta = load_policy(path)
-    returns = run_episodes(policy, obs_norm, meta["env"], episodes, seed)
+    try:
+        returns = run_episodes(policy, obs_norm, meta["env"], episodes, seed)
+    except ConfigError as exc:  # the environment named in policy.json: say where it was named
+        raise ConfigError(f"saved policy in {Path(path)} ({META}: env {meta['env']!r}): {exc}") from None
     return {"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
             "episodes": episodes, "returns": returns.tolist()}
