@@ -74,6 +74,9 @@ def test_bad_values_name_the_key_and_what_is_allowed(data, message):
     [
         ("lr: [1, 2\n", "is not valid YAML at line"),
         ("- 1\n- 2\n", "must hold a mapping"),
+        # a key given twice: plain YAML keeps the last one silently, which hides a slip in a long config
+        ("lr: 0.1\nsteps: 2\nlr: 0.2\n", "at line 3, column 1: key 'lr' appears twice in one mapping"),
+        ("ppo:\n  lr: 0.1\n  lr: 0.2\n", "at line 3, column 3: key 'lr' appears twice"),
     ],
 )
 def test_bad_yaml_files(tmp_path, text, message):
