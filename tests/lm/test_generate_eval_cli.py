@@ -152,6 +152,8 @@ def test_generate_temperature_zero_names_the_greedy_flag(model_dir, capsys):
     (["eval", "{model}", "--task", "arithmetic", "--limit", "0"], "limit must be >= 1, got 0"),
     (["eval", "{model}", "--task", "{tmp}/prefs.jsonl"], "fields chosen, prompt, rejected) has no reward"),
     (["eval", "{model}", "--task", "arithmetic", "--rewards", "no_such_reward"], "no_such_reward"),
+    (["generate", "{model}", "--prompt", "x", "--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
+    (["eval", "{model}", "--task", "arithmetic", "--seed", "-1"], "seed must be an integer in [0, 2**32), got -1"),
 ])
 def test_bad_input_is_a_one_line_error(model_dir, tmp_path, capsys, argv, message):
     _jsonl(tmp_path / "prefs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])

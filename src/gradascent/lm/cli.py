@@ -88,6 +88,12 @@ def _positive(name: str, value: int | None) -> None:
         raise ConfigError(f"{name} must be >= 1, got {value}")
 
 
+def _seed(name: str, value: int) -> None:
+    """Seeds as every config takes them (an integer in [0, 2**32)); a negative one was taken silently here."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ConfigError(f"{name} must be an integer in [0, 2**32), got {value!r}")
+
+
 def _quiet_if_json(args: argparse.Namespace) -> None:
     """With --json the output is for a program: no weight-loading progress bar on stderr either."""
     if args.json:
@@ -106,6 +112,7 @@ def _generate_cmd(args: argparse.Namespace) -> int:
     from gradascent.tasks.data import read_jsonl
 
     _positive("--limit", args.limit)
+    _seed("--seed", args.seed)
     if not args.temperature > 0:  # the API's own message names its argument greedy=True, not the flag
         raise ConfigError(f"--temperature must be > 0 (use --greedy for argmax decoding), got {args.temperature}")
     if args.limit is not None and not args.prompts_file:
@@ -175,6 +182,7 @@ def evaluate_model(
 
     for name, value in (("limit", limit), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
         _positive(name, value)
+    _seed("seed", seed)
     loaded = load_task(task, seed=seed)
     builtin = task in BUILTIN_TASKS
     split = split or ("eval" if builtin else "all")
