@@ -35,6 +35,7 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "empty" / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
     assert main(["plot", str(tmp_path / "empty")]) == 2
     assert "none of the runs logged a metric" in capsys.readouterr().err
+    assert not (tmp_path / "empty" / "plots").exists()  # a failed plot leaves no empty plots/ behind
 
 
 def test_runs_of_one_name_and_directories_of_runs(tmp_path):

@@ -91,7 +91,6 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
         names = [str(p) for p in paths]
     runs = {name: read_metrics(p) for name, p in zip(names, paths)}
     x_key = next((k for k in X_KEYS if all(any(k in r for r in rows) for rows in runs.values())), "step")
-    out = make_dir(out_dir, "plot directory")
     drawn: dict[str, list[tuple[str, str, list[float], list[float]]]] = {}
     for title, keys in PANELS.items():
         for name, rows in runs.items():
@@ -103,6 +102,7 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
                         break  # one measure per run for these panels
     if not drawn:
         raise GradascentError("none of the runs logged a metric that can be plotted")
+    out = make_dir(out_dir, "plot directory")  # only once there is something to draw: a failure leaves none
     written: list[Path] = []
     for title, lines in drawn.items():
         fig, ax = plt.subplots(figsize=(6, 4))
