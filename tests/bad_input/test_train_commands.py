@@ -204,3 +204,15 @@ def test_empty_out_is_refused_and_the_working_directory_is_left_alone(fails_clea
     before = sorted(p.name for p in tmp_path.iterdir())
     fails_cleanly(args + ["--out", ""], "(out) is empty")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("args", [["sft", "--model", "/no/such/model"], ["grpo", "--model", "/no/such/model"],
+                                  ["rm", "--model", "/no/such/model"],
+                                  ["ppo", "--policy", "/no/such/model", "--reward-model", "/no/such/rm"],
+                                  ["rlhf", "--sft.model", "/no/such/model"]], ids=lambda a: a[0])
+def test_a_file_in_the_way_of_out_is_named_before_anything_loads(fails_cleanly, tmp_path, args):
+    # The model is missing too: the out check comes first, so the error names the file (it used to come
+    # after the model and the data had loaded, or a model error hid it).
+    (tmp_path / "afile").write_text("keep me\n")
+    fails_cleanly(args + ["--out", str(tmp_path / "afile" / "run")], "a file is in the way")
+    assert (tmp_path / "afile").read_text() == "keep me\n"

@@ -94,7 +94,7 @@ from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
 from gradascent.run.command import stop_status, summary_line
-from gradascent.run.rundir import RunDir, check_resume
+from gradascent.run.rundir import RunDir, check_resume, require_path
 from gradascent.run.schedule import lr_multiplier
 
 Advantage = Literal["group", "group_no_std", "rloo", "batch_mean"]
@@ -558,6 +558,7 @@ def train_grpo(
         ConfigError, DataError, CheckpointError: bad settings, prompts, model directory or checkpoint.
         NonFiniteError: ``max_nonfinite`` consecutive updates had a NaN/inf loss or gradient.
     """
+    require_path(out, "run directory")  # an out that cannot be a directory stops the run before any loading
     dist_info = distributed.init(cfg.device)
     if cfg.prompts_per_step % dist_info.world_size:
         raise ConfigError(f"prompts_per_step={cfg.prompts_per_step} does not split evenly over "

@@ -72,7 +72,7 @@ from gradascent.run.config import add_config_flags, check_fields, flag_values, l
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
-from gradascent.run.rundir import RunDir, check_resume
+from gradascent.run.rundir import RunDir, check_resume, require_path
 
 HiddenScore = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -543,6 +543,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     ``models`` replaces loading them from ``cfg.policy`` / ``cfg.reward_model`` (``load_models(cfg)``
     builds one; the policy and critic are trained in place).
     """
+    require_path(cfg.out, "run directory")  # an out that cannot be a directory stops the run before any loading
     dist_info = distributed.init(cfg.device)
     world, is_main = dist_info.world_size, dist_info.is_main
     require(cfg.batch_size % world == 0, "batch_size", cfg.batch_size, f"a multiple of the world size {world}")

@@ -49,7 +49,7 @@ from gradascent.run.config import add_config_flags, check_fields, flag_values, l
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
-from gradascent.run.rundir import RunDir, check_resume
+from gradascent.run.rundir import RunDir, check_resume, require_path
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
 
     if not cfg.model:
         raise ConfigError("config key 'model' is empty: give the SFT model directory the reward model starts from")
+    require_path(cfg.out, "run directory")  # an out that cannot be a directory stops the run before any loading
     t_start = time.perf_counter()
     dist_info = distributed.init(cfg.device)
     torch.manual_seed(cfg.seed)

@@ -56,7 +56,7 @@ from gradascent.run.config import add_config_flags, check_fields, flag_values, l
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
-from gradascent.run.rundir import RunDir, check_resume
+from gradascent.run.rundir import RunDir, check_resume, require_path
 from gradascent.run.schedule import lr_multiplier
 from gradascent.tasks import Task, describe_rows, load_task, sft_example
 
@@ -414,6 +414,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     """Run SFT as configured; returns the summary (also written to out/summary.json by rank 0).
 
     Under torchrun each process trains on its share of every global batch (``sft_step``)."""
+    require_path(cfg.out, "run directory")  # an out that cannot be a directory stops the run before any loading
     dist_info = distributed.init(cfg.device)
     # Data, settings, the model and the examples' lengths are checked before the run directory is touched, so
     # bad input leaves it as it was.

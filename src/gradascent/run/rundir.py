@@ -33,9 +33,18 @@ def _jsonable(v: Any) -> Any:
 
 
 def require_path(path: str | Path, what: str = "directory") -> None:
-    """An empty path is an error: ``Path("")`` is the current directory, which would silently take the run."""
+    """A GradascentError unless ``path`` can be (or is) a directory: an empty path (``Path("")`` is the
+    current directory, which would silently take the run), or a file where it or one of its parents should
+    be. Trainers call it first, so that such an ``out`` stops them before they load anything."""
     if isinstance(path, str) and not path.strip():
         raise GradascentError(f"the {what} (out) is empty; give a path such as runs/NAME")
+    p = Path(path)
+    for part in (p, *p.parents):
+        if part.exists():
+            if not part.is_dir():
+                at = "" if part == p else f" at {part}"
+                raise GradascentError(f"cannot create {what} {p}: a file is in the way (a directory is needed){at}")
+            return
 
 
 def make_dir(path: str | Path, what: str = "directory") -> Path:
