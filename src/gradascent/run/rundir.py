@@ -40,7 +40,11 @@ def require_path(path: str | Path, what: str = "directory") -> None:
         raise GradascentError(f"the {what} (out) is empty; give a path such as runs/NAME")
     p = Path(path)
     for part in (p, *p.parents):
-        if part.exists():
+        try:
+            exists = part.exists()
+        except OSError:  # an impossible name (too long, ...): make_dir's mkdir says what is wrong with it
+            return
+        if exists:
             if not part.is_dir():
                 at = "" if part == p else f" at {part}"
                 raise GradascentError(f"cannot create {what} {p}: a file is in the way (a directory is needed){at}")
