@@ -216,3 +216,25 @@ def test_a_file_in_the_way_of_out_is_named_before_anything_loads(fails_cleanly, 
     (tmp_path / "afile").write_text("keep me\n")
     fails_cleanly(args + ["--out", str(tmp_path / "afile" / "run")], "a file is in the way")
     assert (tmp_path / "afile").read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("args, must_name", [
+    (["sft", "--model", "qwen2-micro", "--task", "{file}"], "{file}:5 is 602 tokens long"),
+    (["sft", "--model", "qwen2-micro", "--task", "{file}", "--max-length", "1000"], "{file}:5 (eval example) is 602"),  # the split puts it in eval
+    (["grpo", "--model", "qwen2-micro", "--task", "{file}"], "{file}:5 is 600 tokens long"),
+    (["eval", "qwen2-micro", "--task", "{file}"], "{file}:5 is 600 tokens long"),
+    (["generate", "qwen2-micro", "--prompts-file", "{file}"], "{file}:5 is 600 tokens long"),
+    (["generate", "qwen2-micro", "--prompt", "1+1=", "--prompt", "x" * 600], "--prompt 2 is 600 tokens long"),
+], ids=["sft-max-length", "sft-context", "grpo", "eval", "generate-file", "generate-flag"])
+def test_a_prompt_too_long_is_named_by_its_file_and_line(fails_cleanly, tmp_path, args, must_name):
+    # line 5 of the file, after a blank line: the 4th row, which every command used to name by a 0-based
+    # index within its split ("example 0", "prompt 17") or not at all ("a prompt of 600 tokens")
+    data = tmp_path / "rows.jsonl"
+    rows = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(3)] + [{"prompt": "x" * 600, "answer": "1"}]
+    lines = [json.dumps(r) for r in rows]
+    data.write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")
+    args = [a.format(file=data) for a in args]
+    if args[0] in ("sft", "grpo"):
+        args += ["--out", str(tmp_path / "o")]
+    fails_cleanly(args, must_name.format(file=data))
+    assert not (tmp_path / "o").exists()

@@ -62,18 +62,12 @@ def pairs_from_rows(rows: list[dict[str, Any]], source: str) -> list[PreferenceP
 
 def read_pairs(path: str) -> list[PreferencePair]:
     """Preference pairs of a JSONL file (``where`` is file:line of the row)."""
-    from gradascent.tasks.data import FORMATS, read_jsonl
+    from gradascent.tasks.data import FORMATS, read_jsonl_lines
 
-    rows = read_jsonl(path, required=FORMATS["preference"])
-    lines = _row_lines(path)
+    rows, lines = read_jsonl_lines(path, required=FORMATS["preference"])
     for r, line in zip(rows, lines):
         r["_line"] = line
     return check_pairs(pairs_from_rows(rows, path))
-
-
-def _row_lines(path: str) -> list[int]:
-    with open(path, encoding="utf-8") as fh:
-        return [i for i, line in enumerate(fh, start=1) if line.strip()]
 
 
 def preference_data(spec: str, n_train: int, n_eval: int, seed: int,

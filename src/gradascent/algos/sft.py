@@ -58,7 +58,7 @@ from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
 from gradascent.run.rundir import RunDir, check_resume, require_path
 from gradascent.run.schedule import lr_multiplier
-from gradascent.tasks import Task, describe_rows, load_task, sft_example
+from gradascent.tasks import Task, describe_rows, load_task, row_names, sft_example
 
 # Metrics that measure the clock, not the run: they differ between a resumed run and an uninterrupted one.
 WALL_CLOCK_METRICS = ("time_s", "tokens_per_s")
@@ -166,10 +166,13 @@ RESUMABLE_CHANGES = frozenset({"out", "resume", "progress", "log_every", "eval_e
 # --- data ----------------------------------------------------------------------------------------------
 
 
-def encode_examples(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> list[tuple[list[int], int]]:
+def encode_examples(tokenizer: Any, rows: list[dict[str, Any]], max_length: int,
+                    names: list[str] | None = None) -> list[tuple[list[int], int]]:
     """Each row as (prompt + completion + EOS token ids, number of prompt tokens).
 
-    Prompt and completion are tokenized separately, so the boundary never merges across them.
+    Prompt and completion are tokenized separately, so the boundary never merges across them. A row longer
+    than ``max_length`` is a DataError naming it by its entry in ``names`` ('file.jsonl:12'), or else as
+    'example <i>' counted from 1.
     """
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -181,7 +184,8 @@ def encode_examples(tokenizer: Any, rows: list[dict[str, Any]], max_length: int)
         c = tokenizer(completion, add_special_tokens=False)["input_ids"]
         ids = p + c + [eos]
         if len(ids) > max_length:
-            raise DataError(f"example {i} is {len(ids)} tokens long (prompt {len(p)}, completion {len(c)}, EOS 1), "
+            name = names[i] if names is not None else f"example {i + 1}"
+            raise DataError(f"{name} is {len(ids)} tokens long (prompt {len(p)}, completion {len(c)}, EOS 1), "
                             f"more than max_length={max_length}: {prompt!r:.60}")
         out.append((ids, len(p)))
     return out
@@ -393,20 +397,21 @@ def check_examples(cfg: SFTConfig, task: Task, tokenizer: Any,
                    context: int | None) -> tuple[list[tuple[list[int], int]], list[tuple[list[int], int]]]:
     """The (training, eval) examples encoded, once checked to fit ``max_length`` and the model's context
     (and the eval prompts that ``eval_generate`` completes, to leave room for the task's completion budget)."""
-    train_ex = encode_examples(tokenizer, task.train, cfg.max_length)
-    eval_ex = encode_examples(tokenizer, task.eval, cfg.max_length) if task.eval else []
-    for split, examples in (("training", train_ex), ("eval", eval_ex)):  # positions restart per example
+    names = {split: row_names(task, split) for split in ("train", "eval")}
+    train_ex = encode_examples(tokenizer, task.train, cfg.max_length, names["train"])
+    eval_ex = encode_examples(tokenizer, task.eval, cfg.max_length, names["eval"]) if task.eval else []
+    for split, examples in (("train", train_ex), ("eval", eval_ex)):  # positions restart per example
         too_long = [i for i, (ids, _) in enumerate(examples) if context is not None and len(ids) > context]
         if too_long:
             i = too_long[0]
-            raise DataError(f"{split} example {i} of {cfg.task} is {len(examples[i][0])} tokens long, more than "
+            raise DataError(f"{names[split][i]} ({split} example) is {len(examples[i][0])} tokens long, more than "
                             f"the model's context of {context} tokens ({len(too_long)} such examples)")
     if cfg.eval_generate and task.reward_fns and task.eval:  # greedy evaluations are scored with these columns
         check_columns(task.reward_fns, [k for k in task.eval[0] if k != "prompt"], f"{cfg.task} (eval)")
     if context is not None and cfg.eval_generate and task.reward_fns:  # greedy evaluations complete these
         check_prompt_lengths(tokenizer, [str(r["prompt"]) for r in task.eval[:cfg.eval_generate]],
                              context - task.max_new_tokens, f"{cfg.task}, eval prompts completed by eval_generate "
-                             f"(model context {context}, completion budget {task.max_new_tokens})")
+                             f"(model context {context}, completion budget {task.max_new_tokens})", names["eval"])
     return train_ex, eval_ex
 
 

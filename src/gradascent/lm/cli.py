@@ -88,6 +88,18 @@ def _positive(name: str, value: int | None) -> None:
         raise ConfigError(f"{name} must be >= 1, got {value}")
 
 
+def _check_fit(model: nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int, what: str,
+               names: list[str]) -> None:
+    """Every prompt plus ``max_new_tokens`` fits the model's context, or a DataError naming the first that
+    does not by its entry in ``names`` (a file's line, or the --prompt flag)."""
+    from gradascent.lm.tokenizers import check_prompt_lengths
+
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, int):
+        check_prompt_lengths(tokenizer, prompts, context - max_new_tokens,
+                             f"{what} (model context {context}, max_new_tokens {max_new_tokens})", names)
+
+
 def _seed(name: str, value: int) -> None:
     """Seeds as every config takes them (an integer in [0, 2**32)); a negative one was taken silently here."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
@@ -109,7 +121,7 @@ def _generate_cmd(args: argparse.Namespace) -> int:
     _quiet_if_json(args)
 
     from gradascent.lm import generate_text
-    from gradascent.tasks.data import read_jsonl
+    from gradascent.tasks.data import read_jsonl_lines
 
     _positive("--limit", args.limit)
     _seed("--seed", args.seed)
@@ -118,11 +130,15 @@ def _generate_cmd(args: argparse.Namespace) -> int:
     if args.limit is not None and not args.prompts_file:
         raise ConfigError("--limit applies to the prompts of --prompts-file; none was given")
     prompts = list(args.prompt)
+    names = [f"--prompt {i}" for i in range(1, len(prompts) + 1)]
     if args.prompts_file:
-        prompts += [r["prompt"] for r in read_jsonl(args.prompts_file, required=("prompt",))][:args.limit]
+        rows, lines = read_jsonl_lines(args.prompts_file, required=("prompt",))
+        prompts += [r["prompt"] for r in rows][:args.limit]
+        names += [f"{args.prompts_file}:{n}" for n in lines][:args.limit]
     if not prompts:
         raise ConfigError("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE.jsonl")
     model, tokenizer = _load(args)
+    _check_fit(model, tokenizer, prompts, args.max_new_tokens, "generate", names)
     device = next(model.parameters()).device
     gen, texts = generate_text(
         model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, num_samples=args.num_samples,
@@ -177,8 +193,8 @@ def evaluate_model(
     from gradascent.lm import load_model
     from gradascent.rewards import check_columns, resolve_reward
     from gradascent.run.config import split_commas
-    from gradascent.tasks import BUILTIN_TASKS, describe_rows, load_task
-    from gradascent.tasks.data import load_rows
+    from gradascent.tasks import BUILTIN_TASKS, describe_rows, load_task, row_names
+    from gradascent.tasks.data import load_rows_lines
 
     for name, value in (("limit", limit), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
         _positive(name, value)
@@ -191,9 +207,11 @@ def evaluate_model(
     if builtin and split == "all":
         raise ConfigError("split 'all' is for a file; a built-in task has 'eval' and 'train' rows")
     if split == "all":  # the file's rows in its own order
-        rows = load_rows(task)[1][:limit]
+        _, all_rows, lines = load_rows_lines(task)
+        rows, names = all_rows[:limit], [f"{task}:{n}" for n in lines[:limit]]
     else:
         rows = (loaded.eval if split == "eval" else loaded.train)[:limit]
+        names = row_names(loaded, split)[:limit]
     if not rows:
         raise ConfigError(f"task {task!r} has no {split!r} rows to score")
     if isinstance(rewards, str):
@@ -208,7 +226,9 @@ def evaluate_model(
                                       trust_remote_code=trust_remote_code)
     elif tokenizer is None:
         raise ConfigError("evaluate_model of a loaded model needs its tokenizer")
-    metrics = evaluate(model, tokenizer, rows, fns, max_new_tokens or loaded.max_new_tokens, batch_size=batch_size)
+    max_new = max_new_tokens or loaded.max_new_tokens
+    _check_fit(model, tokenizer, [str(r["prompt"]) for r in rows], max_new, f"task {task!r} ({split})", names)
+    metrics = evaluate(model, tokenizer, rows, fns, max_new, batch_size=batch_size)
     return {"task": task, "split": split, "rows": len(rows), **metrics}
 
 

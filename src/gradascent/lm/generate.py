@@ -485,10 +485,11 @@ def generate(
         raise DataError("prompts must be left-padded (the last column real for every row); see encode_prompts")
     B, P = prompt_ids.shape
     ctx = getattr(model.config, "max_position_embeddings", None)
-    longest = int(prompt_mask.sum(-1).max())
+    lengths = prompt_mask.sum(-1)
+    longest = int(lengths.max())
     if ctx is not None and longest + max_new_tokens > ctx:
-        raise DataError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the model's "
-                        f"context of {ctx} tokens")
+        raise DataError(f"row {int(lengths.argmax())} of prompt_ids, a prompt of {longest} tokens, plus "
+                        f"max_new_tokens={max_new_tokens} exceeds the model's context of {ctx} tokens")
     param = next(model.parameters())
     run_device = torch.device(device) if device is not None else param.device
     run_dtype = resolve_dtype(dtype) or param.dtype

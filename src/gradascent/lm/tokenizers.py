@@ -86,19 +86,22 @@ def eos_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
     return sorted(ids)
 
 
-def check_prompt_lengths(tokenizer: Any, prompts: Sequence[str], max_tokens: int, what: str) -> None:
+def check_prompt_lengths(tokenizer: Any, prompts: Sequence[str], max_tokens: int, what: str,
+                         names: Sequence[str] | None = None) -> None:
     """Raise DataError naming the first of ``prompts`` that is empty or longer than ``max_tokens`` tokens (as
-    ``encode_prompts`` counts them). Trainers call it on a whole dataset before training, so that a prompt that cannot fit the
-    model's context stops the run at its start, not at the step that draws it."""
+    ``encode_prompts`` counts them), by its entry in ``names`` (such as 'file.jsonl:12') or else as
+    'prompt <i>' counted from 1. Trainers call it on a whole dataset before training, so that a prompt that
+    cannot fit the model's context stops the run at its start, not at the step that draws it."""
     for start in range(0, len(prompts), 1024):  # in chunks: only the lengths are kept
         chunk = list(prompts[start:start + 1024])
         ids = tokenizer(chunk, add_special_tokens=False, return_attention_mask=False)["input_ids"]
         for i, row in enumerate(ids, start=start):
+            name = names[i] if names is not None else f"prompt {i + 1}"
             if not row:
-                raise DataError(f"{what}: prompt {i} is empty (no tokens: {prompts[i]!r}); a completion is "
+                raise DataError(f"{what}: {name} is empty (no tokens: {prompts[i]!r}); a completion is "
                                 "sampled after at least one prompt token")
             if len(row) > max_tokens:
-                raise DataError(f"{what}: prompt {i} is {len(row)} tokens long, more than the {max_tokens} that "
+                raise DataError(f"{what}: {name} is {len(row)} tokens long, more than the {max_tokens} that "
                                 f"fit: {prompts[i]!r:.60}")
 
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from gradascent.errors import ConfigError, DataError
 from gradascent.tasks.arithmetic import arithmetic_dataset, exact_match, format_number
-from gradascent.tasks.data import FORMATS, load_rows, read_jsonl
+from gradascent.tasks.data import FORMATS, load_rows_lines, read_jsonl_lines
 from gradascent.tasks.preference import preference_pairs, preference_prompts, preference_reward, preference_score
 
 RewardFn = Callable[..., Sequence[float]]
@@ -41,6 +41,8 @@ class Task:
         train, eval: rows (dicts with at least "prompt").
         reward_fns, reward_weights: the task's rewards and their weights (empty for plain demonstrations).
         max_new_tokens: a completion budget, in characters of the built-in tokenizer, that fits the task.
+        sources: where each row came from, per split ('train', 'eval'): 'file.jsonl:LINE' for a task file
+            (``row_names`` falls back to '<name> <split> row <i>'), for errors that name the row at fault.
     """
 
     name: str
@@ -51,6 +53,7 @@ class Task:
     reward_weights: tuple[float, ...] = ()
     max_new_tokens: int = 64
     info: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Rows a trainer can read: each a dict with a non-empty text 'prompt' (checked here, where a task built
@@ -65,12 +68,23 @@ class Task:
                     what = ("not a dict" if not isinstance(row, dict) else "no 'prompt' field"
                             if "prompt" not in row else f"prompt {prompt!r}, not a non-empty string")
                     raise DataError(f"task {self.name!r}: {split} row {i} has {what} ({row!r:.80})")
+        for split, names in self.sources.items():
+            rows = {"train": self.train, "eval": self.eval}.get(split)
+            if rows is None or len(names) != len(rows):
+                raise DataError(f"task {self.name!r}: sources[{split!r}] must name each of its {split} rows")
         if len(self.reward_weights) not in (0, len(self.reward_fns)):
             raise DataError(f"task {self.name!r}: {len(self.reward_weights)} reward weights for "
                             f"{len(self.reward_fns)} reward functions")
         for w in self.reward_weights:
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
                 raise DataError(f"task {self.name!r}: reward weight {w!r} is not a finite number")
+
+
+def row_names(task: Task, split: str) -> list[str]:
+    """Where each row of ``split`` ('train' | 'eval') came from: ``task.sources`` (file:line), or else
+    '<task> <split> row <i>' counted from 1."""
+    rows = task.train if split == "train" else task.eval
+    return task.sources.get(split) or [f"{task.name} {split} row {i}" for i in range(1, len(rows) + 1)]
 
 
 def describe_rows(task: Task) -> str:
@@ -155,16 +169,21 @@ def load_task(
         return BUILTIN_TASKS[spec](seed=seed, **sizes)
     if not (spec.endswith(".jsonl") or spec.endswith(".json") or Path(spec).exists()):
         raise ConfigError(f"task {spec!r} is neither a built-in task ({', '.join(BUILTIN_TASKS)}) nor a JSONL file")
-    kind, rows = load_rows(spec)
+    kind, rows, lines = load_rows_lines(spec)
+    located = [(row, f"{spec}:{line}") for row, line in zip(rows, lines)]
     if eval_file is not None:
-        train, evals = rows, read_jsonl(eval_file, required=FORMATS[kind], same_fields=True)
+        eval_rows, eval_lines = read_jsonl_lines(eval_file, required=FORMATS[kind], same_fields=True)
+        train_located, eval_located = located, [(r, f"{eval_file}:{n}") for r, n in zip(eval_rows, eval_lines)]
     else:
-        train, evals = split_rows(rows, eval_fraction, seed)
+        train_located, eval_located = split_rows(located, eval_fraction, seed)
+    train, evals = [r for r, _ in train_located], [r for r, _ in eval_located]
+    sources = {"train": [w for _, w in train_located], "eval": [w for _, w in eval_located]}
     fns: tuple[RewardFn, ...] = (exact_match, format_number) if kind == "answer" else ()
     weights: tuple[float, ...] = (1.0, 0.1) if kind == "answer" else ()
     # completion budget: twice the longest target text, or 64 tokens where the rows hold only prompts
     budget = max(8, 2 * max(len(sft_example(r)[1]) for r in rows)) if kind != "prompt" else 64
-    return Task(spec, kind, train, evals, fns, weights, max_new_tokens=budget)  # type: ignore[arg-type]
+    return Task(spec, kind, train, evals, fns, weights, max_new_tokens=budget,  # type: ignore[arg-type]
+                sources=sources)
 
 
 __all__ = [
@@ -180,6 +199,7 @@ __all__ = [
     "preference_prompts",
     "preference_reward",
     "preference_score",
+    "row_names",
     "preference_task",
     "sft_example",
     "split_rows",

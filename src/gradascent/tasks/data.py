@@ -40,6 +40,12 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",), same_fie
     With ``same_fields`` every row must have the first row's fields, no more and no fewer (a task's rows
     become the columns of its reward functions, one list per field).
     """
+    return read_jsonl_lines(path, required, same_fields)[0]
+
+
+def read_jsonl_lines(path: str | Path, required: Sequence[str] = ("prompt",),
+                     same_fields: bool = False) -> tuple[list[Row], list[int]]:
+    """``read_jsonl``'s rows and the line number of each (1-based), for errors that name ``file:line``."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"data file {p} does not exist")
@@ -54,6 +60,7 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",), same_fie
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{p}:{line}: not UTF-8 text ({exc.reason}); is this a JSONL file?") from None
     rows: list[Row] = []
+    lines: list[int] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -79,9 +86,10 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",), same_fie
                             f"({', '.join(sorted(rows[0]))}); every row of a task file needs the same fields, "
                             "which reward functions receive as columns")
         rows.append(obj)
+        lines.append(lineno)
     if not rows:
         raise DataError(f"{p} holds no examples (an empty dataset)")
-    return rows
+    return rows, lines
 
 
 def detect_format(path: str | Path) -> str:
@@ -92,5 +100,11 @@ def detect_format(path: str | Path) -> str:
 
 def load_rows(path: str | Path) -> tuple[str, list[Row]]:
     """(format, rows) of a JSONL task file; every row must have the fields of the first, which set the format."""
+    fmt, rows, _ = load_rows_lines(path)
+    return fmt, rows
+
+
+def load_rows_lines(path: str | Path) -> tuple[str, list[Row], list[int]]:
+    """``load_rows`` and the line number of each row."""
     fmt = detect_format(path)
-    return fmt, read_jsonl(path, required=FORMATS[fmt], same_fields=True)
+    return (fmt, *read_jsonl_lines(path, required=FORMATS[fmt], same_fields=True))
