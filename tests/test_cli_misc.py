@@ -46,6 +46,9 @@ def test_demo_into_a_file_is_a_one_line_error_before_any_training(tmp_path, caps
     (tmp_path / "other" / "notes.txt").write_text("")  # a directory of something else: not taken over
     assert main(["demo", "--out", str(tmp_path / "other")]) == 2
     assert "already exists and holds no demo (no demo.json)" in _one_line_error(capsys)
+    (tmp_path / "other" / "summary.json").write_text("{}")  # a finished run of another command, not a demo
+    assert main(["demo", "--out", str(tmp_path / "other")]) == 2
+    assert "already exists and holds no demo (no demo.json)" in _one_line_error(capsys)
 
 
 def test_rlhf_help_leaves_out_the_flags_the_chain_sets_but_refuses_them(capsys):

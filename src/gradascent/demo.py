@@ -132,7 +132,7 @@ def _start_or_continue(out: Path, seed: int, settings: DemoSettings) -> bool:
     and settings) and has not finished; returns True when continuing one."""
     record = {"seed": seed, "settings": to_dict(settings)}
     marker = out / "demo.json"
-    if (out / "summary.json").exists():
+    if (out / "summary.json").exists() and marker.is_file():  # without demo.json: some other run (below)
         raise ConfigError(f"{out} already holds a finished demo run (summary.json); remove it or choose another "
                           "--out")
     if marker.is_file():
