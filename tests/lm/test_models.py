@@ -258,3 +258,16 @@ def test_damaged_configs_and_a_tokenizer_directory(tmp_path):
         load_model(layers)
     loaded, loaded_tok = load_model(good, tokenizer=str(good))  # a tokenizer given as its directory
     assert len(loaded_tok) == len(tok)
+
+
+def test_a_config_that_does_not_fit_the_weights_is_one_line_without_the_load_report(tmp_path, capfd):
+    model, tok = load_model("qwen2-micro")
+    save_model(model, tok, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "intermediate_size": 128}))
+    capfd.readouterr()
+    with pytest.raises(CheckpointError, match=r"config.json and model.safetensors disagree: tensor "
+                                              r"model.layers.0.mlp.down_proj.weight is \(32, 64\) in the file, "
+                                              r"\(32, 128\) for the config"):
+        load_model(tmp_path / "m")
+    assert "LOAD REPORT" not in capfd.readouterr().err  # transformers' table came before our error

@@ -209,6 +209,33 @@ def tokenizer_and_context(spec: str | os.PathLike[str]) -> tuple[Any, int | None
     return tokenizer, context if isinstance(context, int) else None
 
 
+def check_weight_shapes(path: Path) -> None:
+    """A one-line CheckpointError naming the first tensor whose shape in the directory's safetensors files
+    differs from the one its config.json builds (an edited config, or weights of another model), found
+    before ``from_pretrained`` prints its report table and raises. Only names in both are compared (a
+    checkpoint may name some tensors differently); the model is built on the meta device, so nothing is
+    allocated, and the weights are not read, only their headers."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
+    except Exception:  # noqa: BLE001 - not buildable here: from_pretrained says why, naming the directory
+        return
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception:  # noqa: BLE001 - a damaged file: from_pretrained's error names it
+            return
+        for name, shape in shapes.items():
+            if name in expected and expected[name] != shape:
+                raise CheckpointError(f"cannot load the model in {path}: its config.json and {file.name} disagree: "
+                                      f"tensor {name} is {shape} in the file, {expected[name]} for the config")
+
+
 def load_model(
     spec: str | os.PathLike[str],
     tokenizer: Any = None,
@@ -248,6 +275,8 @@ def load_model(
         tokenizer = ensure_pad_token(tokenizer if tokenizer is not None else char_tokenizer())
     else:
         tokenizer = ensure_pad_token(tokenizer) if tokenizer is not None else load_tokenizer(path)
+        if not trust_remote_code:  # a model of remote code is built by that code alone
+            check_weight_shapes(path)
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code,
                                                          dtype=torch_dtype)
