@@ -79,6 +79,24 @@ def test_preference_pairs_prefer_the_higher_score():
     assert sft_example(rows[0]) == (rows[0]["prompt"], rows[0]["chosen"])
 
 
+def test_pairs_show_repeated_words_so_a_reward_model_can_learn_what_they_earn():
+    # Uniform draws from the 34 words almost never repeat a positive word; a quarter of the words here copy
+    # one already drawn, so that pairs teach that a repeat earns nothing (PPO otherwise found the reward
+    # model's over-rating of "good good good good").
+    import random
+
+    from gradascent.tasks.preference import POSITIVE, random_completion
+
+    rng = random.Random(0)
+    words = [random_completion(rng).split() for _ in range(4000)]
+    n_words = sum(len(w) for w in words)
+    repeats = sum(len(w) - len(set(w)) for w in words)
+    assert 0.18 < repeats / n_words < 0.30, repeats / n_words  # 0.226 here; uniform draws give 0.055
+    with_positive_repeat = sum(any(w.count(p) > 1 for p in POSITIVE) for w in words)
+    assert with_positive_repeat > 400  # 721 here; uniform draws give 210 (5% of completions)
+    assert all(3 <= len(w) <= 6 for w in words)
+
+
 def test_builtin_tasks():
     task = load_task("arithmetic", n_train=50, n_eval=20, seed=2)
     assert task.kind == "answer" and len(task.train) == 50 and len(task.eval) == 20

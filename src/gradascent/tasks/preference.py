@@ -49,9 +49,15 @@ def preference_prompt(rng: random.Random) -> str:
     return f"Describe the {rng.choice(TOPICS)}:"
 
 
-def random_completion(rng: random.Random, min_words: int = 3, max_words: int = 6) -> str:
-    """A leading space then ``min_words``-``max_words`` words drawn uniformly from the task vocabulary."""
-    return " " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words)))
+def random_completion(rng: random.Random, min_words: int = 3, max_words: int = 6, repeat: float = 0.25) -> str:
+    """A leading space then ``min_words``-``max_words`` words: each drawn uniformly from the task vocabulary,
+    or, with probability ``repeat``, a copy of a word already drawn. The copies show a reward model what the
+    rule says of a repeated positive word (it earns nothing more); without them, pairs of uniform draws
+    almost never hold one, and PPO finds the reward model over-rates "good good good good"."""
+    words: list[str] = []
+    for _ in range(rng.randint(min_words, max_words)):
+        words.append(rng.choice(words) if words and rng.random() < repeat else rng.choice(WORDS))
+    return " " + " ".join(words)
 
 
 def preference_prompts(n: int, seed: int = 0) -> list[dict[str, str]]:
