@@ -2,8 +2,9 @@
 
 A model is any ``transformers`` causal LM (``AutoModelForCausalLM``); a saved model is a directory written by
 ``save_pretrained`` (config.json, model.safetensors, generation_config.json) plus the tokenizer's files, so
-it loads back with ``load_model(dir)`` or with plain ``transformers``. Nothing is downloaded: a model is
-either a preset built from a config with random weights, or a directory on disk.
+it loads back with ``load_model(dir)`` or with plain ``transformers`` (``AutoModelForCausalLM``, and for the
+built-in tokenizer ``PreTrainedTokenizerFast``, not ``AutoTokenizer``: see ``load_tokenizer``). Nothing is
+downloaded: a model is either a preset built from a config with random weights, or a directory on disk.
 
 Presets (parameter counts with the 99-token character vocabulary of ``char_tokenizer``, embeddings tied;
 ``head_dim`` is hidden / heads, RoPE theta 10,000, context 512 tokens):
