@@ -176,3 +176,11 @@ def test_every_stage_input_is_checked_before_the_first_stage_trains(tmp_path, ca
     line = cli_error(capsys, "rlhf", "--config", str(cfg), "--out", str(out), *flags)
     assert named in line
     assert not out.exists()  # nothing trained, nothing written
+
+
+def test_a_reference_that_the_sft_stage_makes_is_not_required_up_front(tmp_path):
+    cfg = tmp_path / "rlhf.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    assert main(["rlhf", "--config", str(cfg), "--out", str(out), "--ppo.reference", str(out / "sft" / "model")]) == 0
+    assert f"reference: {out}/sft/model" in (out / "ppo" / "config.yaml").read_text()

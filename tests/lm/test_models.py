@@ -271,3 +271,16 @@ def test_a_config_that_does_not_fit_the_weights_is_one_line_without_the_load_rep
                                               r"\(32, 128\) for the config"):
         load_model(tmp_path / "m")
     assert "LOAD REPORT" not in capfd.readouterr().err  # transformers' table came before our error
+
+
+def test_tokenizer_and_context_read_the_config_as_transformers_maps_it(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gradascent.lm.models import tokenizer_and_context
+
+    tok = char_tokenizer()
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=16, n_layer=1, n_head=2))
+    save_model(model, tok, tmp_path / "gpt2")  # GPT-2 names its context n_positions in config.json
+    again, context = tokenizer_and_context(tmp_path / "gpt2")
+    assert context == 64 and again("a b")["input_ids"] == tok("a b")["input_ids"]
+    assert tokenizer_and_context("qwen2-micro")[1] == 512

@@ -7,7 +7,7 @@ from typing import Literal
 import pytest
 
 from gradascent.errors import ConfigError
-from gradascent.run.config import add_config_flags, field_docs, flag_values, from_dict, load_config, require
+from gradascent.run.config import add_config_flags, field_docs, flag_values, from_dict, load_config, read_yaml, require
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,13 @@ def test_bad_yaml_files(tmp_path, text, message):
     f.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(Cfg, f)
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    # `<<: *anchor` merges a mapping, whose keys the mapping may then override: not a key given twice
+    f = tmp_path / "c.yaml"
+    f.write_text("base: &b {lr: 0.1, steps: 2}\nsft:\n  <<: *b\n  lr: 0.2\n")
+    assert read_yaml(f)["sft"] == {"lr": 0.2, "steps": 2}
 
 
 def test_missing_and_binary_config_files(tmp_path):

@@ -227,3 +227,20 @@ def test_task_arguments_and_rows_built_in_python_are_checked(tmp_path):
     one.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
     with pytest.raises(DataError, match="1 preference pair\\(s\\): too few to hold any out"):
         preference_data(str(one), 10, 10, seed=0)
+
+
+def test_a_file_task_names_its_rows_by_line_and_a_copy_with_other_rows_by_number(tmp_path):
+    import dataclasses
+
+    from gradascent.tasks import load_task, row_names
+
+    f = tmp_path / "t.jsonl"
+    f.write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) + "\n" + ("\n" if i == 1 else "")
+                         for i in range(6)))
+    task = load_task(str(f), eval_fraction=0.5, seed=0)
+    lines = {json.loads(line)["prompt"]: n for n, line in enumerate(f.read_text().splitlines(), 1) if line}
+    for split, rows in (("train", task.train), ("eval", task.eval)):
+        assert row_names(task, split) == [f"{f}:{lines[r['prompt']]}" for r in rows]  # line 4 follows a blank
+    subset = dataclasses.replace(task, train=task.train[:1])  # as the demo copies tasks: names by number then
+    assert row_names(subset, "train") == [f"{f} train row 1"]
+    assert row_names(subset, "eval") == row_names(task, "eval")

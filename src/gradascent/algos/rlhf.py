@@ -116,7 +116,9 @@ def check_inputs(cfg: RLHFConfig) -> None:
     check_pair_lengths(tokenizer, train + held_out, rm_cfg.max_length)
     check_prompt_lengths(ppo_cfg, load_prompt_set(cfg.task, ppo_cfg.eval_prompts, cfg.seed), tokenizer, context,
                          cfg.task)
-    if ppo_cfg.reference is not None:
+    out = Path(cfg.out).resolve()
+    reference = Path(ppo_cfg.reference).resolve() if ppo_cfg.reference is not None else None
+    if reference is not None and (reference.exists() or out not in reference.parents):  # not one a stage makes
         check_reference_tokenizer(ppo_cfg.reference, tokenizer_and_context(ppo_cfg.reference)[0], sft_model,
                                   tokenizer)
 

@@ -200,13 +200,18 @@ def tokenizer_and_context(spec: str | os.PathLike[str]) -> tuple[Any, int | None
     path = _model_dir(spec)
     if path is None:
         return ensure_pad_token(char_tokenizer()), PRESET_CONTEXT
+    from transformers import AutoConfig
+
     tokenizer = load_tokenizer(path)
-    config = read_json(path / "config.json")
-    n_rows = config.get("vocab_size")
+    try:  # transformers' config, which maps each architecture's names (GPT-2's n_positions) onto the usual ones
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - name the directory at fault, as load_model does
+        raise CheckpointError(f"cannot load the model config in {path}: {type(exc).__name__}: {exc}") from None
+    n_rows = getattr(config, "vocab_size", None)
     if isinstance(n_rows, int) and len(tokenizer) > n_rows:
         raise CheckpointError(f"tokenizer/model vocabulary mismatch: the tokenizer has {len(tokenizer)} tokens but "
                               f"the model's embedding has only {n_rows} rows")
-    context = config.get("max_position_embeddings")
+    context = getattr(config, "max_position_embeddings", None)
     return tokenizer, context if isinstance(context, int) else None
 
 
@@ -221,6 +226,8 @@ def check_weight_shapes(path: Path) -> None:
 
     try:
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        if getattr(config, "quantization_config", None) is not None:
+            return  # packed weights have other shapes than the plain model the config builds
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
     except Exception:  # noqa: BLE001 - not buildable here: from_pretrained says why, naming the directory

@@ -68,10 +68,13 @@ class Task:
                     what = ("not a dict" if not isinstance(row, dict) else "no 'prompt' field"
                             if "prompt" not in row else f"prompt {prompt!r}, not a non-empty string")
                     raise DataError(f"task {self.name!r}: {split} row {i} has {what} ({row!r:.80})")
-        for split, names in self.sources.items():
-            rows = {"train": self.train, "eval": self.eval}.get(split)
-            if rows is None or len(names) != len(rows):
-                raise DataError(f"task {self.name!r}: sources[{split!r}] must name each of its {split} rows")
+        # Sources that do not name each row of their split (a task copied with other rows, as
+        # dataclasses.replace(task, train=subset) does) are dropped: the rows are then named by number.
+        rows_of = {"train": self.train, "eval": self.eval}
+        kept = {split: list(names) for split, names in self.sources.items()
+                if split in rows_of and len(names) == len(rows_of[split])}
+        if kept != self.sources:
+            object.__setattr__(self, "sources", kept)
         if len(self.reward_weights) not in (0, len(self.reward_fns)):
             raise DataError(f"task {self.name!r}: {len(self.reward_weights)} reward weights for "
                             f"{len(self.reward_fns)} reward functions")
