@@ -284,3 +284,16 @@ def test_tokenizer_and_context_read_the_config_as_transformers_maps_it(tmp_path)
     again, context = tokenizer_and_context(tmp_path / "gpt2")
     assert context == 64 and again("a b")["input_ids"] == tok("a b")["input_ids"]
     assert tokenizer_and_context("qwen2-micro")[1] == 512
+
+
+def test_a_character_tokenizer_saved_as_qwen2_before_the_fix_loads_right_with_a_warning(tmp_path):
+    from transformers import AutoTokenizer
+
+    model, tok = load_model("qwen2-micro")
+    save_model(model, tok, tmp_path / "first")
+    as_qwen2 = AutoTokenizer.from_pretrained(str(tmp_path / "first"))  # what load_tokenizer used to return
+    save_model(model, as_qwen2, tmp_path / "old")  # as the reward-model and PPO stages then saved it
+    assert type(as_qwen2).__name__ == "Qwen2Tokenizer"
+    with pytest.warns(UserWarning, match="drops spaces and newlines"):
+        again = load_tokenizer(tmp_path / "old")
+    assert again("a b\nc", add_special_tokens=False)["input_ids"] == tok("a b\nc", add_special_tokens=False)["input_ids"]

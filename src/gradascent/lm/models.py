@@ -24,8 +24,10 @@ With a 32k vocabulary the tied embedding adds 32,000 x hidden parameters (8.2 M 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +161,19 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
             tok = AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - transformers also reads config.json here: name the directory
         raise CheckpointError(f"cannot load the tokenizer in {p}: {type(exc).__name__}: {exc}") from None
+    if not generic and tok.get_vocab() == _char_vocab():
+        # The built-in character tokenizer, saved after it had been loaded as a model-specific class (as
+        # AutoTokenizer did for qwen2 directories before 2026-12-03): that class drops spaces and newlines.
+        warnings.warn(f"{p} holds the built-in character tokenizer saved as {type(tok).__name__}, which drops "
+                      "spaces and newlines; it is loaded as the character tokenizer (save the model again to "
+                      "store it so)", stacklevel=2)
+        tok = char_tokenizer()
     return ensure_pad_token(tok)
+
+
+@functools.lru_cache(maxsize=1)
+def _char_vocab() -> dict[str, int]:
+    return char_tokenizer().get_vocab()
 
 
 def _saved_tokenizer_class(path: Path) -> str | None:
