@@ -297,3 +297,14 @@ def test_a_character_tokenizer_saved_as_qwen2_before_the_fix_loads_right_with_a_
     with pytest.warns(UserWarning, match="drops spaces and newlines"):
         again = load_tokenizer(tmp_path / "old")
     assert again("a b\nc", add_special_tokens=False)["input_ids"] == tok("a b\nc", add_special_tokens=False)["input_ids"]
+
+
+def test_a_lone_tokenizer_json_loads_as_it_is(tmp_path):
+    # No tokenizer_config.json names a class: AutoTokenizer took the model type's (Qwen2's, which drops spaces)
+    model, tok = load_model("qwen2-micro")
+    save_model(model, tok, tmp_path / "m")
+    (tmp_path / "m" / "tokenizer_config.json").unlink()
+    with pytest.warns(UserWarning, match="without its tokenizer_config.json"):
+        again = load_tokenizer(tmp_path / "m")
+    assert again("a b\nc", add_special_tokens=False)["input_ids"] == tok("a b\nc", add_special_tokens=False)["input_ids"]
+    assert (len(again), again.eos_token_id, again.pad_token_id) == (99, 1, 0)

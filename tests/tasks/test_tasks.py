@@ -244,3 +244,27 @@ def test_a_file_task_names_its_rows_by_line_and_a_copy_with_other_rows_by_number
     subset = dataclasses.replace(task, train=task.train[:1])  # as the demo copies tasks: names by number then
     assert row_names(subset, "train") == [f"{f} train row 1"]
     assert row_names(subset, "eval") == row_names(task, "eval")
+
+
+def test_numbers_in_required_fields_keep_the_text_as_written(tmp_path):
+    # str() of the parsed float rewrote answers ("2.50" -> "2.5", "1e5" -> "100000.0"), so exact_match could
+    # never score the file's own answer; other fields stay numbers for the reward functions
+    from gradascent.tasks import load_task, sft_example
+
+    f = tmp_path / "num.jsonl"
+    f.write_text('{"prompt": "2e5/2=", "answer": 1e5, "w": [1]}\n'
+                 '{"prompt": "5/2=", "answer": 2.50, "w": [1.5, {"x": 2e0}]}\n'
+                 '{"prompt": "1-1=", "answer": -0.0, "w": 1e-7}\n'
+                 '{"prompt": "9+10=", "answer": 19, "w": 0}\n')
+    task = load_task(str(f), eval_fraction=0.0)
+    assert [sft_example(r)[1] for r in task.train] == ["1e5", "2.50", "-0.0", "19"]
+    assert [r["w"] for r in task.train] == [[1], [1.5, {"x": 2.0}], 1e-7, 0]
+    assert type(task.train[2]["w"]) is float and type(task.train[1]["w"][1]["x"]) is float
+
+
+def test_a_line_ends_at_newline_only(tmp_path):
+    # U+2028, U+2029 and U+0085 may stand unescaped in a JSON string; str.splitlines cut the row there
+    f = tmp_path / "u.jsonl"
+    rows = [{"prompt": f"a{sep}b", "answer": "1"} for sep in ("\u2028", "\u2029", "\u0085")]
+    f.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n", encoding="utf-8")
+    assert read_jsonl(f) == rows

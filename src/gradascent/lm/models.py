@@ -153,7 +153,9 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
     p = Path(path)
     if not p.is_dir() or not _has_tokenizer(p):
         raise CheckpointError(f"no tokenizer in {p}: tokenizer.json / tokenizer_config.json is missing")
-    generic = (p / "tokenizer.json").is_file() and _saved_tokenizer_class(p) in GENERIC_TOKENIZER_CLASSES
+    # tokenizer.json with no tokenizer_config.json names no class: it too is loaded as it is
+    generic = (p / "tokenizer.json").is_file() and (_saved_tokenizer_class(p) in GENERIC_TOKENIZER_CLASSES
+                                                    or not (p / "tokenizer_config.json").is_file())
     try:
         if generic:
             tok = PreTrainedTokenizerFast.from_pretrained(str(p))
@@ -161,14 +163,19 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
             tok = AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - transformers also reads config.json here: name the directory
         raise CheckpointError(f"cannot load the tokenizer in {p}: {type(exc).__name__}: {exc}") from None
-    if not generic and tok.get_vocab() == _char_vocab():
+    if tok.get_vocab() == _char_vocab() and (not generic or tok.eos_token_id is None):
         # The built-in character tokenizer, saved after it had been loaded as a model-specific class (as
-        # AutoTokenizer did for qwen2 directories before 2026-12-03): that class drops spaces and newlines.
-        warnings.warn(f"{p} holds the built-in character tokenizer saved as {type(tok).__name__}, which drops "
-                      "spaces and newlines; it is loaded as the character tokenizer (save the model again to "
-                      "store it so)", stacklevel=2)
+        # AutoTokenizer did for qwen2 directories before 2026-12-03; that class drops spaces and newlines), or
+        # without the tokenizer_config.json that says which token is EOS.
+        how = (f"saved as {type(tok).__name__}, which drops spaces and newlines" if not generic
+               else "without its tokenizer_config.json (which names the EOS and pad tokens)")
+        warnings.warn(f"{p} holds the built-in character tokenizer {how}; it is loaded as the character tokenizer "
+                      "(save the model again to store it so)", stacklevel=2)
         tok = char_tokenizer()
-    return ensure_pad_token(tok)
+    try:
+        return ensure_pad_token(tok)
+    except DataError as exc:
+        raise DataError(f"the tokenizer in {p}: {exc}") from None
 
 
 @functools.lru_cache(maxsize=1)

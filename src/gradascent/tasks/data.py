@@ -33,10 +33,35 @@ FORMATS: dict[str, tuple[str, ...]] = {
 }
 
 
+class _Float(float):
+    """A JSON number with a fraction or an exponent, with its text as written: a required field is text, and
+    str() of the float would rewrite an answer ("2.50" -> "2.5", "1e5" -> "100000.0")."""
+
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> float:
+        number = cls(text)
+        number.text = text
+        return number
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every ``_Float`` left in it (in fields other than the required ones) a plain float."""
+    if isinstance(value, _Float):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def read_jsonl(path: str | Path, required: Sequence[str] = ("prompt",), same_fields: bool = False) -> list[Row]:
     """Rows of a JSONL file, each an object holding every field of ``required`` as text.
 
-    Numbers in a required field (``"answer": 19``) are turned into their text; any other type is an error.
+    Numbers in a required field (``"answer": 19``, ``2.50``, ``1e5``) are turned into their text as written; any
+    other type is an error.
     With ``same_fields`` every row must have the first row's fields, no more and no fewer (a task's rows
     become the columns of its reward functions, one list per field).
     """
@@ -61,11 +86,14 @@ def read_jsonl_lines(path: str | Path, required: Sequence[str] = ("prompt",),
         raise DataError(f"{p}:{line}: not UTF-8 text ({exc.reason}); is this a JSONL file?") from None
     rows: list[Row] = []
     lines: list[int] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" alone (and a "\r" before it): str.splitlines would also split inside a JSON string
+    # at U+2028, U+2029 or U+0085, which JSON allows unescaped.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, parse_float=_Float.parse)
         except json.JSONDecodeError as exc:
             raise DataError(f"{p}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(obj, dict):
@@ -77,7 +105,8 @@ def read_jsonl_lines(path: str | Path, required: Sequence[str] = ("prompt",),
             value = obj[key]
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise DataError(f"{p}:{lineno}: field '{key}' must be text, got {type(value).__name__}")
-            obj[key] = value if isinstance(value, str) else str(value)
+            obj[key] = value if isinstance(value, str) else getattr(value, "text", str(value))
+        obj = _plain(obj)
         if "prompt" in required and not obj["prompt"]:
             raise DataError(f"{p}:{lineno}: field 'prompt' is empty; every row needs a prompt of at least one "
                             "character")
