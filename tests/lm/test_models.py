@@ -308,3 +308,13 @@ def test_a_lone_tokenizer_json_loads_as_it_is(tmp_path):
         again = load_tokenizer(tmp_path / "m")
     assert again("a b\nc", add_special_tokens=False)["input_ids"] == tok("a b\nc", add_special_tokens=False)["input_ids"]
     assert (len(again), again.eos_token_id, again.pad_token_id) == (99, 1, 0)
+
+
+def test_texts_the_tokenizer_cannot_encode_are_warned_of_by_name():
+    from gradascent.lm.tokenizers import warn_unknown
+
+    tok = char_tokenizer()
+    with pytest.warns(UserWarning, match=r"sft: 2 of 3 texts hold characters the tokenizer encodes as <unk> "
+                                         r"\(the first: f.jsonl:2, 'café'\)"):
+        assert warn_unknown(tok, ["plain", "café", "a\tb"], ["f.jsonl:1", "f.jsonl:2", "f.jsonl:3"], "sft") == 2
+    assert warn_unknown(tok, ["all ASCII\n"], ["x"], "sft") == 0

@@ -77,7 +77,7 @@ from gradascent.lm import (
 )
 from gradascent.lm.grouped import GroupedLogprobs
 from gradascent.lm.models import check_vocab, eval_mode
-from gradascent.lm.tokenizers import check_prompt_lengths
+from gradascent.lm.tokenizers import check_prompt_lengths, warn_unknown
 from gradascent.rewards import RewardFn, check_columns, resolve_reward, score
 from gradascent.tasks import Task, describe_rows, load_task, row_names
 from gradascent.run import distributed
@@ -600,6 +600,9 @@ def train_grpo(
     for rows, split in ((train_rows, "training"), (eval_rows, "held-out")):
         if rows:
             check_columns(reward_fns, [k for k in rows[0] if k != "prompt"], f"task {task.name!r} ({split})")
+    # text the model can neither read nor write: a prompt, or an answer it could then never give
+    texts = [" ".join(str(r[k]) for k in ("prompt", "answer") if k in r) for r in train_rows]
+    warn_unknown(tokenizer, texts, row_names(task, "train"), f"GRPO on task {task.name!r} (prompts and answers)")
     max_new = cfg.max_new_tokens or task.max_new_tokens
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and max_new >= context:

@@ -47,6 +47,7 @@ from gradascent.lm.generate import generate
 from gradascent.lm.logprobs import SequenceLogprobs, sequence_logprobs
 from gradascent.lm.models import count_parameters, eval_mode, load_model, save_model
 from gradascent.lm.tokenizers import check_prompt_lengths, decode_completions, encode_prompts, eos_token_ids
+from gradascent.lm.tokenizers import warn_unknown
 from gradascent.rewards import check_columns, metric_names, score
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
@@ -398,6 +399,8 @@ def check_examples(cfg: SFTConfig, task: Task, tokenizer: Any,
     """The (training, eval) examples encoded, once checked to fit ``max_length`` and the model's context
     (and the eval prompts that ``eval_generate`` completes, to leave room for the task's completion budget)."""
     names = {split: row_names(task, split) for split in ("train", "eval")}
+    rows, where = task.train + task.eval, names["train"] + names["eval"]
+    warn_unknown(tokenizer, ["".join(sft_example(r)) for r in rows], where, f"SFT on {cfg.task}")
     train_ex = encode_examples(tokenizer, task.train, cfg.max_length, names["train"])
     eval_ex = encode_examples(tokenizer, task.eval, cfg.max_length, names["eval"]) if task.eval else []
     for split, examples in (("train", train_ex), ("eval", eval_ex)):  # positions restart per example

@@ -20,6 +20,7 @@ Conventions shared by generation, log-probs and the trainers:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -103,6 +104,24 @@ def check_prompt_lengths(tokenizer: Any, prompts: Sequence[str], max_tokens: int
             if len(row) > max_tokens:
                 raise DataError(f"{what}: {name} is {len(row)} tokens long, more than the {max_tokens} that "
                                 f"fit: {prompts[i]!r:.60}")
+
+
+def warn_unknown(tokenizer: Any, texts: Sequence[str], names: Sequence[str], what: str) -> int:
+    """Warn (once, naming the first) when some of ``texts`` hold characters the tokenizer can only encode as
+    its unknown token, such as a tab or a non-ASCII letter for the built-in character tokenizer: a model
+    trained on them learns <unk>, and can never write such a character back. Returns how many texts do."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return 0
+    hits = []
+    for start in range(0, len(texts), 1024):
+        ids = tokenizer(list(texts[start:start + 1024]), add_special_tokens=False,
+                        return_attention_mask=False)["input_ids"]
+        hits += [start + i for i, row in enumerate(ids) if unk in row]
+    if hits:
+        warnings.warn(f"{what}: {len(hits)} of {len(texts)} texts hold characters the tokenizer encodes as "
+                      f"{tokenizer.unk_token} (the first: {names[hits[0]]}, {texts[hits[0]]!r:.60})", stacklevel=2)
+    return len(hits)
 
 
 def encode_prompts(
