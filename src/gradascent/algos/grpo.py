@@ -77,7 +77,7 @@ from gradascent.lm import (
 )
 from gradascent.lm.grouped import GroupedLogprobs
 from gradascent.lm.models import check_vocab, eval_mode
-from gradascent.lm.tokenizers import check_prompt_lengths, warn_unknown
+from gradascent.lm.tokenizers import check_fits_context, warn_unknown
 from gradascent.rewards import RewardFn, check_columns, resolve_reward, score
 from gradascent.tasks import Task, describe_rows, load_task, row_names
 from gradascent.run import distributed
@@ -605,15 +605,11 @@ def train_grpo(
     warn_unknown(tokenizer, texts, row_names(task, "train"), f"GRPO on task {task.name!r} (prompts and answers)")
     max_new = cfg.max_new_tokens or task.max_new_tokens
     context = getattr(model.config, "max_position_embeddings", None)
-    if context is not None and max_new >= context:
-        raise ConfigError(f"max_new_tokens={max_new} leaves no room for a prompt in the model's context of "
-                          f"{context} tokens")
-    if context is not None:  # every prompt plus a whole completion must fit the model's context
-        for rows, split, names in ((train_rows, "training", row_names(task, "train")),
-                                   (eval_rows, "held-out", row_names(task, "eval"))):
-            check_prompt_lengths(tokenizer, [r["prompt"] for r in rows], context - max_new,
-                                 f"task {task.name!r}, {split} rows (model context {context}, "
-                                 f"max_new_tokens {max_new})", names[:len(rows)])
+    for rows, split, names in ((train_rows, "training", row_names(task, "train")),  # prompt + completion fit
+                               (eval_rows, "held-out", row_names(task, "eval"))):
+        check_fits_context(tokenizer, [r["prompt"] for r in rows], context, max_new,
+                           f"task {task.name!r}, {split} rows (model context {context}, max_new_tokens {max_new})",
+                           names[:len(rows)])
     run = RunDir(out, tensorboard=True) if dist_info.is_main else None
     eos = eos_token_ids(tokenizer, model) if cfg.stop_at_eos else []
     # The training forward; under torchrun in DDP, or sharded with FSDP2 (then model's parameters are shards).

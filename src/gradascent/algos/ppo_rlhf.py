@@ -64,7 +64,7 @@ from gradascent.core import (
     whiten,
 )
 from gradascent.errors import ConfigError, DataError, NonFiniteError
-from gradascent.lm.tokenizers import check_prompt_lengths
+from gradascent.lm.tokenizers import check_fits_context
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gradascent.run.command import finish
@@ -525,14 +525,9 @@ def check_lengths(cfg: PPORLHFConfig, prompt_set: PromptSet, tokenizer: Any, con
                   source: str) -> None:
     """Every prompt plus ``max_new_tokens`` fits the policy's ``context``, or a ConfigError / DataError that
     names the first prompt that does not (``source`` says where the prompts came from)."""
-    if context is None:
-        return
-    if cfg.max_new_tokens >= context:
-        raise ConfigError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the policy's "
-                          f"context of {context} tokens")
     for prompts, split in ((prompt_set.train, "training"), (prompt_set.eval, "held-out")):
-        check_prompt_lengths(tokenizer, prompts, context - cfg.max_new_tokens,
-                             f"{source}, {split} prompts (policy context {context}, max_new_tokens {cfg.max_new_tokens})")
+        check_fits_context(tokenizer, prompts, context, cfg.max_new_tokens, f"{source}, {split} prompts (policy "
+                           f"context {context}, max_new_tokens {cfg.max_new_tokens})", holder="policy")
 
 
 def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,

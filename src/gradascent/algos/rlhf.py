@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from gradascent.algos.ppo_rlhf import PPORLHFConfig, check_reference_tokenizer, load_prompt_set, train_ppo_rlhf
-from gradascent.algos.ppo_rlhf import check_lengths as check_prompt_lengths
+from gradascent.algos.ppo_rlhf import check_lengths as check_ppo_prompts
 from gradascent.algos.reward_model import RewardModelConfig, train_reward_model
 from gradascent.algos.reward_model import check_lengths as check_pair_lengths
 from gradascent.algos.rlhf_data import preference_data
@@ -114,8 +114,8 @@ def check_inputs(cfg: RLHFConfig) -> None:
     check_examples(sft_cfg, sft_task(sft_cfg), tokenizer, context)
     train, held_out = preference_data(cfg.task, rm_cfg.train_pairs, rm_cfg.eval_pairs, cfg.seed, rm_cfg.eval_fraction)
     check_pair_lengths(tokenizer, train + held_out, rm_cfg.max_length)
-    check_prompt_lengths(ppo_cfg, load_prompt_set(cfg.task, ppo_cfg.eval_prompts, cfg.seed), tokenizer, context,
-                         cfg.task)
+    check_ppo_prompts(ppo_cfg, load_prompt_set(cfg.task, ppo_cfg.eval_prompts, cfg.seed), tokenizer, context,
+                      cfg.task)
     out = Path(cfg.out).resolve()
     reference = Path(ppo_cfg.reference).resolve() if ppo_cfg.reference is not None else None
     if reference is not None and (reference.exists() or out not in reference.parents):  # not one a stage makes

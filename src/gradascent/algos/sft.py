@@ -399,10 +399,10 @@ def check_examples(cfg: SFTConfig, task: Task, tokenizer: Any,
     """The (training, eval) examples encoded, once checked to fit ``max_length`` and the model's context
     (and the eval prompts that ``eval_generate`` completes, to leave room for the task's completion budget)."""
     names = {split: row_names(task, split) for split in ("train", "eval")}
-    rows, where = task.train + task.eval, names["train"] + names["eval"]
-    warn_unknown(tokenizer, ["".join(sft_example(r)) for r in rows], where, f"SFT on {cfg.task}")
     train_ex = encode_examples(tokenizer, task.train, cfg.max_length, names["train"])
     eval_ex = encode_examples(tokenizer, task.eval, cfg.max_length, names["eval"]) if task.eval else []
+    warn_unknown(tokenizer, ["".join(sft_example(r)) for r in task.train + task.eval], names["train"] + names["eval"],
+                 f"SFT on {cfg.task}", encoded=[ids for ids, _ in train_ex + eval_ex])
     for split, examples in (("train", train_ex), ("eval", eval_ex)):  # positions restart per example
         too_long = [i for i, (ids, _) in enumerate(examples) if context is not None and len(ids) > context]
         if too_long:

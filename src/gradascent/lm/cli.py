@@ -90,14 +90,14 @@ def _positive(name: str, value: int | None) -> None:
 
 def _check_fit(model: nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int, what: str,
                names: list[str]) -> None:
-    """Every prompt plus ``max_new_tokens`` fits the model's context, or a DataError naming the first that
-    does not by its entry in ``names`` (a file's line, or the --prompt flag)."""
-    from gradascent.lm.tokenizers import check_prompt_lengths
+    """Every prompt plus ``max_new_tokens`` fits the model's context, or an error naming the first that does
+    not by its entry in ``names`` (a file's line, or the --prompt flag)."""
+    from gradascent.lm.tokenizers import check_fits_context
 
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(context, int):
-        check_prompt_lengths(tokenizer, prompts, context - max_new_tokens,
-                             f"{what} (model context {context}, max_new_tokens {max_new_tokens})", names)
+    context = context if isinstance(context, int) else None
+    check_fits_context(tokenizer, prompts, context, max_new_tokens,
+                       f"{what} (model context {context}, max_new_tokens {max_new_tokens})", names)
 
 
 def _seed(name: str, value: int) -> None:

@@ -163,7 +163,8 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
             tok = AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - transformers also reads config.json here: name the directory
         raise CheckpointError(f"cannot load the tokenizer in {p}: {type(exc).__name__}: {exc}") from None
-    if tok.get_vocab() == _char_vocab() and (not generic or tok.eos_token_id is None):
+    char_like = len(tok) == len(_char_vocab()) and tok.get_vocab() == _char_vocab()  # the length first: cheap
+    if char_like and (not generic or tok.eos_token_id is None):
         # The built-in character tokenizer, saved after it had been loaded as a model-specific class (as
         # AutoTokenizer did for qwen2 directories before 2026-12-03; that class drops spaces and newlines), or
         # without the tokenizer_config.json that says which token is EOS.

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradascent.errors import DataError
+from gradascent.errors import ConfigError, DataError
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 # Printable ASCII (space to tilde) and newline: enough for every built-in task.
@@ -106,22 +106,37 @@ def check_prompt_lengths(tokenizer: Any, prompts: Sequence[str], max_tokens: int
                                 f"fit: {prompts[i]!r:.60}")
 
 
-def warn_unknown(tokenizer: Any, texts: Sequence[str], names: Sequence[str], what: str) -> int:
+def warn_unknown(tokenizer: Any, texts: Sequence[str], names: Sequence[str], what: str,
+                 encoded: Sequence[Sequence[int]] | None = None) -> int:
     """Warn (once, naming the first) when some of ``texts`` hold characters the tokenizer can only encode as
     its unknown token, such as a tab or a non-ASCII letter for the built-in character tokenizer: a model
-    trained on them learns <unk>, and can never write such a character back. Returns how many texts do."""
+    trained on them learns <unk>, and can never write such a character back. Returns how many texts do.
+    ``encoded``: the texts' token ids where the caller has them already (they are not tokenized again)."""
     unk = getattr(tokenizer, "unk_token_id", None)
     if unk is None:
         return 0
     hits = []
     for start in range(0, len(texts), 1024):
-        ids = tokenizer(list(texts[start:start + 1024]), add_special_tokens=False,
-                        return_attention_mask=False)["input_ids"]
+        ids = (encoded[start:start + 1024] if encoded is not None else
+               tokenizer(list(texts[start:start + 1024]), add_special_tokens=False,
+                         return_attention_mask=False)["input_ids"])
         hits += [start + i for i, row in enumerate(ids) if unk in row]
     if hits:
         warnings.warn(f"{what}: {len(hits)} of {len(texts)} texts hold characters the tokenizer encodes as "
                       f"{tokenizer.unk_token} (the first: {names[hits[0]]}, {texts[hits[0]]!r:.60})", stacklevel=2)
     return len(hits)
+
+
+def check_fits_context(tokenizer: Any, prompts: Sequence[str], context: int | None, max_new_tokens: int,
+                       what: str, names: Sequence[str] | None = None, holder: str = "model") -> None:
+    """Every prompt plus ``max_new_tokens`` fits ``context`` (the ``holder``'s, e.g. "policy"), or a
+    ConfigError (no room for any prompt) or ``check_prompt_lengths``'s DataError. No context: no limit."""
+    if context is None:
+        return
+    if max_new_tokens >= context:
+        raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the {holder}'s "
+                          f"context of {context} tokens")
+    check_prompt_lengths(tokenizer, prompts, context - max_new_tokens, what, names)
 
 
 def encode_prompts(
