@@ -102,6 +102,22 @@ def test_eval_of_a_policy_that_does_not_fit_its_env_or_its_network_is_one_line(t
         assert (broken / "policy.safetensors").read_bytes() == weights
 
 
+def test_eval_of_a_box_policy_whose_bounds_differ_from_its_envs_is_one_line(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "run"
+    assert main(["rl", "reinforce", "--env", "Pendulum-v1", "--total-steps", "400", "--out", str(out),
+                 "--tensorboard", "false", "--no-progress"]) == 0
+    meta = json.loads((out / "policy.json").read_text())
+    assert meta["network"]["action"]["low"] == [-2.0] and meta["network"]["action"]["high"] == [2.0]
+    meta["network"]["action"]["low"] = [-1.0]  # as if Pendulum's torque limit had changed since training
+    (out / "policy.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["rl", "eval", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "built for Box actions in [-1, 2], but Pendulum-v1's Box is [-2, 2]" in err, err
+
+
 def test_help_names_the_presets_that_replace_the_listed_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["rl", "ppo", "--help"])

@@ -87,6 +87,15 @@ def check_env_fits(policy: ActorCritic, envs: gym.vector.VectorEnv, env_id: str)
     if (obs_dim, action.kind, action.dim) != (policy.obs_dim, policy.action.kind, policy.action.dim):
         raise ConfigError(f"the policy was built for {_describe(policy.obs_dim, policy.action)}, but {env_id} has "
                           f"{_describe(obs_dim, action)}")
+    mine = (tuple(policy.action.low), tuple(policy.action.high))
+    if action.kind == "box" and (action.low, action.high) != mine:
+        # the policy clips its actions to the bounds it was trained with; other bounds would be ignored
+        raise ConfigError(f"the policy was built for Box actions in [{_bounds(mine[0])}, {_bounds(mine[1])}], but "
+                          f"{env_id}'s Box is [{_bounds(action.low)}, {_bounds(action.high)}]")
+
+
+def _bounds(values: tuple[float, ...]) -> str:
+    return f"{values[0]:g}" if len(set(values)) == 1 else "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 @torch.no_grad()
