@@ -11,10 +11,11 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from typing import NoReturn
 
 from gradascent import __version__
-from gradascent.errors import GradascentError
+from gradascent.errors import GradascentError, GradascentWarning
 
 # Modules that contribute commands, in the order of `gradascent --help`.
 COMMAND_MODULES: list[str] = [
@@ -36,6 +37,18 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> "NoReturn":  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line_warnings(standard):  # type: ignore[no-untyped-def]
+    """A ``warnings.showwarning`` that prints gradascent's own warnings (``GradascentWarning``) as one line on
+    stderr, like its errors (the Python source line under a warning says nothing to a user of the command
+    line), and hands anyone else's to ``standard``."""
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if issubclass(category, GradascentWarning):
+            print(f"gradascent: warning: {message}", file=file if file is not None else sys.stderr)
+        else:
+            standard(message, category, filename, lineno, file, line)
+    return show
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            return int(args.func(args) or 0)
     except GradascentError as exc:
         if args.debug:
             raise

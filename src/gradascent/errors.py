@@ -1,4 +1,5 @@
-"""User-facing errors. The command line prints their message on one line and exits non-zero."""
+"""User-facing errors and warnings. The command line prints their message on one line (errors: and exits
+non-zero)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,8 @@ class CheckpointError(GradascentError):
 
 class NonFiniteError(GradascentError):
     """Training produced NaN or inf too often to continue (or a reward function returned one)."""
+
+
+class GradascentWarning(UserWarning):
+    """Something in the user's input or run worth knowing that does not stop it (data the tokenizer cannot
+    encode, episodes cut without ending); the command line prints it on one line."""

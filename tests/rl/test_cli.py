@@ -154,3 +154,28 @@ def test_resuming_a_finished_run_with_its_own_budget_leaves_it_as_it_was(tmp_pat
     # A budget below the steps taken is still refused.
     assert main([*argv, "--resume", "--total-steps", "512"]) == 2
     assert "total_steps=512 is below the 1024 env steps" in capsys.readouterr().err
+
+
+def test_the_library_s_warnings_are_one_line_on_the_command_line(tmp_path, capsys, monkeypatch):
+    import functools
+    import json
+    import warnings
+
+    from gradascent.rl import saved
+
+    out = tmp_path / "run"
+    assert main(["rl", "reinforce", "--env", "GradascentTest/Trunc-v0", "--total-steps", "12", "--num-envs", "2",
+                 "--out", str(out), "--tensorboard", "false", "--no-progress"]) == 0
+    meta = json.loads((out / "policy.json").read_text())
+    (out / "policy.json").write_text(json.dumps({**meta, "env": "GradascentTest/Endless-v0"}))  # same spaces
+    monkeypatch.setattr(saved, "run_episodes", functools.partial(saved.run_episodes, max_steps=5))
+    capsys.readouterr()
+    assert main(["rl", "eval", str(out), "--episodes", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err == ("gradascent: warning: 2 of 2 evaluation episodes were cut at 5 steps without ending (does the "
+                   "environment set no time limit?); their returns are partial\n"), err
+    # Python's own format is back once the command returns
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warnings.warn("after the command")
+    assert [str(w.message) for w in seen] == ["after the command"]

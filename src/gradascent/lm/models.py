@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradascent.errors import CheckpointError, ConfigError, DataError
+from gradascent.errors import CheckpointError, ConfigError, DataError, GradascentWarning
 from gradascent.lm.tokenizers import char_tokenizer, ensure_pad_token
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -171,7 +171,7 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
         how = (f"saved as {type(tok).__name__}, which drops spaces and newlines" if not generic
                else "without its tokenizer_config.json (which names the EOS and pad tokens)")
         warnings.warn(f"{p} holds the built-in character tokenizer {how}; it is loaded as the character tokenizer "
-                      "(save the model again to store it so)", stacklevel=2)
+                      "(save the model again to store it so)", GradascentWarning, stacklevel=2)
         tok = char_tokenizer()
     try:
         return ensure_pad_token(tok)

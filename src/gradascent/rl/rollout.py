@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gradascent.errors import GradascentWarning
 from gradascent.rl.envs import ActionSpec, ObsNormalizer, RewardScaler
 from gradascent.rl.policy import ActorCritic
 
@@ -152,7 +153,8 @@ class Collector:
         if first_episode_only and not finished.all():
             warnings.warn(f"{int((~finished).sum())} of {B} episodes were cut at {num_steps} steps without ending "
                           "(does the environment set no time limit? register it with max_episode_steps); their "
-                          "steps are trained on as if the episode had ended there", stacklevel=2)
+                          "steps are trained on as if the episode had ended there", GradascentWarning,
+                          stacklevel=4)  # past torch.no_grad's wrapper and collect_episodes: its caller
         obs = torch.stack(obs_l, dim=1)  # (B, T, obs_dim)
         actions = torch.stack(act_l, dim=1)
         params = torch.stack(par_l, dim=1)  # (B, T, P)

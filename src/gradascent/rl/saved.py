@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gradascent.errors import CheckpointError, ConfigError
+from gradascent.errors import CheckpointError, ConfigError, GradascentWarning
 from gradascent.rl.envs import ActionSpec, ObsNormalizer, make_vec_env, spaces_of
 from gradascent.rl.policy import ActorCritic
 
@@ -127,7 +127,7 @@ def run_episodes(policy: ActorCritic, obs_norm: ObsNormalizer, env_id: str, epis
         else:
             warnings.warn(f"{int((~finished).sum())} of {episodes} evaluation episodes were cut at {max_steps} steps "
                           "without ending (does the environment set no time limit?); their returns are partial",
-                          stacklevel=2)
+                          GradascentWarning, stacklevel=3)  # 3: past torch.no_grad's wrapper
     finally:
         envs.close()
     return returns
