@@ -26,6 +26,14 @@ class ConstantEnv(gym.Env):
         return np.ones(1, np.float32), self.reward, terminated, False, {}
 
 
+class ActionRewardEnv(ConstantEnv):
+    """ConstantEnv whose reward is the action taken (0 or 1), so that advantages differ between samples."""
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = super().step(action)
+        return obs, float(action), terminated, truncated, info
+
+
 def register() -> None:
     if "GradascentTest/Trunc-v0" in gym.registry:
         return
@@ -46,5 +54,8 @@ def register() -> None:
     # An empty Box of actions.
     gym.register("GradascentTest/EmptyBox-v0", entry_point=ConstantEnv, max_episode_steps=10,
                  kwargs={"action_space": gym.spaces.Box(-1.0, 1.0, (0,), np.float32)})
+    # One-step episodes rewarding action 1: in NEXT_STEP autoreset every other transition is a reset step.
+    gym.register("GradascentTest/ActionReward-v0", entry_point=ActionRewardEnv, max_episode_steps=100,
+                 kwargs={"terminate_after": 1})
     # Episodes that never end (no time limit, never terminal).
     gym.register("GradascentTest/Endless-v0", entry_point=ConstantEnv)

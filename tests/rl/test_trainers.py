@@ -124,3 +124,28 @@ def test_target_kl_ends_the_epochs_early(tmp_path):
     cfg = ppo.PPOConfig(total_steps=2_048, num_steps=64, update_epochs=4, target_kl=1e-7, tensorboard=False)
     ppo.train(cfg, tmp_path, progress=False)
     assert all(row["epochs_done"] == 0 for row in RunDir(tmp_path).read_metrics())
+
+
+def test_minibatches_partition_the_transitions_into_near_equal_parts():
+    torch.manual_seed(0)
+    sizes = lambda parts: [len(p) for p in parts]  # noqa: E731
+    # 13 transitions (a batch of 16 less 3 autoreset steps), 4 minibatches: 4, 3, 3, 3 (not 4, 4, 4, 1)
+    parts = ppo.minibatches(13, 4, min_size=2)
+    assert sizes(parts) == [4, 3, 3, 3] and sorted(torch.cat(parts).tolist()) == list(range(13))
+    assert sizes(ppo.minibatches(16, 8, min_size=2)) == [2] * 8
+    assert sizes(ppo.minibatches(13, 8, min_size=2)) == [3, 2, 2, 2, 2, 2]  # 6 parts: 8 would leave ones
+    assert sizes(ppo.minibatches(13, 8, min_size=1)) == [2, 2, 2, 2, 2, 1, 1, 1]  # not whitened: allowed
+    assert sizes(ppo.minibatches(1, 4, min_size=2)) == [1] and ppo.minibatches(0, 4) == ()
+
+
+def test_ppo_never_whitens_a_minibatch_of_one_sample(tmp_path, monkeypatch):
+    # One-step episodes: half of each rollout's 16 transitions are autoreset steps, so 8 remain. 8 minibatches
+    # (allowed: the batch of 16 splits into twos) would be 8 single samples, each whitened to an advantage of 0
+    # (no policy gradient at all); 4 minibatches of 2 instead.
+    seen = []
+    real = ppo.whiten
+    monkeypatch.setattr(ppo, "whiten", lambda x: seen.append(len(x)) or real(x))
+    cfg = ppo.PPOConfig(env="GradascentTest/ActionReward-v0", num_envs=2, num_steps=8, num_minibatches=8,
+                        update_epochs=2, total_steps=32, eval_every=0, tensorboard=False)
+    ppo.train(cfg, tmp_path, progress=False)
+    assert seen == [2] * 4 * 2 * 2  # 4 minibatches of 2, 2 epochs, 2 updates

@@ -51,7 +51,8 @@ class PPOConfig(ClassicConfig):
     update_epochs: int = 4
     """Passes over each batch (K in the PPO paper)."""
     num_minibatches: int = 4
-    """Minibatches per epoch."""
+    """Minibatches per epoch, of sizes within one of each other over the batch's transitions (the autoreset
+    steps left out); fewer where one would hold a single sample and norm_adv whitens it."""
     lam: float = 0.95
     """GAE lambda (eq. 5): 0 one-step TD, 1 Monte Carlo."""
     clip_eps: float = 0.2
@@ -90,6 +91,16 @@ class PPOConfig(ClassicConfig):
         require(self.kl_threshold > 1, "kl_threshold", self.kl_threshold, "a float > 1 (the paper: 1.5)")
 
 
+def minibatches(n: int, num: int, min_size: int = 1) -> tuple[torch.Tensor, ...]:
+    """A random partition of the indices 0..n-1 into ``num`` minibatches whose sizes differ by at most one, or
+    into fewer where ``num`` would make one smaller than ``min_size`` (2 when advantages are whitened per
+    minibatch: one sample whitens to 0). ``n``, the transitions left after the autoreset steps are dropped,
+    is often not a multiple of ``num``; none when n == 0."""
+    if n == 0:
+        return ()
+    return torch.randperm(n).tensor_split(max(1, min(num, n // min_size)))
+
+
 def train(cfg: PPOConfig, out: str | Path | None = None, *, resume: bool = False,
           progress: bool | None = None) -> dict[str, Any]:
     """Train PPO on ``cfg.env``; writes the run directory ``out`` and returns the summary."""
@@ -114,11 +125,10 @@ def train(cfg: PPOConfig, out: str | Path | None = None, *, resume: bool = False
 
             # 3. Epochs of minibatches.
             n = len(adv)
-            mb_size = -(-n // cfg.num_minibatches)
             stats: list[dict[str, torch.Tensor]] = []
             stop = False
             for epoch in range(cfg.update_epochs):
-                for idx in torch.randperm(n).split(mb_size):
+                for idx in minibatches(n, cfg.num_minibatches, min_size=2 if cfg.norm_adv else 1):
                     params, values = policy(obs[idx])
                     dist = policy.distribution(params)
                     logp = dist.log_prob(actions[idx])
