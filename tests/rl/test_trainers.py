@@ -82,6 +82,10 @@ def test_saved_policy_round_trip_evaluates_like_the_trained_one(tmp_path):
     again = evaluate(tmp_path, episodes=cfg.eval_episodes, seed=derived_seed(cfg.seed, 2))
     assert again["eval_return_mean"] == summary["eval_return_mean"]
     assert again["eval_return_std"] == summary["eval_return_std"]
+    # and evaluate (as `rl eval`) takes that seed and the run's eval_episodes when given none
+    default = evaluate(tmp_path)
+    assert default == {**again, "seed": derived_seed(cfg.seed, 2)} and default["episodes"] == cfg.eval_episodes
+    assert evaluate(tmp_path, seed=0)["returns"] != again["returns"]  # another seed, other episodes
     # The weights on disk are the final checkpoint's.
     policy, obs_norm, _ = load_policy(tmp_path)
     _, state = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))

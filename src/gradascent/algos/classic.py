@@ -415,7 +415,7 @@ class ClassicRun:
         if self._saved_at != self.update:
             self.save()
         save_policy(self.rundir.path, self.policy, self.collector.obs_norm, self.cfg.env,
-                    extra={"algo": self.algo, "config": to_dict(self.cfg)})
+                    extra={"algo": self.algo, "config": to_dict(self.cfg), "eval_seed": self.eval_seed})
         returns = self.evaluate()
         summary = {
             "algo": self.algo,

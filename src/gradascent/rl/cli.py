@@ -40,8 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
                         description="Play episodes with the saved policy's deterministic actions and print "
                                     "the mean and std of the return.")
     ev.add_argument("dir", metavar="DIR", help="a finished run directory (holding policy.safetensors)")
-    ev.add_argument("--episodes", type=int, default=10, help="episodes to play [default: 10]")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation environments [default: 0]")
+    ev.add_argument("--episodes", type=int, default=None,
+                    help="episodes to play [default: the run's eval_episodes, else 10]")
+    ev.add_argument("--seed", type=int, default=None,
+                    help="seed of the evaluation environments (episode i: seed + i) [default: the seed of the "
+                         "run's own evaluations, which reproduces its final eval return; else 0]")
     ev.set_defaults(func=_eval)
     rl.set_defaults(func=lambda args: rl.print_help() or 2)
 
@@ -105,5 +108,5 @@ def _eval(args: argparse.Namespace) -> int:
         raise GradascentError(f"{args.dir} does not exist")
     result = evaluate(args.dir, episodes=args.episodes, seed=args.seed)
     print(f"mean return {result['eval_return_mean']:.2f}, std {result['eval_return_std']:.2f} over "
-          f"{args.episodes} episodes (deterministic)")
+          f"{result['episodes']} episodes (deterministic, seed {result['seed']})")
     return 0

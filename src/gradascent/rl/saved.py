@@ -133,16 +133,32 @@ def run_episodes(policy: ActorCritic, obs_norm: ObsNormalizer, env_id: str, epis
     return returns
 
 
-def evaluate(path: str | Path, episodes: int = 10, seed: int = 0) -> dict[str, Any]:
-    """Deterministic evaluation of a saved policy: {eval_return_mean, eval_return_std, episodes, returns}."""
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise ConfigError(f"episodes: {episodes!r} is not allowed; expected an integer >= 1")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed: {seed!r} is not allowed; expected an integer >= 0 (gymnasium's seeds)")
+def evaluate(path: str | Path, episodes: int | None = None, seed: int | None = None) -> dict[str, Any]:
+    """Deterministic evaluation of a saved policy: {eval_return_mean, eval_return_std, episodes, seed, returns}.
+
+    ``episodes`` and ``seed`` default to those of the run's own evaluations (``eval_episodes`` and the
+    ``eval_seed`` of policy.json), so that a finished run's final figure is reproduced; 10 and 0 for a
+    policy.json that names neither."""
+    _check_episodes_and_seed(episodes, seed)  # the caller's, before anything is read
     policy, obs_norm, meta = load_policy(path)
+    if episodes is None:
+        episodes = meta.get("config", {}).get("eval_episodes", 10)
+    if seed is None:
+        seed = meta.get("eval_seed", 0)
+    try:
+        _check_episodes_and_seed(episodes, seed)
+    except ConfigError as exc:
+        raise CheckpointError(f"saved policy in {Path(path)} is corrupt: {META}: {exc}") from None
     try:
         returns = run_episodes(policy, obs_norm, meta["env"], episodes, seed)
     except ConfigError as exc:  # the environment named in policy.json: say where it was named
         raise ConfigError(f"saved policy in {Path(path)} ({META}: env {meta['env']!r}): {exc}") from None
     return {"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
-            "episodes": episodes, "returns": returns.tolist()}
+            "episodes": episodes, "seed": seed, "returns": returns.tolist()}
+
+
+def _check_episodes_and_seed(episodes: Any, seed: Any) -> None:
+    if episodes is not None and (isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1):
+        raise ConfigError(f"episodes: {episodes!r} is not allowed; expected an integer >= 1")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+        raise ConfigError(f"seed: {seed!r} is not allowed; expected an integer in [0, 2**32) (gymnasium's seeds)")
