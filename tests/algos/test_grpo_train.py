@@ -324,7 +324,8 @@ def test_a_model_passed_from_python_is_checked_against_its_tokenizer(tmp_path):
 def test_a_resume_must_keep_the_config_and_the_task(tmp_path):
     # A resumed run may change how long it goes on (steps) but not what it optimises (lr): the second is
     # refused before anything is written. A Task object passed from Python is recorded as such in config.yaml,
-    # so that `gradascent resume`, which cannot pass it again, refuses instead of training on cfg.task.
+    # so that `gradascent resume`, which cannot pass it again, refuses instead of training on cfg.task; a model
+    # object likewise (before, config.yaml named cfg.model's default, and a resume died on a shape mismatch).
     from gradascent.run.resume import resume_run
 
     torch.set_num_threads(1)
@@ -338,8 +339,13 @@ def test_a_resume_must_keep_the_config_and_the_task(tmp_path):
                    resume=True, progress=False)
     assert (tmp_path / "metrics.jsonl").read_text() == before
     assert "lr: 0.01" in (tmp_path / "config.yaml").read_text()
-    with pytest.raises(ConfigError, match="task passed from Python \\('digits'\\)"):
+    assert "model: python:Qwen2ForCausalLM" in (tmp_path / "config.yaml").read_text()  # not the default qwen2-1m
+    with pytest.raises(ConfigError, match="model passed from Python \\(Qwen2ForCausalLM\\)"):
         resume_run(tmp_path)
+    only_task = tmp_path / "task-only"  # the task alone from Python, the model by name
+    train_grpo(dataclasses.replace(cfg, model="qwen2-micro", steps=1), only_task, task=DIGITS, progress=False)
+    with pytest.raises(ConfigError, match="task passed from Python \\('digits'\\)"):
+        resume_run(only_task)
     summary = train_grpo(dataclasses.replace(cfg, steps=3), tmp_path, model=model, tokenizer=tok, task=DIGITS,
                          resume=True, progress=False)
     assert summary["steps"] == 3

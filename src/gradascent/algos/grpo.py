@@ -104,7 +104,8 @@ RESUMABLE_CHANGES = frozenset({"steps", "micro_batch_prompts", "eval_every", "ev
                                "keep_last", "log_every", "max_nonfinite", "device", "fsdp"})
 """Config fields a resumed run may change: where and how it runs, what it logs, and how long it goes on
 (more ``steps`` stretches the rest of the learning-rate schedule). Any other change is refused."""
-PYTHON_TASK = "python:"  # config.yaml's ``task`` of a run given a Task object from Python: "python:<its name>"
+PYTHON_TASK = "python:"  # config.yaml's ``task`` (``model``) of a run given a Task (a model) object from Python:
+# "python:<its name>" ("python:<its class>")
 
 # Metrics that measure wall-clock time: the only ones that differ between a resumed and an unbroken run.
 TIME_KEYS = ("time/step_s", "time/sample_s", "time/train_s", "time/elapsed_s")
@@ -572,7 +573,12 @@ def train_grpo(
     seed_everything(cfg.seed)
 
     # ---- what the run works on: policy, reference, prompts, rewards (all checked before out/ is touched)
-    if model is None:
+    from_python = model is not None
+    if not from_python:
+        if cfg.model.startswith(PYTHON_TASK):
+            raise ConfigError(f"this run trained a model passed from Python ({cfg.model[len(PYTHON_TASK):]}); resume it "
+                              "from Python with the same model: train_grpo(cfg, out, model=..., tokenizer=..., "
+                              "resume=True)")
         model, tokenizer = load_model(cfg.model, tokenizer, seed=cfg.seed)
     elif tokenizer is None:
         raise ConfigError("train_grpo: a model passed from Python needs its tokenizer")
@@ -582,6 +588,8 @@ def train_grpo(
     # config.yaml records what the run trains on: a Task passed from Python is named as such, so that a resume
     # that does not pass it again is refused rather than continued on cfg.task
     recorded = cfg if task is None else dataclasses.replace(cfg, task=f"{PYTHON_TASK}{task.name}")
+    if from_python:  # the same for a model object: cfg.model names a model that was not used
+        recorded = dataclasses.replace(recorded, model=f"{PYTHON_TASK}{type(model).__name__}")
     if task is None:
         if cfg.task.startswith(PYTHON_TASK):
             raise ConfigError(f"this run trained on a task passed from Python ({cfg.task[len(PYTHON_TASK):]!r}); "
