@@ -44,6 +44,12 @@ def test_runs_of_one_name_and_directories_of_runs(tmp_path):
     a, b = _fake_run(tmp_path / "x" / "grpo", 1.0), _fake_run(tmp_path / "y" / "grpo", 2.0)
     _fake_run(tmp_path / "x" / "sft", 3.0)
     assert expand_runs([tmp_path / "x"]) == [tmp_path / "x" / "grpo", tmp_path / "x" / "sft"]  # a demo's runs
+    chain = tmp_path / "chain"  # an rlhf chain: its own metrics.jsonl (a row per stage) beside its stages'
+    for stage in ("sft", "rm", "ppo"):
+        _fake_run(chain / stage, 1.0)
+    _fake_run(chain, 1.0)
+    assert expand_runs([chain]) == [chain / "ppo", chain / "rm", chain / "sft"]
+    assert expand_runs([a]) == [a]  # a run is itself
     import matplotlib
 
     matplotlib.use("Agg")

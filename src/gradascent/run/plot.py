@@ -31,14 +31,15 @@ X_KEYS = ("env_steps", "samples", "step")
 
 
 def expand_runs(run_dirs: list[str | Path]) -> list[Path]:
-    """The run directories meant: each directory with a metrics.jsonl, or else the runs directly inside it
-    (a demo's sft/ and grpo/, an rlhf chain's stages), in name order."""
+    """The run directories meant: the runs directly inside each directory (a demo's sft/ and grpo/, an rlhf
+    chain's stages, in name order) where it holds some, or else the directory itself. An rlhf chain's own
+    metrics.jsonl (one row per stage) is no curve, and stands aside for its stages'."""
     runs: list[Path] = []
     for d in map(Path, run_dirs):
         if not d.exists():
             raise GradascentError(f"{d} does not exist")
         inner = sorted(p for p in d.iterdir() if (p / "metrics.jsonl").is_file()) if d.is_dir() else []
-        runs.extend(inner if inner and not (d / "metrics.jsonl").exists() else [d])
+        runs.extend(inner or [d])
     return runs
 
 
