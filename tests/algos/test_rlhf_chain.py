@@ -7,6 +7,7 @@ import pytest
 from _rlhf_fixtures import cli_error
 from gradascent.cli import main
 from gradascent.lm import RewardModel, ValueModel, load_model
+from gradascent.run import RunDir
 
 TINY = """\
 seed: 3
@@ -43,6 +44,7 @@ def test_chain_writes_every_stage_and_a_summary(tmp_path, capsys):
     assert "hidden score of greedy completions SFT" in printed
 
     summary = json.loads((out / "summary.json").read_text())
+    rows = RunDir(out).read_metrics()
     for key in ("rm_accuracy", "hidden_score_sft", "hidden_score_policy", "kl_to_reference"):
         assert isinstance(summary[key], float), key
     assert (out / "config.yaml").read_text().count("kl_coef: 0.25") == 1  # the flag reached the ppo section
@@ -67,6 +69,9 @@ def test_chain_writes_every_stage_and_a_summary(tmp_path, capsys):
     assert (out / "ppo" / "policy" / "model.safetensors").stat().st_mtime_ns == mtime
     again = json.loads((out / "summary.json").read_text())
     assert {k: v for k, v in again.items() if k != "wall_s"} == {k: v for k, v in summary.items() if k != "wall_s"}
+    # the stages' rows (with the wall time each took to train) are kept, not replaced by the rerun's lookups
+    assert RunDir(out).read_metrics() == rows
+    assert again["train_wall_s"] == sum(row["wall_s"] for row in rows) > again["wall_s"]
 
     # `gradascent resume OUT` continues a chain too (it has no checkpoint of its own): here the PPO stage is
     # gone, so it trains PPO again and leaves the finished SFT and RM stages alone.

@@ -176,29 +176,41 @@ def run_rlhf(cfg: RLHFConfig) -> dict[str, Any]:
         run.write_config(cfg)
         for section, stage_cfg in stages.items():
             _follow_move(section, stage_cfg)
+        # one row per stage, rewritten on every invocation; a stage finished before keeps its row (its wall_s)
+        before = {row.get("stage"): row for row in run.read_metrics()} if run.metrics_path.exists() else {}
         if run.metrics_path.exists():
-            run.metrics_path.unlink()  # one row per stage, rewritten on every invocation
+            run.metrics_path.unlink()
+    else:
+        before = {}
+
+    def log(step: int, stage: str, t: float, summary: dict[str, Any], reused: bool) -> None:
+        if run is None:
+            return
+        row = before.get(stage) if reused else None
+        row = ({k: v for k, v in row.items() if k != "step"} if row is not None else
+               {"stage": stage, "wall_s": time.perf_counter() - t, **_numbers(summary)})
+        run.log(step, row)
 
     t = time.perf_counter()
-    sft = _finished(sft_cfg, rm_cfg.model) or train_sft(sft_cfg)
+    done = _finished(sft_cfg, rm_cfg.model)
+    sft = done or train_sft(sft_cfg)
     if "stopped_by" in sft:
         return _stopped(run, "sft", f"after step {sft['steps']}", sft["stopped_by"])
-    if run is not None:
-        run.log(1, {"stage": "sft", "wall_s": time.perf_counter() - t, **_numbers(sft)})
+    log(1, "sft", t, sft, reused=done is not None)
 
     t = time.perf_counter()
-    rm = _finished(rm_cfg, ppo_cfg.reward_model) or train_reward_model(rm_cfg)
+    done = _finished(rm_cfg, ppo_cfg.reward_model)
+    rm = done or train_reward_model(rm_cfg)
     if "stopped" in rm:
         return _stopped(run, "rm", f"after step {rm['steps_done']}", rm["stopped_by"])
-    if run is not None:
-        run.log(2, {"stage": "rm", "wall_s": time.perf_counter() - t, **_numbers(rm)})
+    log(2, "rm", t, rm, reused=done is not None)
 
     t = time.perf_counter()
-    ppo = _finished(ppo_cfg, str(Path(ppo_cfg.out) / "policy")) or train_ppo_rlhf(ppo_cfg)
+    done = _finished(ppo_cfg, str(Path(ppo_cfg.out) / "policy"))
+    ppo = done or train_ppo_rlhf(ppo_cfg)
     if "stopped" in ppo:
         return _stopped(run, "ppo", f"after update {ppo['updates_done']}", ppo["stopped_by"])
-    if run is not None:
-        run.log(3, {"stage": "ppo", "wall_s": time.perf_counter() - t, **_numbers(ppo)})
+    log(3, "ppo", t, ppo, reused=done is not None)
 
     summary = {
         "rm_accuracy": rm["rm_accuracy"],
@@ -212,8 +224,10 @@ def run_rlhf(cfg: RLHFConfig) -> dict[str, Any]:
         "policy_dir": str(Path(ppo_cfg.out) / "policy"),
         "reward_model_dir": rm_cfg.out + "/model",
         "sft_model_dir": rm_cfg.model,
-        "wall_s": time.perf_counter() - t0,
+        "wall_s": time.perf_counter() - t0,  # of this invocation; the stages' own: metrics.jsonl
     }
+    if run is not None:
+        summary["train_wall_s"] = sum(float(row.get("wall_s", 0.0)) for row in run.read_metrics())
     if run is not None:
         run.write_summary(summary)
         run.close()
@@ -260,7 +274,9 @@ def _cmd(args: argparse.Namespace) -> int:
     return finish("rlhf", run_rlhf(cfg), lambda s: (
         f"rlhf: reward-model accuracy {s['rm_accuracy']:.3f}; {_scores(s)}; "
         f"KL to reference {s['kl_to_reference']:.2f} nats (target {s['kl_target']:g}); "
-        f"{s['wall_s']:.0f} s; results in {cfg.out}"))
+        f"{s['wall_s']:.0f} s" + (f" ({s['train_wall_s']:.0f} s of training in all)"
+                                  if s.get("train_wall_s", s["wall_s"]) > s["wall_s"] + 1 else "")
+        + f"; results in {cfg.out}"))
 
 
 def _scores(s: dict[str, Any]) -> str:
