@@ -60,6 +60,10 @@ def test_bad_reward_functions_are_named():
 
 def test_resolve_reward_specs(tmp_path):
     assert resolve_reward("numeric_match") is numeric_match
+    from gradascent.tasks.arithmetic import exact_match  # the arithmetic task's reward, by name too
+
+    assert resolve_reward("exact_match") is exact_match
+    assert exact_match(["1+1="], [" 2\n", "02"][:1], answer=["2"]) == [1.0]
     f = tmp_path / "my_rewards.py"
     f.write_text("def shout(prompts, completions, **kw):\n    return [float(c.isupper()) for c in completions]\n")
     fn = resolve_reward(f"{f}:shout")

@@ -11,7 +11,8 @@ total_i = sum_k w_k * reward_k(...)_i. Every function's mean is reported as its 
 A function that raises, returns the wrong number of values, a non-number, NaN or inf stops the run with
 a ``RewardError`` naming the function and the sample.
 
-Built-ins, usable by name in configs: ``numeric_match`` (the last number of the completion equals the
+Built-ins, usable by name in configs: ``exact_match`` (the stripped completion is the ``answer`` column, the
+arithmetic task's reward), ``numeric_match`` (the last number of the completion equals the
 ``answer`` column), ``format_number`` (the completion is a bare integer), ``length_penalty`` (minus the
 completion's length over 100 characters), and with an argument ``regex(PATTERN)`` (1.0 when the stripped
 completion fully matches PATTERN) and ``length_penalty(N)`` (the same penalty above N characters);
@@ -57,6 +58,12 @@ def last_number(text: str) -> float | None:
     return float(found[-1]) if found else None
 
 
+def exact_match(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any], **_: Any) -> list[float]:
+    """1.0 where the completion, stripped of surrounding whitespace, is exactly the answer; else 0.0."""
+    return [1.0 if c.strip() == str(a).strip() else 0.0 for c, a in zip(completions, answer)]
+
+
+
 def numeric_match(prompts: list[str], completions: list[str], answer: Sequence[Any], **_: Any) -> list[float]:
     """1.0 when the last number in the completion equals the ``answer`` column, else 0.0."""
     out = []
@@ -96,6 +103,7 @@ def length_penalty_fn(max_chars: int = 100, scale: float = 1.0) -> RewardFn:
 length_penalty = length_penalty_fn()
 
 BUILTIN_REWARDS: dict[str, RewardFn] = {
+    "exact_match": exact_match,
     "numeric_match": numeric_match,
     "format_number": format_number,
     "length_penalty": length_penalty,

@@ -125,7 +125,7 @@ class GRPOConfig:
     n_eval: int | None = None
     """Held-out prompts of a built-in task (None: the task's default, 200 for arithmetic)."""
     rewards: tuple[str, ...] | None = None
-    """Reward functions: built-in names (numeric_match, format_number, length_penalty), built-ins with an
+    """Reward functions: built-in names (exact_match, numeric_match, format_number, length_penalty), built-ins with an
     argument (regex(PATTERN), length_penalty(N)), module:function or path/to/file.py:function; the total reward
     is their weighted sum. None: the task's own (arithmetic: exact_match + 0.1 format_number)."""
     reward_weights: tuple[float, ...] | None = None

@@ -17,7 +17,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from gradascent.rewards import format_number
+from gradascent.rewards import exact_match, format_number
 
 __all__ = ["arithmetic_dataset", "exact_match", "format_number", "solve"]
 
@@ -43,8 +43,3 @@ def arithmetic_dataset(n: int, seed: int = 0, max_operand: int = 99, ops: str = 
         op = rng.choice(ops)
         rows.append({"prompt": f"{a}{op}{b}=", "answer": str(solve(a, op, b))})
     return rows
-
-
-def exact_match(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any], **_: Any) -> list[float]:
-    """1.0 where the completion, stripped of surrounding whitespace, is exactly the answer; else 0.0."""
-    return [1.0 if c.strip() == str(a).strip() else 0.0 for c, a in zip(completions, answer)]
