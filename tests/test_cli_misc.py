@@ -99,3 +99,15 @@ def test_one_process_commands_refuse_torchrun(tmp_path, monkeypatch, capsys, arg
     err = capsys.readouterr().err
     assert f"{what} runs in one process, and torchrun started 2; launch it without torchrun" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv", [["rl", "ppo"], ["grpo"]])
+def test_resume_takes_a_bool_as_the_config_flags_do(argv, capsys):
+    from gradascent.cli import build_parser
+
+    parser = build_parser()
+    for given, expected in ((["--resume"], True), (["--resume", "true"], True), (["--resume", "no"], False), ([], False)):
+        assert parser.parse_args([*argv, *given]).resume is expected
+    with pytest.raises(SystemExit):
+        main([*argv, "--resume", "maybe"])
+    assert "argument --resume: 'maybe' is not a bool (true/false, yes/no, 1/0)" in capsys.readouterr().err

@@ -91,7 +91,7 @@ def test_sigterm_writes_a_checkpoint_and_resume_is_identical(straight, tmp_path)
     out = tmp_path / "terminated"
     rc, stdout, _ = _start_and_signal(out, signal.SIGTERM, lambda o: bool(RunDir(o).read_metrics()))
     assert rc == 128 + signal.SIGTERM
-    assert "stopped by SIGTERM" in stdout and "--resume" in stdout
+    assert "stopped by SIGTERM" in stdout and f"continue with: gradascent resume {out}" in stdout
     step = int(latest_checkpoint(out / "checkpoints").name.split("_")[1])
     assert len(RunDir(out).read_metrics()) == step  # nothing logged after the checkpoint
     done = _run(out, "--resume")

@@ -382,7 +382,8 @@ class ClassicRun:
             path = self.save()
             name = self._stop.requested
             raise TrainingInterrupted(f"stopped by {name} after update {self.update} ({self.env_steps} env "
-                                      f"steps); checkpoint written to {path}; continue with --resume",
+                                      f"steps); checkpoint written to {path}; continue with: gradascent resume "
+                                      f"{self.rundir.path}",
                                       signal.Signals[name].value)
         if self.update % self.cfg.save_every == 0:
             self.save()

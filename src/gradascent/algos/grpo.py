@@ -89,7 +89,7 @@ from gradascent.run.checkpoint import (
     save_checkpoint,
     seed_everything,
 )
-from gradascent.run.config import add_config_flags, check_fields, flag_values, load_config, require
+from gradascent.run.config import add_config_flags, bool_flag, check_fields, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
@@ -790,7 +790,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                     "FILE.yaml, then from the flags below.")
     p.add_argument("--config", metavar="FILE.yaml", default=None, help="YAML file of GRPOConfig fields")
     p.add_argument("--out", metavar="DIR", default="runs/grpo", help="run directory [default: runs/grpo]")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in DIR/checkpoints")
+    p.add_argument("--resume", nargs="?", const=True, default=False, type=bool_flag, metavar="BOOL",
+                   help="continue from the newest checkpoint in DIR/checkpoints")
     add_config_flags(p, GRPOConfig)
     p.set_defaults(func=_cmd)
 
@@ -804,7 +805,8 @@ def _cmd(args: argparse.Namespace) -> int:
     shown.update({k: v for k, v in summary.items() if k.startswith("eval/")})
     print(summary_line(shown))
     if summary.get("stopped_by"):
-        print(f"stopped by {summary['stopped_by']} after step {summary['steps']}; continue with --resume",
+        print(f"stopped by {summary['stopped_by']} after step {summary['steps']}; continue with: gradascent "
+              f"resume {args.out}",
               file=sys.stderr)
         return stop_status(summary)
     print(f"run directory: {args.out} (final model in {Path(args.out) / 'model'})")

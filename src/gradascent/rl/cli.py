@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from gradascent.errors import ConfigError, GradascentError
-from gradascent.run.config import add_config_flags, flag_values, read_yaml
+from gradascent.run.config import add_config_flags, bool_flag, flag_values, read_yaml
 
 
 def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
                                        "the defaults listed below, and flags replace both.")
         p.add_argument("--out", metavar="DIR", help="run directory [default: runs/ALGO-ENV-seedS]")
         p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields (replaces the preset)")
-        p.add_argument("--resume", action="store_true",
+        p.add_argument("--resume", nargs="?", const=True, default=False, type=bool_flag, metavar="BOOL",
                        help="continue the run in --out from its newest complete checkpoint")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         add_config_flags(p, spec.config)

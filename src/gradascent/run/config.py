@@ -392,6 +392,15 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "
         )
 
 
+def bool_flag(value: str) -> bool:
+    """argparse ``type`` of a flag that is a bool outside any config (``--resume``, ``--resume false``), read as
+    the config fields' bool flags are."""
+    try:
+        return _coerce("flag", value, bool, from_string=True)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a bool (true/false, yes/no, 1/0)") from None
+
+
 def _metavar(tp: Any) -> str:
     if get_origin(tp) is Literal:
         return "{" + ",".join(str(a) for a in get_args(tp)) + "}"

@@ -92,7 +92,7 @@ def _cmd(args: argparse.Namespace) -> int:
     try:
         summary = resume_run(args.run_dir)
     except TrainingInterrupted as exc:
-        print(f"gradascent resume: {exc} ({again})", file=sys.stderr)
+        print(f"gradascent resume: {exc}" + ("" if again in str(exc) else f" ({again})"), file=sys.stderr)
         return 128 + exc.signum
     if not isinstance(summary, dict):
         return 0
