@@ -22,3 +22,21 @@ def test_warmup_then_decay_by_hand():
     assert lr_multiplier(4, 14, 4, "cosine") == pytest.approx((1 + math.cos(0.0)) / 2)
     with pytest.raises(ValueError, match="unknown schedule"):
         lr_multiplier(5, 10, 0, "step")  # type: ignore[arg-type]
+
+
+def test_a_warmup_longer_than_the_run_is_warned_about():
+    import warnings
+
+    import pytest
+
+    from gradascent.errors import GradascentWarning
+    from gradascent.run.schedule import warn_short_warmup
+
+    # 30 steps of a 50-step warm-up: the last step's multiplier is 30 / 50, so the peak is 0.6 * 3e-3
+    with pytest.warns(GradascentWarning, match=r"warmup_steps=50 is longer than the run's 30 optimizer steps: the "
+                                                r"learning rate rises only to 0\.0018, not to the 0\.003 asked for"):
+        warn_short_warmup(50, 30, 3e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_short_warmup(50, 50, 3e-3)  # reaches the peak at its last step: no warning
+        warn_short_warmup(0, 10, 3e-3)

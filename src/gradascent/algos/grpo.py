@@ -95,7 +95,7 @@ from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
 from gradascent.run.command import stop_status, summary_line
 from gradascent.run.rundir import RunDir, check_resume, require_path
-from gradascent.run.schedule import lr_multiplier
+from gradascent.run.schedule import lr_multiplier, warn_short_warmup
 
 Advantage = Literal["group", "group_no_std", "rloo", "batch_mean"]
 LossAgg = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
@@ -121,9 +121,9 @@ class GRPOConfig:
     """The prompts: a built-in task name (arithmetic) or a JSONL file with a 'prompt' field per line; other
     fields reach the reward functions as columns (e.g. 'answer')."""
     n_train: int | None = None
-    """Training prompts of a built-in task (None: the task's default, 4000 for arithmetic)."""
+    """Training prompts of a built-in task (None: the task's default, 4000 for arithmetic); ignored for files."""
     n_eval: int | None = None
-    """Held-out prompts of a built-in task (None: the task's default, 200 for arithmetic)."""
+    """Held-out prompts of a built-in task (None: the task's default, 200 for arithmetic); ignored for files."""
     rewards: tuple[str, ...] | None = None
     """Reward functions: built-in names (exact_match, numeric_match, format_number, length_penalty), built-ins with an
     argument (regex(PATTERN), length_penalty(N)), module:function or path/to/file.py:function; the total reward
@@ -626,6 +626,7 @@ def train_grpo(
     updates_per_step = cfg.num_iterations * cfg.num_minibatches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_multiplier(
         u, cfg.steps * updates_per_step, cfg.warmup_steps, cfg.lr_schedule))
+    warn_short_warmup(cfg.warmup_steps, cfg.steps * updates_per_step, cfg.lr, "optimizer updates")
     guard = NonFiniteGuard(cfg.max_nonfinite)
     # Sampling draws from its own generator, one stream per rank; its state is in every checkpoint.
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + 104729 * dist_info.rank + 1)

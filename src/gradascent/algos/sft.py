@@ -58,7 +58,7 @@ from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
 from gradascent.run.rundir import RunDir, check_resume, require_path
-from gradascent.run.schedule import lr_multiplier
+from gradascent.run.schedule import lr_multiplier, warn_short_warmup
 from gradascent.tasks import Task, describe_rows, load_task, row_names, sft_example
 
 # Metrics that measure the clock, not the run: they differ between a resumed run and an uninterrupted one.
@@ -448,6 +448,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_multiplier(s, cfg.steps, cfg.warmup_steps, cfg.lr_schedule, min_ratio=0.1))
+    warn_short_warmup(cfg.warmup_steps, cfg.steps, cfg.lr)
     order = DataOrder(len(train_ex), cfg.seed)
     guard = NonFiniteGuard(cfg.max_nonfinite)
     acc = {"loss_sum": 0.0, "steps": 0, "tokens": 0}  # running sums of the current log interval

@@ -30,3 +30,16 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int = 0, schedule: 
     if schedule == "cosine":
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
     raise ValueError(f"unknown schedule {schedule!r}; expected constant, linear or cosine")
+
+
+def warn_short_warmup(warmup_steps: int, total_steps: int, lr: float, what: str = "optimizer steps") -> None:
+    """A GradascentWarning when the warm-up outlasts the run, so that the learning rate never reaches ``lr``."""
+    if warmup_steps > total_steps:
+        import warnings
+
+        from gradascent.errors import GradascentWarning
+
+        warnings.warn(f"warmup_steps={warmup_steps} is longer than the run's {total_steps} {what}: the learning rate "
+                      f"rises only to {lr * total_steps / warmup_steps:.3g}, not to the {lr:g} asked for; lower "
+                      "warmup_steps",
+                      GradascentWarning, stacklevel=3)
