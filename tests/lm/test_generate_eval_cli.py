@@ -175,3 +175,13 @@ def test_json_output_leaves_stderr_empty(model_dir):
                           env={**os.environ, "PYTHONPATH": src, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0 and done.stderr == ""
     assert json.loads(done.stdout)["prompt"] == "1+"
+
+
+def test_loading_a_model_directory_prints_no_progress_bar_of_transformers(model_dir, capsys):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # as in a fresh process (saving the fixture's model turned it off)
+    capsys.readouterr()
+    assert main(["generate", str(model_dir), "--prompt", "1+2=", "--max-new-tokens", "2", "--greedy"]) == 0
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "%|" not in err, err

@@ -307,6 +307,9 @@ def load_model(
         tokenizer = ensure_pad_token(tokenizer) if tokenizer is not None else load_tokenizer(path)
         if not trust_remote_code:  # a model of remote code is built by that code alone
             check_weight_shapes(path)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar before a command's own output (as saving)
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code,
                                                          dtype=torch_dtype)
