@@ -61,7 +61,18 @@ def test_rlhf_help_leaves_out_the_flags_the_chain_sets_but_refuses_them(capsys):
         assert f"{flag} " not in shown and f"{flag}]" not in shown, flag
     assert "--sft.model " in shown and "--ppo.kl-coef " in shown  # the stages' other flags are still listed
     assert main(["rlhf", "--sft.out", "x"]) == 2
-    assert "config key 'sft.out' is set by the rlhf chain" in _one_line_error(capsys)
+    assert "config key 'sft.out' (a flag) is set by the rlhf chain" in _one_line_error(capsys)
+    # also at the stage's default value, which the chain would silently replace (the chain's task here)
+    assert main(["rlhf", "--sft.task", "arithmetic"]) == 2
+    assert "config key 'sft.task' (a flag) is set by the rlhf chain" in _one_line_error(capsys)
+
+
+def test_rlhf_config_file_refuses_the_keys_the_chain_sets_even_at_their_defaults(tmp_path, capsys):
+    path = tmp_path / "rlhf.yaml"
+    path.write_text("out: runs/x\nsft:\n  task: arithmetic\n  steps: 3\n")
+    assert main(["rlhf", "--config", str(path)]) == 2
+    assert f"config key 'sft.task' ({path}) is set by the rlhf chain" in _one_line_error(capsys)
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("argv", [["--debug", "plot", "nowhere"], ["plot", "nowhere", "--debug"]])

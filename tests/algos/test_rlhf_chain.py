@@ -5,6 +5,7 @@ import json
 import pytest
 
 from _rlhf_fixtures import cli_error
+from gradascent.algos.rlhf import CHAIN_FIELDS
 from gradascent.cli import main
 from gradascent.lm import RewardModel, ValueModel, load_model
 from gradascent.run import RunDir
@@ -48,6 +49,10 @@ def test_chain_writes_every_stage_and_a_summary(tmp_path, capsys):
     for key in ("rm_accuracy", "hidden_score_sft", "hidden_score_policy", "kl_to_reference"):
         assert isinstance(summary[key], float), key
     assert (out / "config.yaml").read_text().count("kl_coef: 0.25") == 1  # the flag reached the ppo section
+    import yaml
+
+    chain_cfg = yaml.safe_load((out / "config.yaml").read_text())  # no stage default that no stage used
+    assert not any(f in chain_cfg[section] for section, fields in CHAIN_FIELDS.items() for f in fields)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["stage"]) for r in rows] == [(1, "sft"), (2, "rm"), (3, "ppo")]
     for stage in ("sft", "rm", "ppo"):
@@ -131,7 +136,7 @@ def test_a_yaml_section_keeps_the_chain_defaults_it_does_not_set(tmp_path):
 
 def test_fields_the_chain_connects_cannot_be_set(tmp_path, capsys):
     line = cli_error(capsys, "rlhf", "--out", str(tmp_path / "x"), "--ppo.policy", "elsewhere")
-    assert "config key 'ppo.policy' is set by the rlhf chain" in line
+    assert "config key 'ppo.policy' (a flag) is set by the rlhf chain" in line
 
 
 def test_a_section_check_names_its_key_with_the_section(tmp_path, capsys):

@@ -174,6 +174,12 @@ def run_rlhf(cfg: RLHFConfig) -> dict[str, Any]:
     run = RunDir(cfg.out) if main else None  # rank 0 writes
     if run is not None:
         run.write_config(cfg)
+        # without the keys the chain sets (they hold the stage defaults, which no stage used: the stages'
+        # own config.yaml files have the values they ran with)
+        recorded = to_dict(cfg)
+        for section, fields in CHAIN_FIELDS.items():
+            recorded[section] = {k: v for k, v in recorded[section].items() if k not in fields}
+        save_yaml(recorded, run.path / "config.yaml")
         for section, stage_cfg in stages.items():
             _follow_move(section, stage_cfg)
         # one row per stage, rewritten on every invocation; a stage finished before keeps its row (its wall_s)
@@ -269,7 +275,21 @@ def train(cfg: RLHFConfig, resume: bool = False) -> dict[str, Any]:
     return run_rlhf(cfg)
 
 
+def check_no_chain_keys(data: dict[str, Any], where: str) -> None:
+    """A ConfigError for a key the chain sets itself (CHAIN_FIELDS) given in ``data`` (a YAML file's mapping, or
+    the flags as dotted keys), even at its default value, which RLHFConfig alone cannot tell from unset."""
+    for section, fields in CHAIN_FIELDS.items():
+        given = data.get(section) if isinstance(data.get(section), dict) else {}
+        for f in fields:
+            if f in given or f"{section}.{f}" in data:
+                raise ConfigError(f"config key '{section}.{f}' ({where}) is set by the rlhf chain (from out, task "
+                                  "and seed, and the stage before); leave it out of the config")
+
+
 def _cmd(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        check_no_chain_keys(read_yaml(args.config), str(args.config))
+    check_no_chain_keys({k.replace("-", "_"): v for k, v in flag_values(args).items()}, "a flag")
     cfg = load_config(RLHFConfig, args.config, flag_overrides=flag_values(args))
     return finish("rlhf", run_rlhf(cfg), lambda s: (
         f"rlhf: reward-model accuracy {s['rm_accuracy']:.3f}; {_scores(s)}; "
