@@ -63,7 +63,6 @@ def exact_match(prompts: Sequence[str], completions: Sequence[str], answer: Sequ
     return [1.0 if c.strip() == str(a).strip() else 0.0 for c, a in zip(completions, answer)]
 
 
-
 def numeric_match(prompts: list[str], completions: list[str], answer: Sequence[Any], **_: Any) -> list[float]:
     """1.0 when the last number in the completion equals the ``answer`` column, else 0.0."""
     out = []

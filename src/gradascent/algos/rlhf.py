@@ -173,13 +173,12 @@ def run_rlhf(cfg: RLHFConfig) -> dict[str, Any]:
         _check_same_config(section, stage_cfg)
     run = RunDir(cfg.out) if main else None  # rank 0 writes
     if run is not None:
-        run.write_config(cfg)
         # without the keys the chain sets (they hold the stage defaults, which no stage used: the stages'
         # own config.yaml files have the values they ran with)
         recorded = to_dict(cfg)
         for section, fields in CHAIN_FIELDS.items():
             recorded[section] = {k: v for k, v in recorded[section].items() if k not in fields}
-        save_yaml(recorded, run.path / "config.yaml")
+        run.write_config(cfg, recorded)
         for section, stage_cfg in stages.items():
             _follow_move(section, stage_cfg)
         # one row per stage, rewritten on every invocation; a stage finished before keeps its row (its wall_s)

@@ -123,7 +123,8 @@ def warn_unknown(tokenizer: Any, texts: Sequence[str], names: Sequence[str], wha
         hits += [start + i for i, row in enumerate(ids) if unk in row]
     if hits:
         warnings.warn(f"{what}: {len(hits)} of {len(texts)} texts hold characters the tokenizer encodes as "
-                      f"{tokenizer.unk_token} (the first: {names[hits[0]]}, {texts[hits[0]]!r:.60})", GradascentWarning, stacklevel=2)
+                      f"{tokenizer.unk_token} (the first: {names[hits[0]]}, {texts[hits[0]]!r:.60})", GradascentWarning,
+                      stacklevel=2)
     return len(hits)
 
 

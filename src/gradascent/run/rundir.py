@@ -81,9 +81,10 @@ class RunDir:
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
-    def write_config(self, cfg: Any) -> None:
-        """Write config.yaml and run.json (which config class, hence which trainer, made this run)."""
-        save_yaml(cfg, self.path / "config.yaml")
+    def write_config(self, cfg: Any, fields: dict[str, Any] | None = None) -> None:
+        """Write config.yaml (``cfg``'s fields, or ``fields`` in their place) and run.json (which config class,
+        hence which trainer, made this run)."""
+        save_yaml(cfg if fields is None else fields, self.path / "config.yaml")
         meta = {"config_class": f"{type(cfg).__module__}:{type(cfg).__qualname__}"}
         (self.path / "run.json").write_text(json.dumps(meta) + "\n", encoding="utf-8")
 
