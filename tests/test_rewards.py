@@ -32,6 +32,9 @@ def test_weighted_total_and_per_function_metrics():
     # sample 0: 1 + 0.5*1 = 1.5; sample 1: 1 + 0.5*0 = 1.0
     assert torch.equal(total, torch.tensor([1.5, 1.0]))
     assert metrics == {"reward/numeric_match": 1.0, "reward/format_number": 0.5}
+    # A mean is taken in float64: one right of 50 is 0.02, not float32's 0.019999999552965164.
+    _, metrics = score([numeric_match], ["p"] * 50, ["5"] + ["4"] * 49, {"answer": [5] * 50})
+    assert metrics == {"reward/numeric_match": 0.02}
 
 
 def test_bad_reward_functions_are_named():

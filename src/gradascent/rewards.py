@@ -299,6 +299,6 @@ def score(
             raise RewardError(f"reward function '{name}' returned {values[i]!r} for sample {i} "
                               f"(prompt {prompts[i]!r:.60}, completion {completions[i]!r:.60}); "
                               "rewards must be finite float32 numbers")
-        metrics[f"reward/{name}"] = float(t.mean()) if n else 0.0
+        metrics[f"reward/{name}"] = float(t.double().mean()) if n else 0.0  # 1/50 -> 0.02, not float32's 0.0199...
         total += w * t
     return total, metrics
