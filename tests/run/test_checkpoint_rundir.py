@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradascent.errors import CheckpointError, NonFiniteError
+from gradascent.errors import CheckpointError, GradascentError, NonFiniteError
 from gradascent.run import (
     RunDir,
     capture_rng,
@@ -94,22 +94,35 @@ def test_run_dir_contract(tmp_path):
     run = RunDir(tmp_path / "out")
     run.write_config(C())
     for step in range(1, 4):
-        run.log(step, {"env_steps": step * 10, "loss": torch.tensor(0.5), "nan_metric": float("nan")})
+        run.log(step, {"env_steps": step * 10, "loss": torch.tensor(0.5), "nan_metric": float("nan"),
+                       "kl_coef": torch.tensor(0.02), "lr": np.float32(3e-4), "f32": 0.019999999552965164,
+                       "f64": 1.174028980982257, "tenth": 0.1, "nested": {"a": [float(torch.tensor(0.3))]}})
     run.write_summary({"eval_return_mean": 1.5})
     run.close()
     out = tmp_path / "out"
     assert (out / "config.yaml").read_text() == "lr: 0.1\n"
     assert json.loads((out / "run.json").read_text())["config_class"].endswith(":test_run_dir_contract.<locals>.C")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0] == {"step": 1, "env_steps": 10, "loss": 0.5, "nan_metric": None}
+    # A float32 is written as the shortest decimal that reads back as it (0.02, not its exact value
+    # 0.019999999552965164), also once float() made it a Python float; other floats are written as they are.
+    assert rows[0] == {"step": 1, "env_steps": 10, "loss": 0.5, "nan_metric": None, "kl_coef": 0.02, "lr": 3e-4,
+                       "f32": 0.02, "f64": 1.174028980982257, "tenth": 0.1, "nested": {"a": [0.3]}}
+    assert '"kl_coef": 0.02, "lr": 0.0003,' in (out / "metrics.jsonl").read_text()
     assert json.loads((out / "summary.json").read_text()) == {"eval_return_mean": 1.5}
-    assert (out / "checkpoints").is_dir()
+    assert not (out / "checkpoints").exists()  # made by the first checkpoint: none here
     assert any((out / "tb").iterdir())  # TensorBoard events beside metrics.jsonl
     # Resume: rows after the checkpoint's step are dropped, and so is a half-written last line.
     with (out / "metrics.jsonl").open("a") as fh:
         fh.write('{"step": 4, "env_st')
     run.truncate_metrics(2)
     assert [r["step"] for r in run.read_metrics()] == [1, 2]
+
+
+def test_a_file_where_the_checkpoints_go_is_refused_before_the_run_starts(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "checkpoints").write_text("not a directory")
+    with pytest.raises(GradascentError, match=r"out/checkpoints: a file is in the way"):
+        RunDir(tmp_path / "out")
 
 
 def test_a_run_stopped_before_its_first_checkpoint_is_told_apart(tmp_path):

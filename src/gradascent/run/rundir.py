@@ -19,16 +19,30 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gradascent.errors import ConfigError, GradascentError
 from gradascent.run.checkpoint import latest_checkpoint
 from gradascent.run.config import read_yaml, save_yaml, to_dict
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def _jsonable(v: Any) -> Any:
+    """A JSON-ready scalar. A float that a float32 holds exactly (a float32 metric, as a tensor or already a
+    Python float) is written as the shortest decimal that reads back as that float32: 0.02, not
+    0.019999999552965164, its exact value. That is within float32's precision of the float64 it stands for."""
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
     if hasattr(v, "item") and callable(v.item):  # torch / numpy scalars
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return None if math.isnan(v) else (1e308 if v > 0 else -1e308)
+    if isinstance(v, float) and abs(v) <= _F32_MAX and float(np.float32(v)) == v:
+        v = float(str(np.float32(v)))  # NumPy prints a float32 at its shortest round-tripping decimal
     return v
 
 
@@ -69,7 +83,7 @@ class RunDir:
 
     def __init__(self, path: str | Path, tensorboard: bool = True) -> None:
         self.path = make_dir(path, "run directory")  # the path as given, so that an empty string is refused
-        make_dir(self.checkpoints, "run directory")
+        require_path(self.checkpoints, "run directory")  # made by the first checkpoint; none with save_every 0
         self._tb_enabled = tensorboard
         self._tb: Any = None
 
