@@ -61,6 +61,8 @@ def test_save_load_round_trip_with_plain_transformers_too(tmp_path):
         assert torch.equal(plain(input_ids=ids, attention_mask=mask.long()).logits, ref)
     assert tok2("a+b")["input_ids"] == tok("a+b")["input_ids"]
     assert tok2.pad_token_id == 0 and tok2.eos_token_id == 1
+    # The tokenizer's model_max_length is the model's context, saved and loaded with it.
+    assert tok.model_max_length == tok2.model_max_length == model.config.max_position_embeddings == 512
 
 
 @pytest.mark.parametrize("preset", ["qwen2-micro", "llama-micro"])

@@ -140,7 +140,8 @@ def encode_sequences(
     eos = tokenizer.eos_token_id
     rows = []
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        ids = tokenizer(p, add_special_tokens=False)["input_ids"] + tokenizer(c, add_special_tokens=False)["input_ids"]
+        ids = (tokenizer(p, add_special_tokens=False, verbose=False)["input_ids"]
+               + tokenizer(c, add_special_tokens=False, verbose=False)["input_ids"])
         if add_eos and eos is not None:
             ids.append(eos)
         if max_length is not None and len(ids) > max_length:

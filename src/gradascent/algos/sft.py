@@ -181,8 +181,8 @@ def encode_examples(tokenizer: Any, rows: list[dict[str, Any]], max_length: int,
     out = []
     for i, row in enumerate(rows):
         prompt, completion = sft_example(row)
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        p = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False, verbose=False)["input_ids"]
         ids = p + c + [eos]
         if len(ids) > max_length:
             name = names[i] if names is not None else f"example {i + 1}"

@@ -221,7 +221,7 @@ def tokenizer_and_context(spec: str | os.PathLike[str]) -> tuple[Any, int | None
     larger than the model's vocabulary."""
     path = _model_dir(spec)
     if path is None:
-        return ensure_pad_token(char_tokenizer()), PRESET_CONTEXT
+        return ensure_pad_token(char_tokenizer(PRESET_CONTEXT)), PRESET_CONTEXT
     from transformers import AutoConfig
 
     tokenizer = load_tokenizer(path)
@@ -302,7 +302,7 @@ def load_model(
     path = _model_dir(spec)
     if path is None:
         model = build_model(str(spec), tokenizer, seed=seed)
-        tokenizer = ensure_pad_token(tokenizer if tokenizer is not None else char_tokenizer())
+        tokenizer = ensure_pad_token(tokenizer if tokenizer is not None else char_tokenizer(PRESET_CONTEXT))
     else:
         tokenizer = ensure_pad_token(tokenizer) if tokenizer is not None else load_tokenizer(path)
         if not trust_remote_code:  # a model of remote code is built by that code alone

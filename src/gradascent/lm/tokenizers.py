@@ -34,11 +34,12 @@ PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 CHARS: tuple[str, ...] = tuple(chr(c) for c in range(32, 127)) + ("\n",)
 
 
-def char_tokenizer() -> Any:
+def char_tokenizer(model_max_length: int = 1 << 16) -> Any:
     """The built-in character-level tokenizer: ids 0-2 are <pad>, <eos>, <unk>, then one id per character.
 
     Vocabulary: printable ASCII and newline, 99 tokens in all; any other character encodes as <unk>.
-    No BOS token is added. Returns a ``PreTrainedTokenizerFast`` with ``padding_side='left'``.
+    No BOS token is added. Returns a ``PreTrainedTokenizerFast`` with ``padding_side='left'`` whose
+    ``model_max_length`` is the context of the model it goes with (``load_model`` of a preset sets it).
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -50,7 +51,7 @@ def char_tokenizer() -> Any:
     tk.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tk, pad_token=PAD, eos_token=EOS, unk_token=UNK, padding_side="left",
-        model_max_length=1 << 16,
+        model_max_length=model_max_length,
     )
     return tok
 
@@ -92,10 +93,14 @@ def check_prompt_lengths(tokenizer: Any, prompts: Sequence[str], max_tokens: int
     """Raise DataError naming the first of ``prompts`` that is empty or longer than ``max_tokens`` tokens (as
     ``encode_prompts`` counts them), by its entry in ``names`` (such as 'file.jsonl:12') or else as
     'prompt <i>' counted from 1. Trainers call it on a whole dataset before training, so that a prompt that
-    cannot fit the model's context stops the run at its start, not at the step that draws it."""
+    cannot fit the model's context stops the run at its start, not at the step that draws it.
+
+    Here and wherever gradascent tokenizes, ``verbose=False`` keeps transformers from logging that a text is
+    longer than ``model_max_length``: the length is checked against the model's context, and a text too long
+    is an error that names it."""
     for start in range(0, len(prompts), 1024):  # in chunks: only the lengths are kept
         chunk = list(prompts[start:start + 1024])
-        ids = tokenizer(chunk, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        ids = tokenizer(chunk, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
         for i, row in enumerate(ids, start=start):
             name = names[i] if names is not None else f"prompt {i + 1}"
             if not row:
@@ -119,7 +124,7 @@ def warn_unknown(tokenizer: Any, texts: Sequence[str], names: Sequence[str], wha
     for start in range(0, len(texts), 1024):
         ids = (encoded[start:start + 1024] if encoded is not None else
                tokenizer(list(texts[start:start + 1024]), add_special_tokens=False,
-                         return_attention_mask=False)["input_ids"])
+                         return_attention_mask=False, verbose=False)["input_ids"])
         hits += [start + i for i, row in enumerate(ids) if unk in row]
     if hits:
         warnings.warn(f"{what}: {len(hits)} of {len(texts)} texts hold characters the tokenizer encodes as "
@@ -162,7 +167,7 @@ def encode_prompts(
         if not isinstance(p, str):
             raise DataError(f"prompt {i} is {type(p).__name__} {p!r:.60}, not a string")
     ensure_pad_token(tokenizer)
-    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    rows = [tokenizer(p, add_special_tokens=False, verbose=False)["input_ids"] for p in prompts]
     P = max(len(r) for r in rows)
     if max_length is not None:
         for i, r in enumerate(rows):
