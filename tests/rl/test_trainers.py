@@ -108,13 +108,17 @@ def test_non_finite_losses_are_skipped_then_abort(tmp_path):
     assert all(r["value_loss"] is None for r in rows)  # the NaN loss itself is logged as null
 
 
-@pytest.mark.parametrize("threshold, low, high", [(2.0, 0.005, 0.02), (1.5, 0.01 / 1.5, 0.015)])
-def test_ppo_penalty_adapts_beta_once_per_update_from_the_batch_kl(tmp_path, threshold, low, high):
-    cfg = ppo.PPOConfig(total_steps=4_096, num_steps=64, loss="kl_penalty", kl_coef=1.0, kl_target=0.01,
+@pytest.mark.parametrize("threshold, target, low, high", [(2.0, 0.01, 0.005, 0.02), (1.5, 0.01, 0.01 / 1.5, 0.015),
+                                                      (2.0, 1e-4, 5e-5, 2e-4)])
+def test_ppo_penalty_adapts_beta_once_per_update_from_the_batch_kl(tmp_path, threshold, target, low, high):
+    cfg = ppo.PPOConfig(total_steps=4_096, num_steps=64, loss="kl_penalty", kl_coef=1.0, kl_target=target,
                         kl_threshold=threshold, tensorboard=False)
     ppo.train(cfg, tmp_path, progress=False)
     rows = RunDir(tmp_path).read_metrics()
     assert rows[0]["kl_coef"] == 1.0 and len({r["kl_coef"] for r in rows}) > 1  # beta did move
+    if target == 1e-4:  # a target below the KL of the first updates: beta doubles, and later halves, in training
+        moves = {row["kl_coef"] / prev["kl_coef"] for prev, row in zip(rows, rows[1:])}
+        assert {2.0, 0.5} <= moves
     for prev, row in zip(rows, rows[1:]):
         # eq. 17, factor 2: halve below d_targ / threshold, double above d_targ * threshold, else keep
         # (ours: threshold 2, so 0.005 and 0.02; the PPO paper's 1.5: 0.00667 and 0.015).

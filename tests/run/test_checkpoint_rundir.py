@@ -95,8 +95,8 @@ def test_run_dir_contract(tmp_path):
     run.write_config(C())
     for step in range(1, 4):
         run.log(step, {"env_steps": step * 10, "loss": torch.tensor(0.5), "nan_metric": float("nan"),
-                       "kl_coef": torch.tensor(0.02), "lr": np.float32(3e-4), "f32": 0.019999999552965164,
-                       "f64": 1.174028980982257, "tenth": 0.1, "nested": {"a": [float(torch.tensor(0.3))]}})
+                       "kl_coef": torch.tensor(0.02), "lr": np.float32(3e-4), "beta": 2.0 ** -12,
+                       "f64": 1.174028980982257, "tenth": 0.1, "nested": {"a": [torch.tensor(0.3)]}})
     run.write_summary({"eval_return_mean": 1.5})
     run.close()
     out = tmp_path / "out"
@@ -104,9 +104,9 @@ def test_run_dir_contract(tmp_path):
     assert json.loads((out / "run.json").read_text())["config_class"].endswith(":test_run_dir_contract.<locals>.C")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # A float32 is written as the shortest decimal that reads back as it (0.02, not its exact value
-    # 0.019999999552965164), also once float() made it a Python float; other floats are written as they are.
+    # 0.019999999552965164), nested ones too; a Python float as it is (2**-12 stays 0.000244140625 exactly).
     assert rows[0] == {"step": 1, "env_steps": 10, "loss": 0.5, "nan_metric": None, "kl_coef": 0.02, "lr": 3e-4,
-                       "f32": 0.02, "f64": 1.174028980982257, "tenth": 0.1, "nested": {"a": [0.3]}}
+                       "beta": 0.000244140625, "f64": 1.174028980982257, "tenth": 0.1, "nested": {"a": [0.3]}}
     assert '"kl_coef": 0.02, "lr": 0.0003,' in (out / "metrics.jsonl").read_text()
     assert json.loads((out / "summary.json").read_text()) == {"eval_return_mean": 1.5}
     assert not (out / "checkpoints").exists()  # made by the first checkpoint: none here

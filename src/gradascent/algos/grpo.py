@@ -520,7 +520,7 @@ def grpo_update(
                 loss = loss + part_loss.detach()
                 parts.append((part_stats, mask[rows].sum()))
             stats = _merge_pass_stats(parts) if parts else {"loss": loss.clone(), "policy_loss": loss.clone()}
-            stats["lr"] = torch.tensor(scheduler.get_last_lr()[0])
+            stats["lr"] = torch.tensor(scheduler.get_last_lr()[0], dtype=torch.float64)  # 1e-4, not float32's
             if guard.check(loss, model.parameters(), where=where):
                 max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
                 stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
@@ -531,7 +531,7 @@ def grpo_update(
     return {
         "zero_std_frac": float(flat.float().mean()),
         "tokens_in_loss": float(mask.sum()),
-        **{k: float(torch.stack([s[k] for s in stats_rows if k in s]).float().mean())
+        **{k: float(torch.stack([s[k].double() for s in stats_rows if k in s]).mean())
            for k in dict.fromkeys(k for s in stats_rows for k in s)},
     }
 

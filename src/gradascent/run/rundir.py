@@ -26,22 +26,23 @@ from gradascent.run.checkpoint import latest_checkpoint
 from gradascent.run.config import read_yaml, save_yaml, to_dict
 
 
-_F32_MAX = float(np.finfo(np.float32).max)
+_SINGLE = frozenset({"float32", "float16", "bfloat16", "torch.float32", "torch.float16", "torch.bfloat16"})
 
 
 def _jsonable(v: Any) -> Any:
-    """A JSON-ready scalar. A float that a float32 holds exactly (a float32 metric, as a tensor or already a
-    Python float) is written as the shortest decimal that reads back as that float32: 0.02, not
-    0.019999999552965164, its exact value. That is within float32's precision of the float64 it stands for."""
+    """A JSON-ready value. A float32 (or narrower) tensor or NumPy scalar is written as the shortest decimal
+    that reads back as the same float32: 0.02, not 0.019999999552965164, its exact value as a Python float.
+    A Python float is written as it is (it may be an exact float64 such as a halved beta, 2**-12)."""
     if isinstance(v, dict):
         return {k: _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
+    single = str(getattr(v, "dtype", "")) in _SINGLE
     if hasattr(v, "item") and callable(v.item):  # torch / numpy scalars
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return None if math.isnan(v) else (1e308 if v > 0 else -1e308)
-    if isinstance(v, float) and abs(v) <= _F32_MAX and float(np.float32(v)) == v:
+    if single and isinstance(v, float):
         v = float(str(np.float32(v)))  # NumPy prints a float32 at its shortest round-tripping decimal
     return v
 
