@@ -120,9 +120,10 @@ class PPORLHFConfig:
     temperature: float = 1.0
     """Sampling temperature; the log-probs of pi, pi_old and pi_ref are taken at the same temperature."""
     top_k: int = 0
-    """Sample among the k most likely tokens (0: off)."""
+    """Sample among the k most likely tokens (0: off). The log-probs stay those of the whole softmax, so the
+    tokens no longer come from pi and the per-token KL estimate is biased (docs/rlhf.md)."""
     top_p: float = 1.0
-    """Nucleus sampling mass (1: off)."""
+    """Nucleus sampling mass (1: off); biases the KL estimate as top_k does."""
     engine: Literal["auto", "fused", "hf"] = "auto"
     """Sampling engine of lm.generate ('hf' is forced when LoRA adapters are on)."""
     gamma: float = 1.0
