@@ -90,6 +90,20 @@ def test_two_iterations_reuse_the_stored_old_logprobs(tmp_path, monkeypatch):
     assert (logp2.detach() - old2).abs().max() > 1e-3
 
 
+def test_a_model_with_dropout_trains_with_it_off_so_the_first_ratio_is_one(tmp_path, monkeypatch):
+    # A user's model may have attention dropout (GPT-2 has 0.1). pi_old and the samples come from the model
+    # without it; had the training forward kept it on, the first pass's ratio would be dropout noise.
+    model, tok = load_model("qwen2-micro", seed=0)
+    for m in model.modules():
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = 0.5
+    seen = _spy_losses(monkeypatch)
+    train_grpo(GRPOConfig(steps=1, prompts_per_step=2, group_size=4, lr=1e-2, save_every=0, num_iterations=2),
+               tmp_path, model=model, tokenizer=tok, task=DIGITS, progress=False)
+    (logp1, old1), _ = seen
+    assert torch.allclose(logp1.detach(), old1, atol=1e-6)
+
+
 def test_one_iteration_takes_old_logprobs_from_the_same_forward(tmp_path, monkeypatch):
     seen = _spy_losses(monkeypatch)
     calls = []

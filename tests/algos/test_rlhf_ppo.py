@@ -111,6 +111,25 @@ def test_ppo_updates_train_policy_and_critic_and_leave_frozen_models_alone(sft_d
     assert_bit_identical(state_of(critic), state_of(models.critic))
 
 
+def test_a_policy_with_dropout_trains_with_it_off_so_the_first_ratio_is_one(sft_dir, rm_dir, tmp_path, monkeypatch):
+    # pi_old is a forward after sampling; with attention dropout left on, it and the first training forward
+    # drew different dropout masks, and the first minibatch's ratio was noise instead of 1.
+    from gradascent.algos import ppo_rlhf
+
+    cfg = ppo_config(sft_dir, rm_dir, tmp_path / "ppo", updates=1, epochs=1)
+    models = load_models(cfg)
+    for m in list(models.policy.modules()) + list(models.critic.modules()):
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = 0.5
+    seen = []
+    real = ppo_rlhf.clipped_surrogate_loss
+    monkeypatch.setattr(ppo_rlhf, "clipped_surrogate_loss",
+                        lambda logp, old, *a, **k: seen.append((logp.detach(), old, a[1])) or real(logp, old, *a, **k))
+    train_ppo_rlhf(cfg, models=models)
+    logp, old, m = seen[0]
+    assert torch.allclose(logp[m], old[m], atol=1e-5)
+
+
 def test_lora_policy_shares_base_weights_with_reference_and_reward_model(sft_dir, tmp_path):
     import peft  # noqa: F401  (a dev dependency: the LoRA path is always tested)
     from _rlhf_fixtures import rm_config

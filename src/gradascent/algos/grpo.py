@@ -583,7 +583,9 @@ def train_grpo(
     elif tokenizer is None:
         raise ConfigError("train_grpo: a model passed from Python needs its tokenizer")
     check_vocab(model, tokenizer)
-    model.to(device).train()
+    # Dropout off throughout (eval mode): completions and pi_old come from the model without it, so a training
+    # forward with it would make the first ratio dropout noise, not 1.
+    model.to(device).eval()
     ref_model = load_reference(cfg, model) if cfg.beta > 0 else None  # beta = 0: no reference at all
     # config.yaml records what the run trains on: a Task passed from Python is named as such, so that a resume
     # that does not pass it again is refused rather than continued on cfg.task

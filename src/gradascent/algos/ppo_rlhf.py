@@ -560,8 +560,10 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
         check_resume(run, cfg, resume_from is not None, cfg.resume, RESUMABLE_CHANGES)
     if run is not None:
         run.write_config(cfg)
-    policy.train()
-    critic.train()
+    # Dropout off throughout (eval mode): completions, pi_old and the old values come from the models without
+    # it, so a training forward with it would make the first ratio dropout noise, not 1.
+    policy.eval()
+    critic.eval()
     policy_params, critic_params = _trainable(policy), _trainable(critic)
     optimizer = adamw(
         [{"params": policy_params, "lr": cfg.lr}, {"params": critic_params, "lr": cfg.vf_lr or cfg.lr}],
