@@ -238,3 +238,20 @@ def test_a_prompt_too_long_is_named_by_its_file_and_line(fails_cleanly, tmp_path
         args += ["--out", str(tmp_path / "o")]
     fails_cleanly(args, must_name.format(file=data))
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, blocked, is_file", [
+    (["grpo", "--model", "qwen2-micro", "--steps", "1", "--prompts-per-step", "2", "--group-size", "2"], "model", True),
+    (["sft", "--model", "qwen2-micro", "--steps", "1"], "summary.json", False),
+    (["rl", "ppo", "--env", "CartPole-v1", "--total-steps", "256"], "tb", True),
+    (["rl", "ppo", "--env", "CartPole-v1", "--total-steps", "256"], "policy.json", False),
+], ids=["grpo-model", "sft-summary", "rl-tb", "rl-policy"])
+def test_an_entry_of_the_run_directory_in_the_way_stops_the_run_before_it_trains(fails_cleanly, tmp_path, args,
+                                                                               blocked, is_file):
+    # A file where the final model/ or tb/ goes, or a directory where summary.json goes: a FileExistsError or
+    # IsADirectoryError traceback once training had finished, and a stray summary.json.tmp.
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / blocked).write_text("keep me\n") if is_file else (out / blocked).mkdir()
+    fails_cleanly(args + ["--out", str(out)], f"{out / blocked}: a {'file' if is_file else 'directory'} is in the way")
+    assert sorted(p.name for p in out.iterdir()) == [blocked]  # nothing trained, nothing written

@@ -31,7 +31,7 @@ from gradascent.errors import ConfigError, GradascentError, NonFiniteError
 from gradascent.rl.envs import ObsNormalizer, RewardScaler, make_vec_env, spaces_of
 from gradascent.rl.policy import ActorCritic
 from gradascent.rl.rollout import Batch, Collector
-from gradascent.rl.saved import run_episodes, save_policy
+from gradascent.rl.saved import META, WEIGHTS, run_episodes, save_policy
 from gradascent.run.checkpoint import (
     capture_rng,
     latest_checkpoint,
@@ -224,7 +224,7 @@ class ClassicRun:
     # --- setup and resume ------------------------------------------------------------------------------
 
     def _open_rundir(self, out: Path, resume: bool) -> RunDir:
-        rundir = RunDir(out, tensorboard=self.cfg.tensorboard)
+        rundir = RunDir(out, tensorboard=self.cfg.tensorboard, files=(WEIGHTS, META))
         if not resume and (rundir.metrics_path.exists() or latest_checkpoint(rundir.checkpoints) is not None):
             raise GradascentError(f"run directory {out} already holds a run: pass --resume to continue it, "
                                   f"or choose another --out")

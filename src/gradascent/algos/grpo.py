@@ -620,7 +620,7 @@ def train_grpo(
         check_fits_context(tokenizer, [r["prompt"] for r in rows], context, max_new,
                            f"task {task.name!r}, {split} rows (model context {context}, max_new_tokens {max_new})",
                            names[:len(rows)])
-    run = RunDir(out, tensorboard=True) if dist_info.is_main else None
+    run = RunDir(out, tensorboard=True, dirs=("model",)) if dist_info.is_main else None
     eos = eos_token_ids(tokenizer, model) if cfg.stop_at_eos else []
     # The training forward; under torchrun in DDP, or sharded with FSDP2 (then model's parameters are shards).
     policy = distributed.wrap(GroupedLogprobs(model), fsdp=cfg.fsdp)

@@ -204,7 +204,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     model.freeze_lm_head()  # never used by the reward (and DDP wants every trained weight used)
     check_lengths(tok, train + held_out, cfg.max_length)
     # the run directory is made only once the data and the model have loaded and the pairs fit
-    run = RunDir(cfg.out) if dist_info.is_main else None
+    run = RunDir(cfg.out, dirs=("model",)) if dist_info.is_main else None
     resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
     if run is not None:
         check_resume(run, cfg, resume_from is not None, cfg.resume, RESUMABLE_CHANGES)

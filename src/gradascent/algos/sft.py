@@ -433,7 +433,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     model, tokenizer = load_model(cfg.model, seed=cfg.seed, dtype=cfg.dtype, device=device)
     pad_id = tokenizer.pad_token_id
     train_ex, eval_ex = check_examples(cfg, task, tokenizer, getattr(model.config, "max_position_embeddings", None))
-    run = RunDir(cfg.out) if dist_info.is_main else None
+    run = RunDir(cfg.out, dirs=("model",)) if dist_info.is_main else None
     ckpt = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
     if run is not None:
         check_resume(run, cfg, ckpt is not None, cfg.resume, RESUMABLE_CHANGES)

@@ -82,9 +82,21 @@ def make_dir(path: str | Path, what: str = "directory") -> Path:
 class RunDir:
     """Writes config.yaml, metrics.jsonl, summary.json, checkpoints/ and TensorBoard events under ``path``."""
 
-    def __init__(self, path: str | Path, tensorboard: bool = True) -> None:
+    FILES = ("config.yaml", "run.json", "metrics.jsonl", "summary.json")
+    DIRS = ("checkpoints", "tb")
+
+    def __init__(self, path: str | Path, tensorboard: bool = True, files: tuple[str, ...] = (),
+                 dirs: tuple[str, ...] = ()) -> None:
+        """``files`` and ``dirs``: what the trainer writes there besides the contract's own entries (such as
+        the final model/), checked with them up front, so that a directory or a file in the way of one stops
+        the run before it trains, not when it saves."""
         self.path = make_dir(path, "run directory")  # the path as given, so that an empty string is refused
-        require_path(self.checkpoints, "run directory")  # made by the first checkpoint; none with save_every 0
+        for name in self.DIRS + dirs:  # checkpoints/ is made by the first checkpoint; none with save_every 0
+            require_path(self.path / name, "run directory")
+        for name in self.FILES + files:
+            if (self.path / name).is_dir():
+                raise GradascentError(f"cannot write {self.path / name}: a directory is in the way (a file is "
+                                      "needed)")
         self._tb_enabled = tensorboard
         self._tb: Any = None
 
