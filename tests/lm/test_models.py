@@ -100,6 +100,26 @@ def test_model_without_tokenizer_and_vocab_mismatch(tmp_path):
         load_model(tmp_path / "m", tokenizer=bigger)
 
 
+def test_weights_holding_nan_are_refused_when_the_model_loads(tmp_path):
+    # Such a model sampled 64 <pad> tokens greedily and exited 0, or failed with torch's multinomial error, or
+    # made SFT skip every step and then refuse to checkpoint, as if training had diverged.
+    from safetensors.torch import load_file, save_file
+
+    model, tok = load_model("qwen2-micro")
+    save_model(model, tok, tmp_path / "m")
+    weights = load_file(str(tmp_path / "m" / "model.safetensors"))
+    weights["model.norm.weight"][3] = float("nan")
+    save_file(weights, str(tmp_path / "m" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"holds NaN or inf in weight 'model.norm.weight'"):
+        load_model(tmp_path / "m")
+    # A reward head holding NaN is refused too.
+    RewardModel(load_model("qwen2-micro")[0]).save_pretrained(tmp_path / "rm", tok)
+    save_file({"weight": torch.full((1, 32), float("nan")), "bias": torch.zeros(1)},
+              str(tmp_path / "rm" / "head.safetensors"))
+    with pytest.raises(CheckpointError, match=r"head.safetensors holds NaN or inf"):
+        RewardModel.from_pretrained(tmp_path / "rm")
+
+
 def test_corrupt_weights_are_a_checkpoint_error(tmp_path):
     model, tok = load_model("qwen2-micro")
     save_model(model, tok, tmp_path / "m")

@@ -143,6 +143,8 @@ class ScalarHeadModel(nn.Module):
             raise CheckpointError(f"{p / 'head.safetensors'} is corrupt: {exc}") from None
         if set(weights) != {"weight", "bias"} or tuple(weights["weight"].shape) != (1, hidden):
             raise CheckpointError(f"{p / 'head.safetensors'} does not hold a (1, {hidden}) head")
+        if not all(bool(torch.isfinite(w).all()) for w in weights.values()):
+            raise CheckpointError(f"{p / 'head.safetensors'} holds NaN or inf; the head cannot be used")
         head = nn.Linear(hidden, 1)
         head.load_state_dict(weights)
         pb = next(backbone.parameters())

@@ -316,11 +316,21 @@ def load_model(
         except Exception as exc:  # noqa: BLE001 - whatever transformers raises, name the directory at fault
             raise CheckpointError(f"cannot load the model in {path}: {type(exc).__name__}: {exc}") from None
     check_vocab(model, tokenizer)
+    if path is not None:
+        check_finite_weights(model, path)
     if torch_dtype is not None:
         model = model.to(torch_dtype)
     if device is not None:
         model = model.to(device)
     return model, tokenizer
+
+
+def check_finite_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """A CheckpointError naming the first weight of ``model`` (loaded from ``path``) that holds NaN or inf:
+    such a model samples garbage or nothing, and a trainer would only fail later, as if it had diverged."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"the model in {path} holds NaN or inf in weight '{name}'; it cannot be used")
 
 
 def save_model(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
