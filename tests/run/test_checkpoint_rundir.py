@@ -137,3 +137,26 @@ def test_a_run_stopped_before_its_first_checkpoint_is_told_apart(tmp_path):
     save_checkpoint(run.checkpoints, 1, {"x": torch.zeros(1)})
     with pytest.raises(ConfigError, match="already holds a run \\(metrics.jsonl\\); pass --resume .* to continue it"):
         check_resume(run, {}, False, False, frozenset())
+
+
+def test_resuming_a_run_of_another_trainer_names_the_trainer_not_the_differing_keys(tmp_path):
+    # An sft run resumed by grpo listed "22 keys differ"; run.json says which config made the run.
+    from dataclasses import dataclass
+
+    from gradascent.errors import ConfigError
+    from gradascent.run.rundir import check_resume
+
+    @dataclass(frozen=True)
+    class SFTLike:
+        lr: float = 0.1
+
+    @dataclass(frozen=True)
+    class GRPOLike:
+        lr: float = 0.1
+
+    run = RunDir(tmp_path / "out", tensorboard=False)
+    run.write_config(SFTLike())
+    check_resume(run, SFTLike(), True, True, frozenset())  # the same trainer: fine
+    with pytest.raises(ConfigError, match=r"holds a run of .*SFTLike \(run.json\), not of GRPOLike; continue it "
+                                          r"with `gradascent resume"):
+        check_resume(run, GRPOLike(), True, True, frozenset())

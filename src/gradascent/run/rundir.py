@@ -160,6 +160,15 @@ class RunDir:
             self._tb = None
 
 
+def _config_class(path: Path) -> str | None:
+    """The config class run.json names, or None where there is none to read."""
+    try:
+        made_by = json.loads((path / "run.json").read_text(encoding="utf-8")).get("config_class")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return made_by if isinstance(made_by, str) else None
+
+
 def check_resume(run: RunDir, cfg: Any, resuming: bool, resume_requested: bool, may_change: frozenset[str]) -> None:
     """Refuse to start over an existing run, or to resume one under a different config.
 
@@ -176,6 +185,11 @@ def check_resume(run: RunDir, cfg: Any, resuming: bool, resume_requested: bool, 
             raise ConfigError(f"{run.path} already holds a run (metrics.jsonl); pass --resume (resume=True from "
                               "Python) to continue it, or choose another run directory")
         return
+    made_by, this = _config_class(run.path), f"{type(cfg).__module__}:{type(cfg).__qualname__}"
+    if made_by is not None and made_by != this:
+        raise ConfigError(f"{run.path} holds a run of {made_by.rsplit(':', 1)[-1]} (run.json), not of "
+                          f"{type(cfg).__name__}; continue it with `gradascent resume {run.path}`, or choose another "
+                          "'out'")
     saved_path = run.path / "config.yaml"
     if not saved_path.is_file():
         return
