@@ -160,3 +160,13 @@ def test_resuming_a_run_of_another_trainer_names_the_trainer_not_the_differing_k
     with pytest.raises(ConfigError, match=r"holds a run of .*SFTLike \(run.json\), not of GRPOLike; continue it "
                                           r"with `gradascent resume"):
         check_resume(run, GRPOLike(), True, True, frozenset())
+
+
+def test_a_state_missing_what_the_trainer_saved_is_a_checkpoint_error_naming_the_key(tmp_path):
+    # state.json {"step": 5, "state": {}} parses, and resuming grpo from it was a KeyError traceback.
+    path = save_checkpoint(tmp_path, 5, {"model": {"w": torch.zeros(2)}})
+    step, state = load_checkpoint(path)
+    assert step == 5 and torch.equal(state["model"]["w"], torch.zeros(2))
+    with pytest.raises(CheckpointError, match=r"step_00000005 is corrupt: its state.json has no 'world_size'"):
+        state["world_size"]
+    assert state.get("world_size") is None  # .get stays a plain lookup

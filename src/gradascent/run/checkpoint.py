@@ -86,6 +86,11 @@ def checkpoint_name(step: int) -> str:
     return f"{PREFIX}{step:08d}"
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The step of checkpoint directory ``path``, read from its name (step_00000012 -> 12)."""
+    return int(Path(path).name[len(PREFIX):])
+
+
 def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], keep_last: int | None = None) -> Path:
     """Write ``state`` (nested dicts/lists of tensors, arrays and JSON values) as checkpoint ``step``.
 
@@ -150,13 +155,29 @@ def load_checkpoint(path: str | Path) -> tuple[int, dict[str, Any]]:
         with (path / "state.json").open(encoding="utf-8") as fh:
             meta = json.load(fh)
         tensors = load_file(str(path / "tensors.safetensors"))
-        return int(meta["step"]), _decode(meta["state"], tensors)
+        state = _decode(meta["state"], tensors)
+        if not isinstance(state, dict):
+            raise TypeError(f"its state is a {type(state).__name__}, not an object")
+        return int(meta["step"]), CheckpointState(state, path)
     except FileNotFoundError as exc:
         raise CheckpointError(f"checkpoint {path} is incomplete: {Path(exc.filename).name} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt: {type(exc).__name__}: {exc}") from None
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {exc}") from None
+
+
+class CheckpointState(dict):  # type: ignore[type-arg]
+    """A checkpoint's state: a dict whose missing key is a CheckpointError naming the checkpoint and the key
+    (a state.json that parses but lacks what the trainer saved: damaged, or written by another trainer)."""
+
+    def __init__(self, state: dict[str, Any], path: Path) -> None:
+        super().__init__(state)
+        self.path = path
+
+    def __missing__(self, key: str) -> Any:
+        raise CheckpointError(f"checkpoint {self.path} is corrupt: its state.json has no {key!r} (damaged, or "
+                              "written by another trainer)")
 
 
 # --- random number generators ------------------------------------------------------------------------
