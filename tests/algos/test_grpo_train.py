@@ -375,3 +375,10 @@ def test_resuming_a_finished_run_keeps_its_summary(tmp_path):
     assert "reward" in first and "loss" in first
     assert {k: v for k, v in again.items() if k != "elapsed_s"} == {k: v for k, v in first.items() if k != "elapsed_s"}
     assert json.loads((tmp_path / "summary.json").read_text())["reward"] == first["reward"]
+    # Fewer steps than the run has done: refused before config.yaml is rewritten (it said steps: 1 of a
+    # 2-step run, and the run ended at step 2 anyway).
+    config = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"steps=1 is fewer than the 2 the run has done already .*steps >= 2"):
+        train_grpo(dataclasses.replace(cfg, steps=1), tmp_path, model=model, tokenizer=tok, task=DIGITS,
+                   resume=True, progress=False)
+    assert (tmp_path / "config.yaml").read_text() == config

@@ -94,7 +94,7 @@ from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
 from gradascent.run.command import stop_status, summary_line
-from gradascent.run.rundir import RunDir, check_resume, require_path
+from gradascent.run.rundir import RunDir, check_not_past, check_resume, require_path
 from gradascent.run.schedule import lr_multiplier, warn_short_warmup
 
 Advantage = Literal["group", "group_no_std", "rloo", "batch_mean"]
@@ -637,6 +637,7 @@ def train_grpo(
     step, elapsed, last_eval = 0, 0.0, {}
     resumed_metrics: dict[str, Any] = {}
     ckpt = latest_checkpoint(Path(out) / "checkpoints") if resume else None
+    check_not_past(ckpt, cfg.steps)
     if run is not None:
         check_resume(run, recorded, ckpt is not None, resume, RESUMABLE_CHANGES)
         if ckpt is None and run.read_metrics():

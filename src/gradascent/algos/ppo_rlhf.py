@@ -72,7 +72,7 @@ from gradascent.run.config import add_config_flags, check_fields, flag_values, l
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
-from gradascent.run.rundir import RunDir, check_resume, require_path
+from gradascent.run.rundir import RunDir, check_not_past, check_resume, require_path
 
 HiddenScore = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -556,6 +556,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     check_lengths(cfg, prompt_set, models.tokenizer, getattr(policy.config, "max_position_embeddings", None), source)
     run = RunDir(cfg.out, dirs=("policy", "value")) if is_main else None
     resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
+    check_not_past(resume_from, cfg.updates, "updates")
     if run is not None:
         check_resume(run, cfg, resume_from is not None, cfg.resume, RESUMABLE_CHANGES)
     if run is not None:

@@ -57,7 +57,7 @@ from gradascent.run.config import add_config_flags, check_fields, flag_values, l
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
-from gradascent.run.rundir import RunDir, check_resume, require_path
+from gradascent.run.rundir import RunDir, check_not_past, check_resume, require_path
 from gradascent.run.schedule import lr_multiplier, warn_short_warmup
 from gradascent.tasks import Task, describe_rows, load_task, row_names, sft_example
 
@@ -435,6 +435,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     train_ex, eval_ex = check_examples(cfg, task, tokenizer, getattr(model.config, "max_position_embeddings", None))
     run = RunDir(cfg.out, dirs=("model",)) if dist_info.is_main else None
     ckpt = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
+    check_not_past(ckpt, cfg.steps)
     if run is not None:
         check_resume(run, cfg, ckpt is not None, cfg.resume, RESUMABLE_CHANGES)
         if ckpt is None and run.read_metrics():

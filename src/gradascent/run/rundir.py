@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from gradascent.errors import ConfigError, GradascentError
-from gradascent.run.checkpoint import latest_checkpoint
+from gradascent.run.checkpoint import checkpoint_step, latest_checkpoint
 from gradascent.run.config import read_yaml, save_yaml, to_dict
 
 
@@ -158,6 +158,16 @@ class RunDir:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def check_not_past(checkpoint: Path | None, steps: int, key: str = "steps") -> None:
+    """A resumed run may be given more ``steps`` (or as many), not fewer than its newest checkpoint has done:
+    it would end at the checkpoint anyway, with a config.yaml that no longer says what the run did. Called
+    before config.yaml is written."""
+    done = checkpoint_step(checkpoint) if checkpoint is not None else 0
+    if done > steps:
+        raise ConfigError(f"{key}={steps} is fewer than the {done} the run has done already (checkpoint "
+                          f"{checkpoint}); resume it with {key} >= {done}")
 
 
 def _config_class(path: Path) -> str | None:
