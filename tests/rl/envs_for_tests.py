@@ -42,9 +42,12 @@ def register() -> None:
     # Episodes that terminate after 3 steps (the time limit is far away).
     gym.register("GradascentTest/Term-v0", entry_point=ConstantEnv, max_episode_steps=100,
                  kwargs={"terminate_after": 3})
-    # Rewards that are NaN: every loss is non-finite.
+    # Rewards that are NaN: refused by the collector, naming the environment.
     gym.register("GradascentTest/NaN-v0", entry_point=ConstantEnv, max_episode_steps=10,
                  kwargs={"reward": float("nan")})
+    # Finite rewards whose float32 sums overflow: every loss is non-finite.
+    gym.register("GradascentTest/Huge-v0", entry_point=ConstantEnv, max_episode_steps=10,
+                 kwargs={"reward": 3e38})
     # An action space no classic trainer supports.
     gym.register("GradascentTest/MultiBinary-v0", entry_point=ConstantEnv, max_episode_steps=10,
                  kwargs={"action_space": gym.spaces.MultiBinary(3)})

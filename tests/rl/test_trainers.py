@@ -97,15 +97,26 @@ def test_saved_policy_round_trip_evaluates_like_the_trained_one(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:.*reward is a NaN value")
+def test_an_environment_returning_nan_is_named_before_any_update(tmp_path):
+    # It used to surface as "3 consecutive optimizer steps had a non-finite loss (update 1); the newest
+    # checkpoint in ... is from before it", of a run that had no checkpoint, with the reward never mentioned.
+    cfg = a2c.A2CConfig(env="GradascentTest/NaN-v0", total_steps=10_000, num_envs=2, tensorboard=False)
+    with pytest.raises(NonFiniteError, match=r"environment 'GradascentTest/NaN-v0' returned a non-finite reward "
+                                             r"\(nan in copy 0\)"):
+        a2c.train(cfg, tmp_path, progress=False)
+    assert RunDir(tmp_path).read_metrics() == []
+
+
 def test_non_finite_losses_are_skipped_then_abort(tmp_path):
-    cfg = a2c.A2CConfig(env="GradascentTest/NaN-v0", total_steps=10_000, num_envs=2, max_nonfinite=3,
+    cfg = a2c.A2CConfig(env="GradascentTest/Huge-v0", total_steps=10_000, num_envs=2, max_nonfinite=3,
                         tensorboard=False)
     with pytest.raises(NonFiniteError, match="3 consecutive optimizer steps had a non-finite loss"):
         a2c.train(cfg, tmp_path, progress=False)
     # Each skipped step is logged with its update; the third in a row aborts the run before its row.
     rows = RunDir(tmp_path).read_metrics()
     assert [r["nonfinite_skipped"] for r in rows] == [1, 1]
-    assert all(r["value_loss"] is None for r in rows)  # the NaN loss itself is logged as null
+    # the non-finite loss itself is logged: null for NaN, +-1e308 for inf
+    assert all(r["value_loss"] is None or abs(r["value_loss"]) == 1e308 for r in rows), rows
 
 
 @pytest.mark.parametrize("threshold, target, low, high", [(2.0, 0.01, 0.005, 0.02), (1.5, 0.01, 0.01 / 1.5, 0.015),

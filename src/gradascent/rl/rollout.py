@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradascent.errors import GradascentWarning
+from gradascent.errors import GradascentWarning, NonFiniteError
 from gradascent.rl.envs import ActionSpec, ObsNormalizer, RewardScaler
 from gradascent.rl.policy import ActorCritic
 
@@ -83,10 +83,23 @@ class Collector:
         self._prev_done = np.zeros(self.num_envs, bool)  # this copy's next step is its reset
         self._ep_return = np.zeros(self.num_envs, np.float64)
         self._ep_length = np.zeros(self.num_envs, np.int64)
+        spec = getattr(envs, "spec", None)
+        self._env_name = repr(spec.id) if spec is not None and getattr(spec, "id", None) else "the environment"
+
+    def _check_finite(self, values: np.ndarray, what: str) -> None:
+        """A NonFiniteError naming the environment and the copy, where ``values`` (observations or rewards
+        it returned) hold NaN or inf: they would reach the loss and surface only as non-finite updates."""
+        bad = ~np.isfinite(np.asarray(values, np.float64))
+        if bad.any():
+            where = np.argwhere(bad)[0]
+            raise NonFiniteError(f"environment {self._env_name} returned a non-finite {what} "
+                                 f"({np.asarray(values)[tuple(where)]} in copy {int(where[0])}); its observations "
+                                 "and rewards must be finite")
 
     def reset(self, seed: int) -> None:
         """Reset every copy (copy i gets seed + i) and start a new action log."""
         raw, _ = self.envs.reset(seed=seed)
+        self._check_finite(raw, "observation")
         self._seed, self._log = int(seed), []
         self._prev_done[:] = False
         self._ep_return[:] = 0.0
@@ -125,6 +138,8 @@ class Collector:
             if self.action.kind == "box":
                 env_action = np.clip(env_action, self._low, self._high)
             raw, reward, term, trunc, _ = self.envs.step(env_action)
+            self._check_finite(reward, "reward")
+            self._check_finite(raw, "observation")
             self._log.append(env_action)
 
             real = ~self._prev_done  # False on the reset transition
