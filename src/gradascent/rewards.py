@@ -133,7 +133,7 @@ BUILTIN_REWARD_FACTORIES: dict[str, Callable[[str], RewardFn]] = {
 _FACTORY_SPEC = re.compile(r"(\w+)\((.*)\)", re.DOTALL)
 
 
-def _import_from_cwd(module_name: str) -> Any:
+def import_from_cwd(module_name: str) -> Any:
     """``import_module`` with the current directory searched first, as ``python -m`` does (the ``gradascent``
     console script does not put it on ``sys.path``); ``sys.path`` is restored afterwards."""
     cwd = os.getcwd()
@@ -180,7 +180,7 @@ def resolve_reward(spec: str | RewardFn) -> RewardFn:
             module = importlib.util.module_from_spec(mod_spec)
             mod_spec.loader.exec_module(module)
         else:
-            module = _import_from_cwd(module_name)
+            module = import_from_cwd(module_name)
     except RewardError:
         raise
     except Exception as exc:  # the user's module failed to import: say which and why

@@ -179,3 +179,16 @@ def test_the_library_s_warnings_are_one_line_on_the_command_line(tmp_path, capsy
         warnings.simplefilter("always")
         warnings.warn("after the command")
     assert [str(w.message) for w in seen] == ["after the command"]
+
+
+def test_an_environment_module_is_found_in_the_current_directory(tmp_path, monkeypatch, capsys):
+    # As a reward module is: the gradascent console script does not put the current directory on sys.path,
+    # so 'mymodule:MyEnv-v0' (docs/classic.md) needed PYTHONPATH=. to be found.
+    (tmp_path / "my_cwd_envs.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('CwdTest/Short-v0', entry_point='gymnasium.envs.classic_control:CartPoleEnv', "
+        "max_episode_steps=5)\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["rl", "ppo", "--env", "my_cwd_envs:CwdTest/Short-v0", "--total-steps", "64", "--num-envs", "2",
+                 "--num-steps", "32", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert (tmp_path / "run" / "policy.json").is_file()

@@ -16,7 +16,6 @@ are part of the policy (saved with it) and of every checkpoint.
 from __future__ import annotations
 
 import difflib
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 from gradascent.errors import ConfigError
+from gradascent.rewards import import_from_cwd
 
 
 def check_env_id(env_id: str) -> None:
@@ -35,7 +35,7 @@ def check_env_id(env_id: str) -> None:
     if ":" in env_id:
         module, _, name = env_id.partition(":")
         try:
-            importlib.import_module(module)
+            import_from_cwd(module)  # the current directory first, as for reward functions
         except ImportError as exc:
             raise ConfigError(f"config key 'env': {env_id!r}: module {module!r} cannot be imported ({exc})") from None
     if name in gym.registry:
