@@ -221,6 +221,14 @@ def test_task_arguments_and_rows_built_in_python_are_checked(tmp_path):
         Task("mine", "answer", [], [{"prompt": "a"}, {"prompt": 12}])
     with pytest.raises(DataError, match="reward weight nan is not a finite number"):
         Task("mine", "answer", [{"prompt": "1+1="}], [], (exact_match,), (float("nan"),))
+    # These were accepted, and failed mid-run without naming the task (or, for the kind, trained anyway).
+    rows = [{"prompt": "1+1="}]
+    with pytest.raises(DataError, match="task 'mine': max_new_tokens must be an int >= 1, got 0"):
+        Task("mine", "answer", rows, [], max_new_tokens=0)
+    with pytest.raises(DataError, match="task 'mine': reward function 'exact_match' is not callable"):
+        Task("mine", "answer", rows, [], ("exact_match",))
+    with pytest.raises(DataError, match="task 'mine': kind 'nonsense' is none of preference, completion"):
+        Task("mine", "nonsense", rows, [])
     with pytest.raises(DataError, match="PromptSet.train is empty"):
         PromptSet(train=[], eval=["a"])
     one = tmp_path / "pref.jsonl"

@@ -78,6 +78,16 @@ class Task:
         if len(self.reward_weights) not in (0, len(self.reward_fns)):
             raise DataError(f"task {self.name!r}: {len(self.reward_weights)} reward weights for "
                             f"{len(self.reward_fns)} reward functions")
+        if self.kind not in FORMATS:
+            raise DataError(f"task {self.name!r}: kind {self.kind!r} is none of {', '.join(FORMATS)}")
+        for fn in self.reward_fns:
+            if not callable(fn):
+                raise DataError(f"task {self.name!r}: reward function {fn!r} is not callable (a Task holds "
+                                "functions; gradascent.rewards.resolve_reward turns a name such as "
+                                "'exact_match' into one)")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
+                or self.max_new_tokens < 1:
+            raise DataError(f"task {self.name!r}: max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
         for w in self.reward_weights:
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
                 raise DataError(f"task {self.name!r}: reward weight {w!r} is not a finite number")
