@@ -31,7 +31,7 @@ from gradascent.core import (
     value_loss,
     whiten,
 )
-from gradascent.run.config import require
+from gradascent.run.config import check_config, require
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class A2CConfig(ClassicConfig):
 def train(cfg: A2CConfig, out: str | Path | None = None, *, resume: bool = False,
           progress: bool | None = None) -> dict[str, Any]:
     """Train A2C on ``cfg.env``; writes the run directory ``out`` and returns the summary."""
+    check_config(cfg, A2CConfig, "a2c.train")
     with ClassicRun(cfg, "a2c", out, resume=resume, progress=progress) as run:
         policy, collector = run.policy, run.collector
         while not run.done:

@@ -89,7 +89,7 @@ from gradascent.run.checkpoint import (
     save_checkpoint,
     seed_everything,
 )
-from gradascent.run.config import add_config_flags, bool_flag, check_fields, flag_values, load_config, require
+from gradascent.run.config import add_config_flags, check_config, bool_flag, check_fields, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
@@ -559,6 +559,7 @@ def train_grpo(
         ConfigError, DataError, CheckpointError: bad settings, prompts, model directory or checkpoint.
         NonFiniteError: ``max_nonfinite`` consecutive updates had a NaN/inf loss or gradient.
     """
+    check_config(cfg, GRPOConfig, "train_grpo")
     require_path(out, "run directory")  # an out that cannot be a directory stops the run before any loading
     dist_info = distributed.init(cfg.device)
     if cfg.prompts_per_step % dist_info.world_size:

@@ -36,7 +36,7 @@ from gradascent.core import (
     value_loss,
     whiten,
 )
-from gradascent.run.config import require
+from gradascent.run.config import check_config, require
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ def minibatches(n: int, num: int, min_size: int = 1) -> tuple[torch.Tensor, ...]
 def train(cfg: PPOConfig, out: str | Path | None = None, *, resume: bool = False,
           progress: bool | None = None) -> dict[str, Any]:
     """Train PPO on ``cfg.env``; writes the run directory ``out`` and returns the summary."""
+    check_config(cfg, PPOConfig, "ppo.train")
     algo = "ppo" if cfg.loss == "clip" else "ppo-penalty"
     with ClassicRun(cfg, algo, out, resume=resume, progress=progress) as run:
         policy, collector = run.policy, run.collector

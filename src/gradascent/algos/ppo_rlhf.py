@@ -68,7 +68,7 @@ from gradascent.lm.tokenizers import check_fits_context
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gradascent.run.command import finish
-from gradascent.run.config import add_config_flags, check_fields, flag_values, load_config, require
+from gradascent.run.config import add_config_flags, check_config, check_fields, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
@@ -539,6 +539,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     ``models`` replaces loading them from ``cfg.policy`` / ``cfg.reward_model`` (``load_models(cfg)``
     builds one; the policy and critic are trained in place).
     """
+    check_config(cfg, PPORLHFConfig, "train_ppo_rlhf")
     require_path(cfg.out, "run directory")  # an out that cannot be a directory stops the run before any loading
     dist_info = distributed.init(cfg.device)
     world, is_main = dist_info.world_size, dist_info.is_main

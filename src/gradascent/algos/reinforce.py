@@ -33,6 +33,7 @@ from gradascent.core import (
     value_loss,
     whiten,
 )
+from gradascent.run.config import check_config
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class ReinforceConfig(ClassicConfig):
 def train(cfg: ReinforceConfig, out: str | Path | None = None, *, resume: bool = False,
           progress: bool | None = None) -> dict[str, Any]:
     """Train REINFORCE on ``cfg.env``; writes the run directory ``out`` and returns the summary."""
+    check_config(cfg, ReinforceConfig, "reinforce.train")
     with ClassicRun(cfg, "reinforce", out, resume=resume, progress=progress) as run:
         policy, collector = run.policy, run.collector
         while not run.done:

@@ -45,7 +45,7 @@ from gradascent.errors import ConfigError
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gradascent.run.command import finish
-from gradascent.run.config import add_config_flags, check_fields, flag_values, load_config, require
+from gradascent.run.config import add_config_flags, check_config, check_fields, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
@@ -187,6 +187,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     from gradascent.lm import adapters
     from gradascent.lm.heads import RewardModel
 
+    check_config(cfg, RewardModelConfig, "train_reward_model")
     if not cfg.model:
         raise ConfigError("config key 'model' is empty: give the SFT model directory the reward model starts from")
     require_path(cfg.out, "run directory")  # an out that cannot be a directory stops the run before any loading

@@ -42,7 +42,7 @@ from gradascent.lm.models import tokenizer_and_context
 from gradascent.run import distributed
 from gradascent.run.command import finish
 from gradascent.run.config import add_config_flags, check_fields, flag_values, load_config, read_yaml, require, save_yaml
-from gradascent.run.config import to_dict
+from gradascent.run.config import check_config, to_dict
 from gradascent.run.rundir import RunDir, require_path
 
 # Fields of each section that the chain sets (section field -> where its value comes from).
@@ -162,6 +162,7 @@ def _follow_move(section: str, stage_cfg: Any) -> None:
 
 def run_rlhf(cfg: RLHFConfig) -> dict[str, Any]:
     """SFT -> reward model -> PPO; returns the summary (also in ``out/summary.json``)."""
+    check_config(cfg, RLHFConfig, "run_rlhf")
     t0 = time.perf_counter()
     main = distributed.init(cfg.sft.device).is_main
     sft_cfg, rm_cfg, ppo_cfg = stage_configs(cfg)

@@ -53,7 +53,7 @@ from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gradascent.run.checkpoint import seed_everything
 from gradascent.run.command import stop_message, stop_status
-from gradascent.run.config import add_config_flags, check_fields, flag_values, load_config, require
+from gradascent.run.config import add_config_flags, check_config, check_fields, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
 from gradascent.run.optim import adamw
 from gradascent.run.progress import progress_bar
@@ -422,6 +422,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     """Run SFT as configured; returns the summary (also written to out/summary.json by rank 0).
 
     Under torchrun each process trains on its share of every global batch (``sft_step``)."""
+    check_config(cfg, SFTConfig, "train_sft")
     require_path(cfg.out, "run directory")  # an out that cannot be a directory stops the run before any loading
     dist_info = distributed.init(cfg.device)
     # Data, settings, the model and the examples' lengths are checked before the run directory is touched, so

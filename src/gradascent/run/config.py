@@ -44,6 +44,14 @@ def require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {allowed}")
 
 
+def check_config(cfg: Any, cls: type, fn: str) -> None:
+    """A ConfigError unless ``cfg`` is a ``cls``: ``fn`` (the function it was handed to) reads its fields, and
+    another config, or a dict, would fail there as an AttributeError on the first field it lacks."""
+    if not isinstance(cfg, cls):
+        hint = f"; build one with {cls.__name__}(**d)" if isinstance(cfg, dict) else ""
+        raise ConfigError(f"{fn} takes a config of class {cls.__name__}, got {type(cfg).__name__}{hint}")
+
+
 def check_fields(cfg: Any) -> None:
     """Check every field of a config built in Python against its annotation, as loading from YAML does.
 

@@ -51,6 +51,8 @@ def require_path(path: str | Path, what: str = "directory") -> None:
     """A GradascentError unless ``path`` can be (or is) a directory: an empty path (``Path("")`` is the
     current directory, which would silently take the run), or a file where it or one of its parents should
     be. Trainers call it first, so that such an ``out`` stops them before they load anything."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise GradascentError(f"the {what} (out) must be a path such as runs/NAME, got {type(path).__name__}")
     if isinstance(path, str) and not path.strip():
         raise GradascentError(f"the {what} (out) is empty; give a path such as runs/NAME")
     p = Path(path)
