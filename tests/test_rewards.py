@@ -61,6 +61,12 @@ def test_bad_reward_functions_are_named():
             score([fn], ["a", "b"], ["x", "y"])
 
 
+def test_a_reward_spec_of_another_type_is_named():
+    # It was "TypeError: expected string or bytes-like object" from the regex match.
+    with pytest.raises(RewardError, match=r"reward function 3: a int, neither a callable nor a name"):
+        resolve_reward(3)
+
+
 def test_resolve_reward_specs(tmp_path):
     assert resolve_reward("numeric_match") is numeric_match
     from gradascent.tasks.arithmetic import exact_match  # the arithmetic task's reward, by name too

@@ -153,6 +153,9 @@ def resolve_reward(spec: str | RewardFn) -> RewardFn:
     ``module:function``, ``path/to/file.py:function``, or a callable."""
     if callable(spec):
         return spec
+    if not isinstance(spec, str):
+        raise RewardError(f"reward function {spec!r}: a {type(spec).__name__}, neither a callable nor a name such "
+                          "as 'exact_match' or 'module:function'")
     if spec in BUILTIN_REWARDS:
         return BUILTIN_REWARDS[spec]
     factory = _FACTORY_SPEC.fullmatch(spec)
