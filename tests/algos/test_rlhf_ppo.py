@@ -184,9 +184,10 @@ def test_nan_reward_model_stops_the_run_naming_the_batch_and_keeps_checkpoints(s
     train_ppo_rlhf(ppo_config(sft_dir, rm, out, updates=1))
     ckpt = out / "checkpoints" / "step_00000001"
     before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
-    # The reward model starts returning NaN; the same run continued for two more updates must stop at once.
+    # The reward model starts returning inf or NaN (finite weights that overflow float32: a head of NaN is
+    # refused as it loads); the same run continued for two more updates must stop at once.
     head = load_file(str(rm / "head.safetensors"))
-    head["bias"] = torch.tensor([float("nan")])
+    head["weight"] = torch.full_like(head["weight"], 3e38)
     save_file(head, str(rm / "head.safetensors"))
     cfg = ppo_config(sft_dir, rm, out, updates=3, resume=True)
     with pytest.raises(NonFiniteError, match=r"reward model returned NaN or inf at update 2, batch of prompts \["):
