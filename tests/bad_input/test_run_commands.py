@@ -22,6 +22,19 @@ def test_resume_without_run_json(fails_cleanly, tmp_path):
     fails_cleanly(["resume", str(tmp_path)], "run.json is missing")
 
 
+def test_resume_of_a_directory_that_does_not_exist_says_so(fails_cleanly, tmp_path):
+    fails_cleanly(["resume", str(tmp_path / "nope")], f"{tmp_path / 'nope'} does not exist")  # "run.json is missing"
+
+
+def test_resume_of_an_edited_config_yaml_names_the_file(fails_cleanly, tmp_path):
+    run = RunDir(tmp_path / "r", tensorboard=False)
+    (run.path / "run.json").write_text(json.dumps({"config_class": "gradascent.algos.grpo:GRPOConfig"}))
+    (run.path / "config.yaml").write_text("lr: -1\n")
+    save_checkpoint(run.checkpoints, 1, {"w": torch.ones(2)})
+    line = fails_cleanly(["resume", str(run.path)], f"{run.path / 'config.yaml'}: config key 'lr'")
+    assert "expected > 0" in line
+
+
 def test_resume_with_truncated_checkpoint_leaves_it_alone(fails_cleanly, tmp_path):
     # A run directory of a trainer that exists, whose only checkpoint was cut short.
     run = RunDir(tmp_path / "r", tensorboard=False)

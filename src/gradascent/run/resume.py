@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gradascent.errors import CheckpointError, GradascentError
+from gradascent.errors import CheckpointError, ConfigError, GradascentError
 from gradascent.run import distributed
 from gradascent.run.checkpoint import latest_checkpoint
 from gradascent.run.command import stop_message, stop_status, summary_line
@@ -32,6 +32,8 @@ def resume_run(run_dir: str | Path) -> Any:
     meta_path = run_dir / "run.json"
     if (run_dir / "demo.json").is_file() and not meta_path.is_file():  # a demo: SFT then GRPO, each resumable
         return _resume_demo(run_dir)
+    if not run_dir.exists():
+        raise GradascentError(f"{run_dir} does not exist; give the run directory (the 'out') of a run to resume")
     if not meta_path.is_file():
         raise GradascentError(f"{run_dir} is not a run directory: run.json is missing")
     unknown = GradascentError(f"{meta_path} does not name a known gradascent trainer (its config_class is not "
@@ -54,7 +56,11 @@ def resume_run(run_dir: str | Path) -> Any:
     if train is None or "resume" not in inspect.signature(train).parameters:
         raise GradascentError(f"the trainer of {cls_name} cannot resume runs")
     overrides = {"out": str(run_dir)} if any(f.name == "out" for f in dataclasses.fields(cls)) else None
-    cfg = load_config(cls, run_dir / "config.yaml", overrides=overrides)
+    try:
+        cfg = load_config(cls, run_dir / "config.yaml", overrides=overrides)
+    except ConfigError as exc:  # a config.yaml edited since: say which file the message is about
+        where = str(run_dir / "config.yaml")
+        raise ConfigError(str(exc) if where in str(exc) else f"{where}: {exc}") from None
     kwargs: dict[str, Any] = {"resume": True}
     if "out" in inspect.signature(train).parameters:  # trainers that take the run directory as an argument
         kwargs["out"] = str(run_dir)
