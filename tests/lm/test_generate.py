@@ -15,6 +15,7 @@ from gradascent.lm import (
     generate_text,
     position_ids_from_mask,
 )
+from gradascent.lm.generate import inverse_cdf
 
 PROMPTS = ["12+7=", "1+1=", "Describe the cat:", "x"]  # lengths 5, 4, 17, 1: three rows are left-padded
 
@@ -255,6 +256,28 @@ def test_filter_logits_by_hand():
     # Nucleus 0.81: the third token's mass-before (0.8) is below 0.81 -> kept.
     assert filter_logits(z, top_p=0.81).isinf().tolist() == [[False, False, False, True]]
     assert filter_logits(z, top_p=0.1)[0, 0] != inf  # the most likely token always survives
+
+
+def test_inverse_cdf_by_hand():
+    # probs 0.25, 0, 0.5, 0.25 (unnormalised: x2): cumulative 0.25, 0.25, 0.75, 1. A draw u picks the first token
+    # whose cumulative mass exceeds u; the zero-probability token 1 is never picked, even at u = 0.25 exactly.
+    probs = torch.tensor([[0.5, 0.0, 1.0, 0.5]]).expand(7, 4)
+    u = torch.tensor([0.0, 0.2, 0.25, 0.5, 0.75, 0.9, 1.0 - 2.0 ** -53], dtype=torch.float64)
+    assert inverse_cdf(probs, u).tolist() == [0, 0, 2, 2, 3, 3, 3]
+    # Trailing zeros (a top-k cut of the last tokens): u just below 1 still lands on the last positive token.
+    tail = torch.tensor([[0.25, 0.75, 0.0, 0.0]]).expand(3, 4)
+    assert inverse_cdf(tail, torch.tensor([0.2, 0.25, 1.0 - 2.0 ** -53], dtype=torch.float64)).tolist() == [0, 1, 1]
+
+
+def test_inverse_cdf_draws_the_distribution():
+    # 200000 draws from a fixed distribution with zeros in it: frequencies within 4 standard errors of probs,
+    # and never a token of probability 0.
+    probs = torch.tensor([0.05, 0.0, 0.6, 0.25, 0.0, 0.1])
+    u = torch.rand(200_000, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    counts = torch.bincount(inverse_cdf(probs.expand(200_000, 6), u), minlength=6).double() / 200_000
+    se = (probs.double() * (1 - probs.double()) / 200_000).sqrt()
+    assert counts[1] == 0 and counts[4] == 0
+    assert ((counts - probs.double()).abs() <= 4 * se + 1e-12).all(), counts
 
 
 def test_pad_equal_to_eos_and_several_eos_ids(tok):

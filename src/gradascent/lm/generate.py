@@ -126,10 +126,25 @@ def sample_tokens(
     if greedy:
         tok = z.argmax(-1)
     else:
-        zf = filter_logits(z / temperature, top_k, top_p)
+        zf = filter_logits(z / temperature if temperature != 1.0 else z, top_k, top_p)
         probs = torch.softmax(zf, dim=-1)
-        tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        u = torch.rand(probs.shape[0], dtype=torch.float64, device=probs.device, generator=generator)
+        tok = inverse_cdf(probs, u)
     return tok, token_logprobs(z, tok, temperature)
+
+
+def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """The token each row draws from ``probs`` (N, V) with one uniform ``u`` (N,) in [0, 1): the first j whose
+    cumulative mass exceeds u times the row's mass, so token j has probability probs[j] / sum(probs).
+
+    Cumulated in float64. A token of probability 0 is never drawn: its cumulative mass equals its
+    predecessor's, which u * mass already reached. Nor can rounding step past the last token: for u <= 1 - 2^-53
+    (the largest float64 below 1) the rounded product u * mass stays below mass. Same distribution as
+    ``torch.multinomial(probs, 1)``, with one uniform a row instead of one exponential a token (15 against 115 us
+    for the 64 x 99 draws of a decoding step, BENCHMARKS.md).
+    """
+    cdf = probs.double().cumsum(-1)
+    return torch.searchsorted(cdf, u.double()[:, None] * cdf[:, -1:], right=True).squeeze(-1)
 
 
 # --- decoders: prefill the prompt, then one token at a time ------------------------------------------
@@ -150,7 +165,8 @@ class _FusedDecoder:
       unchanged; v is left as it is.
 
     Cache per layer: k, v of shape (N, H_kv, T_max, D); column j holds token j of the sequence (prompt padding
-    included) and ``valid`` (N, T_max) says which columns may be attended to.
+    included) and ``bias`` (N, T_max), 0 on the columns that may be attended to and -inf elsewhere, is added to
+    the decoding steps' attention scores.
 
     In float32 on a CPU, the weights are also packed once into a BLAS's blocked layout (``packed_kernel``):
     a plain matmul re-packs its right operand on every call, which for the (N=64)-row matmuls of decoding
@@ -227,7 +243,7 @@ class _FusedDecoder:
         shape = (n_rows, Hkv, max_len, D)
         self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in base.layers]
         self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in base.layers]
-        self.valid = torch.zeros(n_rows, max_len, dtype=torch.bool, device=device)
+        self.bias = torch.full((n_rows, max_len), float("-inf"), dtype=dtype, device=device)
         self.filled = 0
 
     def _norm(self, x: Tensor) -> Tensor:
@@ -261,8 +277,7 @@ class _FusedDecoder:
         start, end = self.filled, self.filled + T
         rot = self.rot[pos].unsqueeze(2)  # (n, T, 1, D/2) complex
         if prefill_mask is None:  # decode: one query per row over the filled prefix, (N, 1, 1, end) additive bias
-            bias = torch.zeros(n, 1, 1, end, dtype=self.dtype, device=ids.device)
-            bias.masked_fill_(~self.valid[:, None, None, :end], float("-inf"))
+            bias = self.bias[:, None, None, :end]
         x = F.embedding(ids, self.embed).view(n * T, -1)  # (n T, H) residual stream
         for i, p in enumerate(self.layers):
             h = self._norm(x)
@@ -297,7 +312,7 @@ class _FusedDecoder:
         if self.filled:
             raise RuntimeError("prefill runs once, on an empty cache")
         T = ids.shape[1]
-        self.valid[:, :T] = mask.repeat_interleave(repeats, dim=0)
+        self.bias[:, :T].masked_fill_(mask.repeat_interleave(repeats, dim=0), 0.0)
         # causal over the prompt, padding hidden, each token always sees itself (no empty softmax row)
         causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
         eye = torch.eye(T, dtype=torch.bool, device=ids.device)
@@ -307,13 +322,14 @@ class _FusedDecoder:
         # over all B * T tokens takes fresh pages from the system for each layer's (B * T, 2 * mlp) activations
         # (64 prompts of 12 tokens on qwen2-14m: ~10,000 page faults and 150 ms, against none and 80 ms).
         step = max(1, _PREFILL_TOKENS // T)
+        step = -(-ids.shape[0] // -(-ids.shape[0] // step))  # chunks of even size: 64 prompts by 22, 21, 21
         logits = torch.cat([self._forward(ids[a:a + step], pos[a:a + step], prefill_mask[a:a + step], repeats, a)
                             for a in range(0, ids.shape[0], step)])
         self.filled = T
         return logits
 
     def step(self, tok: Tensor, pos: Tensor) -> Tensor:
-        self.valid[:, self.filled] = True
+        self.bias[:, self.filled] = 0.0
         logits = self._forward(tok[:, None], pos[:, None])
         self.filled += 1
         return logits
@@ -522,17 +538,19 @@ def generate(
         steps = max_new_tokens
         for t in range(max_new_tokens):
             tok, logp = sample_tokens(logits, temperature, top_k, top_p, greedy, generator)
-            alive = ~done
-            out_ids[:, t] = torch.where(alive, tok, torch.full_like(tok, pad_token_id))
-            out_logp[:, t] = torch.where(alive, logp, torch.zeros_like(logp))
-            out_mask[:, t] = alive
-            done = done | (alive & torch.isin(tok, eos))
+            # Every row's draw is written; the columns after a row's end are set to pad / 0 after the loop.
+            out_ids[:, t], out_logp[:, t] = tok, logp
+            torch.logical_not(done, out=out_mask[:, t])
+            if eos.numel():
+                done |= torch.isin(tok, eos)
             if t == max_new_tokens - 1:
                 break
             if t % _CHECK_EVERY == _CHECK_EVERY - 1 and bool(done.all()):
                 steps = t + 1
                 break
             logits = dec.step(tok, next_pos + t)
+        out_ids.masked_fill_(~out_mask, pad_token_id)
+        out_logp.masked_fill_(~out_mask, 0.0)
         if bool(done.all()):  # trim the columns after the longest completion
             steps = min(steps, int(out_mask.sum(-1).max()))
         prompt_index = torch.arange(B, device=run_device).repeat_interleave(num_samples)
