@@ -174,6 +174,17 @@ def test_configs_built_in_python_are_checked_like_loaded_ones():
     cfg = GRPOConfig(steps=2.0, lr="1e-5", rewards=["numeric_match"], model=Path("m"))
     assert (cfg.steps, cfg.lr, cfg.rewards, cfg.model) == (2, 1e-5, ("numeric_match",), "m")
     assert type(cfg.steps) is int
+    # NumPy scalars, as a sweep over np.arange or np.geomspace hands them, count as the numbers they hold
+    import numpy as np
+
+    cfg = GRPOConfig(steps=np.int64(3), lr=np.float32(0.5), seed=np.int32(7), group_size=np.float64(4.0))
+    assert (cfg.steps, cfg.lr, cfg.seed, cfg.group_size) == (3, 0.5, 7, 4)
+    assert (type(cfg.steps), type(cfg.lr), type(cfg.seed), type(cfg.group_size)) == (int, float, int, int)
+    assert A2CConfig(norm_adv=np.bool_(True)).norm_adv is True
+    with pytest.raises(ConfigError, match=r"'steps': np.float64\(2.5\) is not allowed; expected int"):
+        GRPOConfig(steps=np.float64(2.5))
+    with pytest.raises(ConfigError, match="'steps': np.True_ is not allowed; expected int"):
+        GRPOConfig(steps=np.bool_(True))
     assert SFTConfig(out=Path("runs/x")).out == "runs/x"
     chained = RLHFConfig(sft={"steps": 2})
     assert chained.sft.steps == 2 and chained.sft.lr == RLHFConfig().sft.lr != SFTConfig().lr  # the section's default

@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import inspect
 import math
+import numbers
 import os
 import textwrap
 import types
@@ -25,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
+import numpy as np
 import yaml
 
 from gradascent.errors import ConfigError
@@ -161,23 +163,26 @@ def _coerce(key: str, value: Any, tp: Any, from_string: bool) -> Any:
             raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {_type_name(tp)}")
         items = [_coerce(key, v, inner, from_string) for v in value]
         return tuple(items) if origin is tuple else items
+    # NumPy scalars (a value from np.arange or an array of a sweep) count as the numbers they hold: np.int64 is
+    # an Integral, np.float32 a Real, np.bool_ neither (a bool field takes it, a number field does not).
+    is_bool = isinstance(value, (bool, np.bool_))
     if tp is bool:
-        if isinstance(value, bool):
-            return value
+        if is_bool:
+            return bool(value)
         if from_string and isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
     elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, numbers.Integral) and not is_bool:
+            return int(value)
         if from_string and isinstance(value, str):
             try:
                 return int(value)
             except ValueError:
                 pass
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, numbers.Real) and not is_bool and float(value).is_integer():
             return int(value)
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, numbers.Real) and not is_bool:
             return float(value)
         if isinstance(value, str):  # YAML reads 1e-5 as a string; flags are strings
             try:
