@@ -170,3 +170,31 @@ def test_a_state_missing_what_the_trainer_saved_is_a_checkpoint_error_naming_the
     with pytest.raises(CheckpointError, match=r"step_00000005 is corrupt: its state.json has no 'world_size'"):
         state["world_size"]
     assert state.get("world_size") is None  # .get stays a plain lookup
+
+
+def test_what_a_killed_save_leaves_is_resumable_and_tidied(tmp_path):
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, {"x": torch.tensor([float(step)])})
+    # A save of step 2 again, killed between its two renames: the old step 2 moved aside, the new one still
+    # under its temporary name; and a save of step 3 killed while writing.
+    os.replace(tmp_path / "step_00000002", tmp_path / ".old-step_00000002-4242")
+    (tmp_path / ".tmp-step_00000002-4242").mkdir()
+    (tmp_path / ".tmp-step_00000003-4243").mkdir()
+    (tmp_path / ".tmp-step_00000003-4243" / "tensors.safetensors").write_bytes(b"half")
+    # The moved-aside step 2 is complete: it is still the newest checkpoint, not step 1.
+    newest = latest_checkpoint(tmp_path)
+    assert newest.name == ".old-step_00000002-4242"
+    step, state = load_checkpoint(newest)
+    assert step == 2 and state["x"].item() == 2.0
+    from gradascent.run.checkpoint import checkpoint_step
+
+    assert checkpoint_step(newest) == 2
+    # The next save puts the moved-aside step 2 back under its name and removes the rest.
+    save_checkpoint(tmp_path, 4, {"x": torch.tensor([4.0])})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001", "step_00000002", "step_00000004"]
+    assert load_checkpoint(tmp_path / "step_00000002")[1]["x"].item() == 2.0
+    # A moved-aside step whose directory exists again (saved anew) is only a leftover: removed.
+    (tmp_path / "step_00000004").rename(tmp_path / ".old-step_00000004-99")
+    save_checkpoint(tmp_path, 4, {"x": torch.tensor([5.0])})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001", "step_00000002", "step_00000004"]
+    assert load_checkpoint(tmp_path / "step_00000004")[1]["x"].item() == 5.0

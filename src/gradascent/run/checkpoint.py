@@ -8,6 +8,11 @@ A checkpoint is a directory ``checkpoints/step_XXXXXXXX/`` holding
 It is written under a temporary name and renamed into place, so a kill at any moment leaves the newest
 *complete* checkpoint intact; ``latest_checkpoint`` only ever sees complete ones. A state holding a
 non-finite float tensor is refused, so NaN never reaches disk.
+
+Saving a step that exists already (after a resume) moves the old one aside (``.old-step_N-PID``) before
+renaming the new one in; a kill between the two renames leaves the old one there, complete, and
+``list_checkpoints`` counts it as step N. What a killed save leaves behind (``.tmp-*``, ``.old-*`` of
+another process) is removed by the next save into the directory, after its own checkpoint is in place.
 """
 
 from __future__ import annotations
@@ -87,8 +92,11 @@ def checkpoint_name(step: int) -> str:
 
 
 def checkpoint_step(path: str | Path) -> int:
-    """The step of checkpoint directory ``path``, read from its name (step_00000012 -> 12)."""
-    return int(Path(path).name[len(PREFIX):])
+    """The step of checkpoint directory ``path``, read from its name (step_00000012 -> 12; a checkpoint moved
+    aside by a killed save, .old-step_00000012-PID, -> 12 as well)."""
+    name = Path(path).name
+    aside = _leftover_step(name)
+    return aside if aside is not None else int(name[len(PREFIX):])
 
 
 def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], keep_last: int | None = None) -> Path:
@@ -124,23 +132,59 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
     else:
         os.replace(tmp, final)
     _fsync_dir(directory)
+    _remove_leftovers(directory)
     if keep_last is not None and keep_last > 0:
         for old_ckpt in list_checkpoints(directory)[:-keep_last]:
             shutil.rmtree(old_ckpt, ignore_errors=True)
     return final
 
 
+def _leftover_step(name: str) -> int | None:
+    """The step of a ``.tmp-step_N-PID`` / ``.old-step_N-PID`` name; None for any other name."""
+    for lead in (".tmp-", ".old-"):
+        if name.startswith(lead + PREFIX):
+            digits, _, pid = name[len(lead) + len(PREFIX):].partition("-")
+            if digits.isdigit() and pid.isdigit():
+                return int(digits)
+    return None
+
+
+def _remove_leftovers(directory: Path) -> None:
+    """Tidy what killed saves left (every ``.tmp-*`` and ``.old-*`` checkpoint directory but this process's):
+    a complete checkpoint moved aside whose step has no directory goes back to its name; the rest is removed."""
+    own = f"-{os.getpid()}"
+    for p in list(directory.iterdir()):
+        step = _leftover_step(p.name)
+        if step is None or not p.is_dir() or p.name.endswith(own):
+            continue
+        home = directory / checkpoint_name(step)
+        if p.name.startswith(".old-") and _complete(p) and not home.exists():
+            os.replace(p, home)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _complete(p: Path) -> bool:
+    return p.is_dir() and (p / "state.json").exists() and (p / "tensors.safetensors").exists()
+
+
 def list_checkpoints(directory: str | Path) -> list[Path]:
-    """Complete checkpoints under ``directory``, oldest first."""
+    """Complete checkpoints under ``directory``, oldest first: the ``step_N`` directories, and for a step N
+    whose directory a save killed mid-swap left missing, the complete ``.old-step_N-PID`` it moved aside."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = []
+    found: dict[int, Path] = {}
+    aside: dict[int, Path] = {}
     for p in directory.iterdir():
-        if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit():
-            if (p / "state.json").exists() and (p / "tensors.safetensors").exists():
-                found.append(p)
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+        if p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit():
+            if _complete(p):
+                found[int(p.name[len(PREFIX):])] = p
+        elif p.name.startswith(".old-") and (step := _leftover_step(p.name)) is not None and _complete(p):
+            aside[step] = p
+    for step, p in aside.items():
+        found.setdefault(step, p)
+    return [found[k] for k in sorted(found)]
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
