@@ -62,8 +62,14 @@ def add_lora(
 
     Returns the peft handle used to switch adapters (pass it back as ``handle`` to add a second adapter).
     Only the new adapter's parameters require gradients afterwards.
+
+    Raises:
+        ConfigError: ``r`` not a positive int, ``alpha`` not > 0, ``dropout`` outside [0, 1), a target that
+            names no module of the model, or a target on embeddings tied to the LM head (merging such an
+            adapter into the head would change the input embedding too).
     """
     peft = require_peft()
+    _check_lora_args(model if handle is None else handle.base_model.model, r, alpha, dropout, target_modules)
     lcfg = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
                            bias="none")
     if handle is None:
@@ -72,6 +78,26 @@ def add_lora(
         handle.add_adapter(name, lcfg)
     set_active(handle, name)
     return handle
+
+
+def _check_lora_args(model: nn.Module, r: Any, alpha: Any, dropout: Any, targets: Sequence[str]) -> None:
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ConfigError(f"LoRA rank r must be an int >= 1, got {r!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0 or alpha == float("inf"):
+        raise ConfigError(f"LoRA alpha must be a finite number > 0 (the update is scaled by alpha / r), got {alpha!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+    if isinstance(targets, str) or not targets:
+        raise ConfigError(f"target_modules must be a non-empty list of module names, got {targets!r}")
+    names = [n for n, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]  # peft's matching
+    if missing:
+        raise ConfigError(f"LoRA target_modules {missing} name no module of this {type(model).__name__}")
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    on_tied = [t for t in targets if t in ("lm_head", "embed_tokens")]
+    if tied and on_tied:
+        raise ConfigError(f"LoRA on {on_tied}: this model ties its LM head to its input embedding, so an adapter "
+                          "there cannot be merged without changing both; target the projections instead")
 
 
 def set_active(handle: Any, name: str) -> None:
@@ -137,16 +163,25 @@ def load_adapter(handle: Any, path: str | Path, name: str, base: nn.Module) -> N
     src = Path(path) / LORA_DIR
     try:
         meta = json.loads((src / "base.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"no usable LoRA adapter in {src}: {exc}") from None
-    if meta.get("base_fingerprint") != base_fingerprint(base):
+    if not isinstance(meta, dict) or not isinstance(meta.get("base_fingerprint"), str):
+        raise CheckpointError(f"no usable LoRA adapter in {src}: base.json must be an object with the "
+                              "'base_fingerprint' of the weights the adapter was trained on")
+    if meta["base_fingerprint"] != base_fingerprint(base):
         raise ConfigError(f"the LoRA adapter in {src} was trained on other base weights than the policy's; "
                           "sharing base weights needs the reward model trained with LoRA on the same SFT model")
     saved = src / str(meta.get("adapter", name))
     if not (saved / "adapter_config.json").is_file():
         saved = src
+    for needed in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (saved / needed).is_file():  # peft would look for it on the Hub instead
+            raise CheckpointError(f"the LoRA adapter in {saved} is incomplete: {needed} is missing")
     previous = handle.active_adapter
-    handle.load_adapter(str(saved), adapter_name=name, is_trainable=False)
+    try:
+        handle.load_adapter(str(saved), adapter_name=name, is_trainable=False)
+    except Exception as exc:  # peft / safetensors / json raise their own types for a damaged adapter
+        raise CheckpointError(f"the LoRA adapter in {saved} is corrupt: {type(exc).__name__}: {exc}") from None
     set_active(handle, previous)
 
 

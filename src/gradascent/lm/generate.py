@@ -387,8 +387,8 @@ def _mkl_packing() -> bool:
 
 def fused_supported(model: nn.Module) -> bool:
     """Whether the fused engine can run ``model``: Qwen2 / Llama, SiLU MLP without bias, full attention,
-    a RoPE whose frequencies do not depend on the sequence length, and plain ``nn.Linear`` projections and LM
-    head (not LoRA adapters or quantized layers)."""
+    a RoPE whose frequencies do not depend on the sequence length, a plain ``nn.Embedding``, and plain
+    ``nn.Linear`` projections and LM head (not LoRA adapters or quantized layers)."""
     cfg = getattr(model, "config", None)
     if cfg is None or getattr(cfg, "model_type", None) not in ("qwen2", "llama"):
         return False
@@ -406,6 +406,8 @@ def fused_supported(model: nn.Module) -> bool:
     # adapter, a quantized or otherwise replaced linear) would be silently left out, so it needs engine 'hf'.
     layers = getattr(model.base_model, "layers", None)
     if not layers or type(model.get_output_embeddings()) is not nn.Linear:
+        return False
+    if type(model.get_input_embeddings()) is not nn.Embedding:
         return False
     return all(type(getattr(block, part)) is nn.Linear
                for layer in layers for block, names in ((layer.self_attn, _ATTN), (layer.mlp, _MLP)) for part in names)

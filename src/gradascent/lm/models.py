@@ -194,9 +194,17 @@ def _saved_tokenizer_class(path: Path) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def embedding_rows(model: nn.Module) -> int:
+    """Rows of ``model``'s input embedding, also where an adapter wraps it (peft's layers have no
+    ``num_embeddings``, only the wrapped layer's ``weight``)."""
+    emb = model.get_input_embeddings()
+    rows = getattr(emb, "num_embeddings", None)
+    return int(rows) if rows is not None else int(emb.weight.shape[0])
+
+
 def check_vocab(model: nn.Module, tokenizer: Any) -> None:
     """Raise CheckpointError if the tokenizer can produce ids the model's embedding has no row for."""
-    n_rows = model.get_input_embeddings().num_embeddings  # type: ignore[operator]
+    n_rows = embedding_rows(model)
     if len(tokenizer) > n_rows:
         raise CheckpointError(f"tokenizer/model vocabulary mismatch: the tokenizer has {len(tokenizer)} tokens but "
                               f"the model's embedding has only {n_rows} rows")
@@ -356,7 +364,7 @@ def check_token_ids(ids: Tensor, model: nn.Module, what: str = "token ids") -> N
         raise DataError(f"{what} must be an integer tensor, got {ids.dtype}")
     if ids.numel() == 0:
         return
-    vocab = model.get_input_embeddings().num_embeddings
+    vocab = embedding_rows(model)
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= vocab:
         raise DataError(f"{what} hold id {low if low < 0 else high}, outside the model's vocabulary of {vocab} "
