@@ -49,6 +49,40 @@ def test_k1_and_k3_are_unbiased_and_k2_is_not():
     assert not torch.allclose((p * kl_estimate(logp, logq, "k2")).sum(), exact, atol=1e-3)
 
 
+def test_gradients_of_the_estimators_as_loss_terms():
+    # As a loss term (GRPO's penalty) each estimator is differentiated at fixed samples a ~ pi_theta:
+    # E_pi[grad k(a)] = sum_a pi(a) grad k(a), with pi(a) held out of the gradient. docs/equations.md, section 5:
+    # k1 -> 0, k2 -> grad KL(pi || pi_ref), k3 -> grad KL(pi_ref || pi).
+    g = torch.Generator().manual_seed(1)
+    theta0 = torch.randn(5, dtype=torch.float64, generator=g)
+    logq = torch.randn(5, dtype=torch.float64, generator=g).log_softmax(-1)
+
+    def grad(f):
+        theta = theta0.clone().requires_grad_(True)
+        f(theta).backward()
+        return theta.grad
+
+    def expected_grad(kind):
+        return grad(lambda th: (th.softmax(-1).detach() * kl_estimate(th.log_softmax(-1), logq, kind)).sum())
+
+    forward = grad(lambda th: categorical_kl(th, logq))  # KL(pi || pi_ref)
+    reverse = grad(lambda th: categorical_kl(logq, th))  # KL(pi_ref || pi)
+    assert torch.allclose(expected_grad("k1"), torch.zeros(5, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(expected_grad("k2"), forward, atol=1e-10)
+    assert torch.allclose(expected_grad("k3"), reverse, atol=1e-10)
+    assert not torch.allclose(forward, reverse, atol=1e-3)  # the two KLs' gradients differ here
+
+
+def test_grpo_refuses_a_k1_penalty():
+    from gradascent.algos.grpo import GRPOConfig
+    from gradascent.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'kl_estimator': 'k1' is not allowed.*expected gradient of 0"):
+        GRPOConfig(beta=0.04, kl_estimator="k1")
+    assert GRPOConfig(beta=0.0, kl_estimator="k1").kl_estimator == "k1"  # no penalty: nothing to refuse
+    assert GRPOConfig(beta=0.04, kl_estimator="k2").kl_estimator == "k2"
+
+
 def test_categorical_kl_by_hand():
     # p = [0.5, 0.5], q = [0.25, 0.75]: 0.5 ln 2 + 0.5 ln(2/3)
     kl = categorical_kl(torch.log(T_([0.5, 0.5])), torch.log(T_([0.25, 0.75])))

@@ -172,7 +172,8 @@ class GRPOConfig:
     """KL coefficient to the reference (initial) policy (GRPO paper: 0.04; DAPO, Dr. GRPO: 0). At 0 no
     reference model is loaded."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    """Per-token KL estimator of the penalty (Schulman 2020); GRPO uses k3."""
+    """Per-token KL estimator of the penalty (Schulman 2020); GRPO uses k3, whose gradient is the reverse KL's;
+    k2's is the forward KL's; k1 (expected gradient 0 as a loss term) is refused with beta > 0."""
     advantage: Advantage = "group"
     """group: (r - mean) / (std + eps) per prompt (GRPO); group_no_std: r - mean (Dr. GRPO); rloo: leave-one-out
     baseline (Ahmadian et al. 2024); batch_mean: r - mean over the whole batch."""
@@ -233,6 +234,11 @@ class GRPOConfig:
         require(0 < self.clip_eps_low < 1, "clip_eps_low", self.clip_eps_low, "in (0, 1)")
         require(self.clip_eps_high > 0, "clip_eps_high", self.clip_eps_high, "> 0")
         require(self.beta >= 0, "beta", self.beta, ">= 0")
+        # k1 = log pi - log pi_ref as a loss term: its gradient grad log pi has expectation 0 under pi, so the
+        # penalty would add noise and no pull toward the reference (docs/equations.md, section 5)
+        require(self.beta == 0 or self.kl_estimator != "k1", "kl_estimator", self.kl_estimator,
+                "'k3' (GRPO's) or 'k2' when beta > 0: differentiated as a loss term, k1 has an expected gradient "
+                "of 0, so its penalty would not pull the policy toward the reference")
         require(self.adv_eps > 0, "adv_eps", self.adv_eps, "> 0")
         require(self.ent_coef >= 0, "ent_coef", self.ent_coef, ">= 0")
         require(self.rewards is None or len(self.rewards) >= 1, "rewards", self.rewards,
@@ -304,6 +310,9 @@ def grpo_loss(
 
     Returns:
         (loss, stats): stats hold policy_loss, approx_kl, clipfrac(_low/_high), and kl / entropy when given.
+        kl and entropy are token means over the mask, whatever ``loss_agg`` weighs in the loss (with
+        ``token_mean`` the two agree; with the per-sequence aggregations, loss - policy_loss is beta times
+        their aggregate, not beta * kl).
     """
     agg_kwargs = {"norm_len": norm_len, "num_tokens": num_tokens, "num_seqs": num_seqs}
     adv_t = adv.detach().unsqueeze(-1).expand_as(logp)  # every token of completion i gets A_i
@@ -316,7 +325,7 @@ def grpo_loss(
             raise ValueError("beta > 0 needs logp_ref")
         kl = kl_estimate(logp, logp_ref.detach(), cfg.kl_estimator)  # (15): k3 per token, to pi_ref
         loss = loss + cfg.beta * aggregate(kl, mask, cfg.loss_agg, **agg_kwargs)
-        stats["kl"] = masked_mean(kl, mask).detach()
+        stats["kl"] = masked_mean(kl, mask).detach()  # logged as a token mean whatever loss_agg weighs
     if entropy is not None:
         ent_loss, _ = entropy_loss(entropy, mask, agg=cfg.loss_agg, agg_kwargs=agg_kwargs)  # (14)
         stats["entropy"] = masked_mean(entropy, mask).detach()

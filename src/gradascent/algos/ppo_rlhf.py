@@ -23,7 +23,7 @@ Deliberate deviations and choices:
   so that the first minibatch's ratio is exactly 1 whatever kernels the sampling engine used.
 - The critic is a separate model (backbone + value head), not a second head on the policy: InstructGPT's
   choice, which lets the critic start from the reward model (``value_init='reward_model'``).
-- The KL controller sees the mean per-completion KL (sum over tokens of the k1 estimate) of the batch just
+- The KL controller sees the mean per-completion KL (sum over tokens of the ``kl_estimator`` estimate, k1 by default) of the batch just
   sampled, as in Ziegler et al.; ``kl_target`` is therefore in nats per completion.
 - A completion cut at ``max_new_tokens`` without an EOS can have ``missing_eos_penalty`` subtracted from its
   score (Huang et al. 2024, detail 23.2, TRL's ``missing_eos_penalty``).
