@@ -145,6 +145,19 @@ def test_a_section_check_names_its_key_with_the_section(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_ppo_batches_that_do_not_split_over_the_processes_stop_the_chain_before_sft(tmp_path, capsys, monkeypatch):
+    # On 2 processes PPO's global minibatch of 3 cannot be split; the chain must say so before SFT trains.
+    from gradascent.run import distributed
+
+    monkeypatch.setattr(distributed, "info", lambda: distributed.DistInfo(rank=0, world_size=2))
+    cfg = tmp_path / "rlhf.yaml"
+    cfg.write_text(TINY.replace("  batch_size: 8\n  minibatch_size: 4", "  batch_size: 6\n  minibatch_size: 3"))
+    out = tmp_path / "run"
+    line = cli_error(capsys, "rlhf", "--config", str(cfg), "--out", str(out))
+    assert "config key 'minibatch_size': 3 is not allowed; expected a multiple of the world size 2" in line
+    assert not (out / "sft").exists()
+
+
 def test_a_chain_spelt_another_way_or_moved_reruns_and_resumes(tmp_path, capsys, monkeypatch):
     import shutil
 

@@ -103,7 +103,7 @@ class PPORLHFConfig:
     batch_size: int = 32
     """Prompts (one completion each) per update, over all ranks (TRL: 64; Huang et al. 2024: 512)."""
     minibatch_size: int = 16
-    """Completions per gradient step; must divide the per-rank batch."""
+    """Completions per gradient step, over all ranks (each takes minibatch_size / N); must divide batch_size."""
     epochs: int = 4
     """Passes over each batch (PPO's K; Ziegler et al. 2019: 4)."""
     lr: float = 1e-4
@@ -543,10 +543,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     require_path(cfg.out, "run directory")  # an out that cannot be a directory stops the run before any loading
     dist_info = distributed.init(cfg.device)
     world, is_main = dist_info.world_size, dist_info.is_main
-    require(cfg.batch_size % world == 0, "batch_size", cfg.batch_size, f"a multiple of the world size {world}")
-    local_batch = cfg.batch_size // world
-    require(local_batch % cfg.minibatch_size == 0, "minibatch_size", cfg.minibatch_size,
-            f"a divisor of the per-rank batch {local_batch}")
+    local_batch, local_mb = check_batch_split(cfg, world)
     torch.manual_seed(cfg.seed + dist_info.rank)
     t_start = time.perf_counter()
     # prompts and models are loaded and checked before the run directory is touched
@@ -665,8 +662,8 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
             n_mb = 0
             for _ in range(cfg.epochs):
                 perm = torch.randperm(local_batch, generator=shuffle_rng)
-                for k in range(0, local_batch, cfg.minibatch_size):
-                    mb = perm[k:k + cfg.minibatch_size].to(device)
+                for k in range(0, local_batch, local_mb):
+                    mb = perm[k:k + local_mb].to(device)
                     m = mask[mb]
                     t_mb = max(int(m.sum(-1).max()), 1)  # drop padding columns past the longest completion
                     m = m[:, :t_mb]
@@ -757,6 +754,16 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
         run.close()
     distributed.barrier()
     return summary
+
+
+def check_batch_split(cfg: PPORLHFConfig, world: int) -> tuple[int, int]:
+    """(per-rank batch, per-rank minibatch) of ``world`` processes. Both sizes are global, so that the
+    optimizer takes epochs * batch_size / minibatch_size steps an update on any number of processes; each
+    must split evenly over them. ConfigError otherwise (``rlhf`` checks it before its first stage)."""
+    require(cfg.batch_size % world == 0, "batch_size", cfg.batch_size, f"a multiple of the world size {world}")
+    require(cfg.minibatch_size % world == 0, "minibatch_size", cfg.minibatch_size,
+            f"a multiple of the world size {world} (it is global: each process takes minibatch_size / {world})")
+    return cfg.batch_size // world, cfg.minibatch_size // world
 
 
 def _agg_kwargs(cfg: PPORLHFConfig, mask: Tensor, ddp: bool) -> dict[str, Any] | None:

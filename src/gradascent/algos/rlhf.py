@@ -31,7 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradascent.algos.ppo_rlhf import PPORLHFConfig, check_reference_tokenizer, load_prompt_set, train_ppo_rlhf
+from gradascent.algos.ppo_rlhf import (
+    PPORLHFConfig,
+    check_batch_split,
+    check_reference_tokenizer,
+    load_prompt_set,
+    train_ppo_rlhf,
+)
 from gradascent.algos.ppo_rlhf import check_lengths as check_ppo_prompts
 from gradascent.algos.reward_model import RewardModelConfig, train_reward_model
 from gradascent.algos.reward_model import check_lengths as check_pair_lengths
@@ -109,6 +115,7 @@ def check_inputs(cfg: RLHFConfig) -> None:
     of the SFT stage's model, once it exists) hold for every stage; no weights are loaded."""
     require_path(cfg.out, "run directory")
     sft_cfg, rm_cfg, ppo_cfg = stage_configs(cfg)
+    check_batch_split(ppo_cfg, distributed.info().world_size)  # PPO's batches split over the processes
     sft_model = rm_cfg.model if (Path(rm_cfg.model) / "config.json").is_file() else cfg.sft.model
     tokenizer, context = tokenizer_and_context(sft_model)
     check_examples(sft_cfg, sft_task(sft_cfg), tokenizer, context)
