@@ -93,3 +93,52 @@ def test_minibatches_must_divide_each_process_share_of_prompts(tmp_path):
     assert "each of 2 processes holds 2 prompts a step, which num_minibatches=4 does not divide" in result[0]
     assert "a multiple of 8" in result[0]
     assert not (tmp_path / "run").exists()
+
+
+def _recording_rank(rank: int, world: int, port: int, out: str, result: dict) -> None:
+    """As _rank, with a reward that records what it returns on this rank, and the tokens each update trains on."""
+    from _group import join
+
+    join(rank, world, port)
+    from gradascent.algos import grpo
+    from gradascent.algos.grpo import GRPOConfig, train_grpo
+    from gradascent.lm import load_model
+    from gradascent.tasks import Task
+
+    seen, tokens = [], []
+
+    def recorded(prompts, completions, **kw):
+        scores = digit_fraction(prompts, completions, **kw)
+        seen.append(scores)
+        return scores
+
+    update = grpo.grpo_update
+
+    def counting_update(rollout, *args, **kwargs):
+        stats = update(rollout, *args, **kwargs)
+        tokens.append(stats["tokens_in_loss"])
+        return stats
+
+    grpo.grpo_update = counting_update
+    rows = [{"prompt": p} for p in ("ab", "cd", "ef", "gh", "ij", "kl", "mn", "op")]
+    task = Task("digits", "completion", rows, [], (recorded,), (1.0,), max_new_tokens=4)
+    model, tok = load_model("qwen2-micro", seed=0)
+    cfg = GRPOConfig(steps=2, prompts_per_step=4, group_size=4, lr=1e-2, save_every=0, loss_agg="token_mean")
+    train_grpo(cfg, out, model=model, tokenizer=tok, task=task, progress=False)
+    result[rank] = {"rewards": seen, "tokens": tokens}
+    dist.destroy_process_group()
+
+
+def test_logged_reward_spread_and_token_count_are_the_whole_steps(tmp_path):
+    # The metrics of a step describe all of its completions, not a mean of the ranks' halves: reward_std is
+    # the std of every reward of the step, tokens_in_loss the sum of both ranks' loss tokens.
+    out = str(tmp_path / "run")
+    result = run_ranks(_recording_rank, out)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for step, row in enumerate(rows):
+        both = torch.tensor(result[0]["rewards"][step] + result[1]["rewards"][step], dtype=torch.float32)
+        assert len(both) == 16
+        assert row["reward_std"] == pytest.approx(float(both.std()), rel=1e-6)
+        assert row["reward"] == pytest.approx(float(both.mean()), rel=1e-6)
+        assert row["tokens_in_loss"] == result[0]["tokens"][step] + result[1]["tokens"][step]

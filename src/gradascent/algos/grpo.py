@@ -729,15 +729,17 @@ def train_grpo(
 
             # ---- 7. log (means over the step's updates; over ranks under DDP), evaluate, checkpoint
             lengths = roll.completion_mask.sum(-1).float()
+            # the spread of the whole step's rewards (a mean of the ranks' stds would not be it)
+            step_rewards = torch.tensor(distributed.gather_list(rewards.tolist())) if dist_info.enabled else rewards
             metrics = {
                 "samples": step * cfg.completions_per_step,
-                "reward": float(rewards.mean()), "reward_std": float(rewards.std()), **reward_means,
+                "reward": float(rewards.mean()), "reward_std": float(step_rewards.std()), **reward_means,
                 "completion_len": float(lengths.mean()),
                 "truncated_frac": float((~roll.finished).float().mean()),
                 **update_stats,
                 "nonfinite_skipped": guard.skipped,
             }
-            metrics = distributed.reduce_metrics(metrics)
+            metrics = distributed.reduce_metrics(metrics, sums=("tokens_in_loss",))
             if eval_rows and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 with eval_mode(model), distributed.full_weights(policy):  # rank 0 evaluates, on whole weights
                     if run is not None:

@@ -12,7 +12,7 @@ NCCL for CUDA tensors on GPU, with gloo beside it for small CPU tensors), gradie
 - ``global_count(x)``: all-reduced sums, e.g. the number of loss tokens over all ranks. The loss on each
   rank is its local token sum over ``global_tokens / world_size``, so that DDP's *mean* of the ranks'
   gradients is the gradient of the global token mean, whatever number of tokens each rank holds;
-- ``reduce_metrics``: means of scalar metrics over ranks, for logging on rank 0 only;
+- ``reduce_metrics``: means of scalar metrics over ranks (sums for counts), for logging on rank 0 only;
 - ``gather_list``, ``any_rank``: every rank's results of a sharded evaluation, and one decision for all ranks
   (a stop requested by a signal that reached some ranks a step before the others);
 - ``wrap(lm, fsdp)``: the training forward as the run uses it (itself, in DDP, or sharded with FSDP2), and
@@ -152,16 +152,16 @@ def loss_divisor(local_count: torch.Tensor | float) -> torch.Tensor:
     return (global_count(local_count) / world).clamp(min=1e-12)
 
 
-def reduce_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Mean over ranks of every numeric metric (one all-reduce); other values are taken from this rank."""
+def reduce_metrics(metrics: dict[str, Any], sums: Sequence[str] = ()) -> dict[str, Any]:
+    """Mean over ranks of every numeric metric, the sum for the keys in ``sums`` (counts such as tokens), in
+    one all-reduce; other values are taken from this rank."""
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return metrics
     keys = [k for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool)]
     vals = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
     dist.all_reduce(vals, op=dist.ReduceOp.SUM)
-    vals /= dist.get_world_size()
     out = dict(metrics)
-    out.update({k: v.item() for k, v in zip(keys, vals)})
+    out.update({k: v.item() if k in sums else v.item() / dist.get_world_size() for k, v in zip(keys, vals)})
     return out
 
 
