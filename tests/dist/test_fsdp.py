@@ -20,7 +20,7 @@ from test_sft_ddp import TRAIN, _batches
 
 from gradascent.algos.grpo import GRPOConfig, grpo_update, load_reference, train_grpo
 from gradascent.algos.sft import SFTConfig, encode_examples, eval_loss, sft_step, train_sft
-from gradascent.lm import SequenceLogprobs, load_model
+from gradascent.lm import SequenceLogprobs, load_model, save_model
 from gradascent.lm.grouped import GroupedLogprobs
 from gradascent.run import distributed
 from gradascent.run.checkpoint import load_checkpoint
@@ -114,13 +114,23 @@ def _rank_train(rank: int, world: int, port: int, out: str, result: dict) -> Non
     dist.destroy_process_group()
 
 
+def _saved_keys(model_dir) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        return set(f.keys())
+
+
 def test_sharded_sft_run_writes_whole_tensors_and_resumes_on_one_process(tmp_path):
     out = tmp_path / "run"
     result = run_ranks(_rank_train, str(out))
     assert result[0]["eval/loss"] == result[1]["eval/loss"]
 
-    # The final model is a plain model directory, the one the ranks evaluated.
+    # The final model is a plain model directory, the one the ranks evaluated, with the tensors a one-process
+    # save writes (the tied LM head not written twice).
     model, tok = load_model(out / "model")
+    save_model(*load_model("qwen2-micro", seed=0), tmp_path / "plain")
+    assert _saved_keys(out / "model") == _saved_keys(tmp_path / "plain")
     task = load_task("arithmetic", n_train=64, n_eval=7, seed=0)
     one_process = eval_loss(model, encode_examples(tok, task.eval, 128), 8, tok.pad_token_id, torch.device("cpu"))
     assert result[0]["eval/loss"] == pytest.approx(one_process, rel=1e-5)

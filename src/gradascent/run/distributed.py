@@ -280,7 +280,17 @@ def full_model_state(model: nn.Module) -> dict[str, Any]:
         return model.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # Tied weights (an LM head sharing the embedding) arrive as separate CPU copies; make them one tensor
+    # again, so that save_pretrained sees the tie and writes the weight once, as a one-process run does.
+    names_of: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(p), []).append(name)
+    for names in names_of.values():
+        present = [n for n in names if n in state]
+        for n in present[1:]:
+            state[n] = state[present[0]]
+    return state
 
 
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
