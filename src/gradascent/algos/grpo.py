@@ -579,7 +579,7 @@ def train_grpo(
         raise ConfigError(f"each of {dist_info.world_size} processes holds {per_rank} prompts a step, which "
                           f"num_minibatches={cfg.num_minibatches} does not divide; choose a prompts_per_step "
                           f"that is a multiple of {dist_info.world_size * cfg.num_minibatches}")
-    device = torch.device(f"cuda:{dist_info.local_rank}" if cfg.device == "cuda" else cfg.device)
+    device = distributed.process_device(cfg.device)
     seed_everything(cfg.seed)
 
     # ---- what the run works on: policy, reference, prompts, rewards (all checked before out/ is touched)

@@ -356,7 +356,7 @@ def load_models(cfg: PPORLHFConfig) -> Models:
         raise ConfigError("config key 'policy' is empty: give the SFT model directory")
     if not cfg.reward_model:
         raise ConfigError("config key 'reward_model' is empty: give the directory written by `gradascent rm`")
-    device = torch.device(cfg.device)
+    device = distributed.process_device(cfg.device)
     policy, tok = load_model(cfg.policy, device=device)
     reward, rm_tok = RewardModel.from_pretrained(cfg.reward_model, device=device)
     if not same_tokenizer(tok, rm_tok):
@@ -475,7 +475,7 @@ def sample(models: Models, prompts: list[str], cfg: PPORLHFConfig, generator: to
     from gradascent.lm.tokenizers import encode_prompts, eos_token_ids
 
     tok = models.tokenizer
-    device = torch.device(cfg.device)
+    device = distributed.process_device(cfg.device)
     ids, mask = encode_prompts(tok, prompts, device=device)
     return generate(
         models.policy, ids, mask, max_new_tokens=cfg.max_new_tokens, eos_token_ids=eos_token_ids(tok, models.policy),
@@ -574,7 +574,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     if dist_info.enabled:
         policy_step = nn.parallel.DistributedDataParallel(policy_step)
         critic_step = nn.parallel.DistributedDataParallel(critic_step)
-    device = torch.device(cfg.device)
+    device = distributed.process_device(cfg.device)
     sample_rng = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + dist_info.rank)
     shuffle_rng = torch.Generator().manual_seed(cfg.seed * 104729 + dist_info.rank)
     guard = NonFiniteGuard(cfg.max_nonfinite)

@@ -194,7 +194,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     dist_info = distributed.init(cfg.device)
     torch.manual_seed(cfg.seed)
-    device = torch.device(f"cuda:{dist_info.local_rank}" if cfg.device == "cuda" else cfg.device)
+    device = distributed.process_device(cfg.device)
 
     train, held_out = preference_data(cfg.data, cfg.train_pairs, cfg.eval_pairs, cfg.seed, cfg.eval_fraction)
     model, tok = RewardModel.from_pretrained(cfg.model, new_head=True, device=device)

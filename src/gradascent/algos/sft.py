@@ -429,7 +429,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     # bad input leaves it as it was.
     task = sft_task(cfg)
     seed_everything(cfg.seed)
-    device = torch.device(f"cuda:{dist_info.local_rank}" if cfg.device == "cuda" else cfg.device)
+    device = distributed.process_device(cfg.device)
 
     model, tokenizer = load_model(cfg.model, seed=cfg.seed, dtype=cfg.dtype, device=device)
     pad_id = tokenizer.pad_token_id

@@ -76,6 +76,14 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def process_device(device: str) -> torch.device:
+    """The device this process computes on: ``cuda`` means this process's own GPU, ``cuda:LOCAL_RANK``
+    (torchrun's local rank, 0 for one process); any other device as given."""
+    if device == "cuda":
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    return torch.device(device)
+
+
 def refuse_several_processes(what: str) -> None:
     """A ConfigError, on every process, when ``what`` (a command that runs in one process) is launched by
     torchrun with several: the copies would each write the same run directory or print the same result."""
