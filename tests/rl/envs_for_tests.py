@@ -62,3 +62,5 @@ def register() -> None:
                  kwargs={"terminate_after": 1})
     # Episodes that never end (no time limit, never terminal).
     gym.register("GradascentTest/Endless-v0", entry_point=ConstantEnv)
+    # A registered environment whose constructor fails (a required argument the registration lacks).
+    gym.register("GradascentTest/Broken-v0", entry_point=ConstantEnv, kwargs={"no_such_argument": 1})

@@ -26,6 +26,11 @@ from gradascent.cli import main
     (["ppo-penalty", "--kl-target", "-0.01"], "'kl_target'", "a float > 0"),
     (["ppo-penalty", "--kl-threshold", "1"], "'kl_threshold'", "a float > 1"),
     (["ppo", "--loss", "kl_penalty"], "'loss'", "expected 'clip'"),
+    (["ppo-penalty", "--kl-coef", "0"], "'kl_coef'", "a float > 0 with loss kl_penalty (beta adapts by halving"),
+    (["ppo-penalty", "--target-kl", "0.01"], "'target_kl'", "null with loss kl_penalty"),
+    (["ppo", "--env", ":"], "'env'", "module '' cannot be imported"),
+    (["ppo", "--env", ".x:Y-v0"], "'env'", "module '.x' cannot be imported"),
+    (["a2c", "--env", "GradascentTest/Broken-v0"], "'env'", "cannot be created: its constructor raised TypeError"),
 ])
 def test_bad_input_is_one_line_naming_the_parameter(tmp_path, capsys, argv, key, words):
     out = tmp_path / "run"

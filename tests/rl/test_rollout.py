@@ -159,3 +159,21 @@ def test_episodes_cut_by_the_step_cap_are_reported(tmp_path):
     with pytest.warns(UserWarning, match="2 of 2 episodes were cut at 7 steps without ending"):
         batch = collector.collect_episodes(policy, max_steps=7)
     assert batch.mask.sum().item() == 14 and len(batch.episode_returns) == 0
+
+
+def test_evaluation_episode_i_is_seeded_seed_plus_i_whatever_the_number_of_episodes():
+    # CartPole-v1 has a vectorised implementation of its own, which draws all copies' starts from one
+    # generator; evaluation plays each episode in an environment of its own, so episode i of K episodes from
+    # seed S is the single episode from seed S + i.
+    from gradascent.rl.saved import run_episodes
+
+    envs = make_vec_env("CartPole-v1", 1)
+    obs_dim, action = spaces_of(envs, "CartPole-v1", "test")
+    envs.close()
+    torch.manual_seed(0)
+    policy = ActorCritic(obs_dim, action)
+    norm = ObsNormalizer(obs_dim, False)
+    together = run_episodes(policy, norm, "CartPole-v1", 6, 100)
+    alone = [run_episodes(policy, norm, "CartPole-v1", 1, 100 + i)[0] for i in range(6)]
+    assert together.tolist() == alone
+    assert len(set(alone)) > 1  # the seeds matter: the episodes differ

@@ -11,7 +11,7 @@ import torch
 from gradascent.algos import a2c, ppo, reinforce
 from gradascent.algos.classic import WALL_CLOCK_METRICS
 from gradascent.algos.presets import classic_config, get_algo
-from gradascent.errors import NonFiniteError
+from gradascent.errors import GradascentWarning, NonFiniteError
 from gradascent.rl import evaluate, load_policy
 from gradascent.run import RunDir, latest_checkpoint, load_checkpoint
 
@@ -51,6 +51,7 @@ def test_learns_cartpole(tmp_path, algo, budget):
     (a2c, a2c.A2CConfig(total_steps=800, advantage="gae", save_every=5)),
     (reinforce, reinforce.ReinforceConfig(total_steps=1_000, baseline="learned", num_envs=4)),
 ])
+@pytest.mark.filterwarnings("ignore:the environments are reseeded")  # short spans on purpose: many reseeds
 def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path, module, cfg):
     cfg = dataclasses.replace(cfg, tensorboard=False)
     module.train(cfg, tmp_path / "a", progress=False)
@@ -63,7 +64,13 @@ def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path, module, cfg):
 def test_pendulum_continuous_actions_smoke(tmp_path):
     cfg = ppo.PPOConfig(env="Pendulum-v1", total_steps=1_024, num_envs=2, num_steps=256, normalize_obs=True,
                         normalize_reward=True, tensorboard=False)
-    summary = ppo.train(cfg, tmp_path, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        summary = ppo.train(cfg, tmp_path, progress=False)
+        assert torch.get_num_threads() == 3  # the run used torch_threads (1) and gave the caller's back
+    finally:
+        torch.set_num_threads(threads)
     assert summary["env_steps"] == 1_024 and math.isfinite(summary["eval_return_mean"])
     assert -2000.0 < summary["eval_return_mean"] < 0.0  # Pendulum's returns are negative, >= -16.3 * 200
     policy, obs_norm, meta = load_policy(tmp_path)
@@ -168,3 +175,17 @@ def test_ppo_never_whitens_a_minibatch_of_one_sample(tmp_path, monkeypatch):
                         update_epochs=2, total_steps=32, eval_every=0, tensorboard=False)
     ppo.train(cfg, tmp_path, progress=False)
     assert seen == [2] * 4 * 2 * 2  # 4 minibatches of 2, 2 epochs, 2 updates
+
+
+def test_reseeding_more_often_than_an_episode_lasts_is_warned_about(tmp_path):
+    # save_every * num_steps = 32 steps a copy between reseeds, against CartPole's 500-step episodes: the
+    # logged episode_return could only count episodes shorter than 32 steps.
+    cfg = ppo.PPOConfig(total_steps=64, num_envs=2, num_steps=32, save_every=1, tensorboard=False)
+    with pytest.warns(GradascentWarning, match=r"every save_every \* num_steps = 32 steps a copy, fewer than the "
+                                               r"500 of CartPole-v1's time limit.*set save_every to 16 or more"):
+        ppo.train(cfg, tmp_path / "short", progress=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GradascentWarning)
+        ppo.train(dataclasses.replace(cfg, save_every=16), tmp_path / "long", progress=False)

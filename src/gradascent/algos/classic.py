@@ -19,6 +19,7 @@ import json
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradascent.errors import ConfigError, GradascentError, NonFiniteError
+from gradascent.errors import ConfigError, GradascentError, GradascentWarning, NonFiniteError
 from gradascent.rl.envs import ObsNormalizer, RewardScaler, make_vec_env, spaces_of
 from gradascent.rl.policy import ActorCritic
 from gradascent.rl.rollout import Batch, Collector
@@ -174,18 +175,25 @@ class ClassicRun:
         if out is not None:
             require_path(out, "run directory")
         distributed.refuse_several_processes(f"rl {algo}")
+        self._caller_threads = torch.get_num_threads()  # restored when the run ends (the caller's setting)
         torch.set_num_threads(cfg.torch_threads)
-        self.envs = make_vec_env(cfg.env, cfg.num_envs)
+        try:
+            self.envs = make_vec_env(cfg.env, cfg.num_envs)
+        except BaseException:
+            torch.set_num_threads(self._caller_threads)
+            raise
         try:
             self._setup(Path(out) if out is not None else Path("runs") / f"{algo}-{cfg.env}-seed{cfg.seed}",
                         resume, progress)
         except BaseException:
             self.envs.close()
+            torch.set_num_threads(self._caller_threads)
             raise
 
     def _setup(self, out: Path, resume: bool, progress: bool | None) -> None:
         cfg, algo = self.cfg, self.algo
         obs_dim, self.action = spaces_of(self.envs, cfg.env, algo)
+        self._check_reseed_span()
         self.rundir = self._open_rundir(out, resume)
 
         seed_everything(cfg.seed)
@@ -291,15 +299,32 @@ class ClassicRun:
 
     # --- the loop --------------------------------------------------------------------------------------
 
+    def _check_reseed_span(self) -> None:
+        """Warn where the environments are reseeded (every save_every updates of num_steps steps a copy) more
+        often than an episode at the time limit lasts: episode_return would count only the episodes that end
+        sooner, and understate a policy that lasts."""
+        num_steps = getattr(self.cfg, "num_steps", None)  # REINFORCE collects whole episodes: never cut
+        limit = getattr(getattr(self.envs, "spec", None), "max_episode_steps", None)
+        if num_steps is None or not limit or self.cfg.save_every * num_steps >= limit:
+            return
+        span = self.cfg.save_every * num_steps
+        warnings.warn(f"the environments are reseeded every save_every * num_steps = {span} steps a copy, fewer "
+                      f"than the {limit} of {self.cfg.env}'s time limit: the logged episode_return counts only "
+                      f"episodes shorter than {span} steps; set save_every to {math.ceil(limit / num_steps)} or "
+                      "more", GradascentWarning, stacklevel=4)
+
     def __enter__(self) -> ClassicRun:
         self._stop.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.__exit__(*exc)
-        self._bar.close()
-        self.envs.close()
-        self.rundir.close()
+        try:
+            self._stop.__exit__(*exc)
+            self._bar.close()
+            self.envs.close()
+            self.rundir.close()
+        finally:
+            torch.set_num_threads(self._caller_threads)
 
     @property
     def done(self) -> bool:

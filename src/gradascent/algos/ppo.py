@@ -62,9 +62,10 @@ class PPOConfig(ClassicConfig):
     norm_adv: bool = True
     """Whiten advantages per minibatch."""
     target_kl: float | None = None
-    """PPO-Clip: end the update's epochs once a minibatch's approx_kl exceeds this (e.g. 0.015); null: off."""
+    """PPO-Clip: end the update's epochs once a minibatch's approx_kl exceeds this (e.g. 0.015); null: off
+    (PPO-Penalty refuses it: beta steers the KL there)."""
     kl_coef: float = 1.0
-    """PPO-Penalty: initial beta; the paper reports results insensitive to it since it adapts quickly."""
+    """PPO-Penalty: initial beta, > 0; the paper reports results insensitive to it since it adapts quickly."""
     kl_target: float = 0.01
     """PPO-Penalty: d_targ, the KL per update that beta steers towards (paper: 0.003 to 0.03)."""
     kl_threshold: float = 2.0
@@ -86,7 +87,13 @@ class PPOConfig(ClassicConfig):
         require(self.vf_clip_eps is None or self.vf_clip_eps > 0, "vf_clip_eps", self.vf_clip_eps,
                 "a float > 0 or null")
         require(self.target_kl is None or self.target_kl > 0, "target_kl", self.target_kl, "a float > 0 or null")
-        require(self.kl_coef >= 0, "kl_coef", self.kl_coef, "a float >= 0")
+        # target_kl stops the epochs early, PPO-Clip's guard; under the penalty a stopped update also reads
+        # as a small KL, so beta would halve on every update
+        require(self.target_kl is None or self.loss == "clip", "target_kl", self.target_kl,
+                "null with loss kl_penalty (PPO-Penalty steers the KL by beta; target_kl is PPO-Clip's early stop)")
+        require(self.kl_coef > 0 if self.loss == "kl_penalty" else self.kl_coef >= 0, "kl_coef", self.kl_coef,
+                "a float > 0 with loss kl_penalty (beta adapts by halving and doubling: from 0 it stays 0)"
+                if self.loss == "kl_penalty" else "a float >= 0")
         require(self.kl_target > 0, "kl_target", self.kl_target, "a float > 0")
         require(self.kl_threshold > 1, "kl_threshold", self.kl_threshold, "a float > 1 (the paper: 1.5)")
 

@@ -36,7 +36,7 @@ def check_env_id(env_id: str) -> None:
         module, _, name = env_id.partition(":")
         try:
             import_from_cwd(module)  # the current directory first, as for reward functions
-        except ImportError as exc:
+        except (ImportError, ValueError, TypeError) as exc:  # also '' or a relative name ('.x'): not importable
             raise ConfigError(f"config key 'env': {env_id!r}: module {module!r} cannot be imported ({exc})") from None
     if name in gym.registry:
         return
@@ -47,13 +47,21 @@ def check_env_id(env_id: str) -> None:
                       f"a module registers when imported{extra}")
 
 
-def make_vec_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
-    """``num_envs`` copies of ``env_id`` in NEXT_STEP autoreset mode (see the module docstring)."""
+def make_vec_env(env_id: str, num_envs: int, separate: bool = False) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``env_id`` in NEXT_STEP autoreset mode (see the module docstring).
+
+    ``separate``: one environment per copy (gymnasium's sync vectorisation), so that ``reset(seed=S)`` seeds
+    copy i with S + i, whatever the number of copies. Without it an environment with a vectorised
+    implementation of its own (CartPole-v1's) may draw all copies' starts from one generator seeded once.
+    """
     check_env_id(env_id)
     try:
-        envs = gym.make_vec(env_id, num_envs=num_envs)
+        envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync" if separate else None)
     except (gym.error.Error, ImportError) as exc:  # e.g. a missing optional dependency (box2d, mujoco, jax)
         raise ConfigError(f"config key 'env': {env_id!r} cannot be created: {exc}") from None
+    except Exception as exc:  # a registered environment whose own constructor fails
+        raise ConfigError(f"config key 'env': {env_id!r} cannot be created: its constructor raised "
+                          f"{type(exc).__name__}: {exc}") from None
     mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
     if mode != gym.vector.AutoresetMode.NEXT_STEP:
         envs.close()

@@ -97,7 +97,9 @@ class Collector:
                                  "and rewards must be finite")
 
     def reset(self, seed: int) -> None:
-        """Reset every copy (copy i gets seed + i) and start a new action log."""
+        """Reset every copy with ``seed`` (gymnasium's: copy i gets seed + i, or, for an environment with a
+        vectorised implementation of its own such as CartPole-v1's, one generator seeded once draws all copies'
+        starts) and start a new action log."""
         raw, _ = self.envs.reset(seed=seed)
         self._check_finite(raw, "observation")
         self._seed, self._log = int(seed), []

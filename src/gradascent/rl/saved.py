@@ -104,10 +104,11 @@ def run_episodes(policy: ActorCritic, obs_norm: ObsNormalizer, env_id: str, epis
     """Undiscounted returns of ``episodes`` episodes, one per copy of the environment, played in parallel.
 
     Deterministic: the policy's mode (argmax or Gaussian mean, clipped to the bounds). The normaliser's
-    statistics are used, never updated. Copy i is reset with seed + i. An episode still running after
-    ``max_steps`` steps is cut there, with a warning.
+    statistics are used, never updated. Copy i is its own environment, reset with seed + i, so that episode i
+    is the same whatever ``episodes`` is. An episode still running after ``max_steps`` steps is cut there,
+    with a warning.
     """
-    envs = make_vec_env(env_id, episodes)
+    envs = make_vec_env(env_id, episodes, separate=True)
     try:
         check_env_fits(policy, envs, env_id)
         raw, _ = envs.reset(seed=seed)
