@@ -140,6 +140,7 @@ def test_list_flags_split_on_commas_outside_parentheses():
     assert cfg.rewards == ("numeric_match", r"regex(\d{1,3})", "regex((a,b)|c)")
     assert cfg.reward_weights == (1.0, 0.5, 0.25)
     assert load_config(Cfg, flag_overrides={"hidden": "32,16,"}).hidden == (32, 16)
+    assert load_config(Cfg, flag_overrides={"hidden": "[32, 16]"}).hidden == (32, 16)  # the YAML form too
 
 
 def test_configs_built_in_python_are_checked_like_loaded_ones():

@@ -158,7 +158,10 @@ def _coerce(key: str, value: Any, tp: Any, from_string: bool) -> Any:
     if origin in (tuple, list):
         (inner, *_rest) = get_args(tp) or (Any,)
         if from_string and isinstance(value, str):
-            value = [v for v in split_commas(value) if v != ""]
+            text = value.strip()
+            if text.startswith("[") and text.endswith("]"):  # the YAML form, '[32, 32]', taken as well
+                text = text[1:-1]
+            value = [v.strip() for v in split_commas(text) if v.strip() != ""]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {_type_name(tp)}")
         items = [_coerce(key, v, inner, from_string) for v in value]
