@@ -158,6 +158,21 @@ def test_ppo_batches_that_do_not_split_over_the_processes_stop_the_chain_before_
     assert not (out / "sft").exists()
 
 
+def test_the_chain_does_not_take_over_another_trainers_run(tmp_path, capsys):
+    # A directory holding a GRPO run (run.json names GRPOConfig): refused before anything is written there.
+    out = tmp_path / "grpo-run"
+    out.mkdir()
+    run_json = '{"config_class": "gradascent.algos.grpo:GRPOConfig"}\n'
+    (out / "run.json").write_text(run_json)
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    cfg = tmp_path / "rlhf.yaml"
+    cfg.write_text(TINY)
+    line = cli_error(capsys, "rlhf", "--config", str(cfg), "--out", str(out))
+    assert "holds a run of GRPOConfig (run.json), not of RLHFConfig" in line
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "run.json"]
+    assert (out / "run.json").read_text() == run_json
+
+
 def test_a_chain_spelt_another_way_or_moved_reruns_and_resumes(tmp_path, capsys, monkeypatch):
     import shutil
 

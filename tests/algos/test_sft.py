@@ -269,3 +269,15 @@ def test_a_run_that_reached_its_target_is_finished_when_resumed(tmp_path):
     again = train_sft(dataclasses.replace(cfg, resume=True))
     assert again["steps"] == 2 and again["stopped_at_target"] == first["stopped_at_target"]
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
+
+
+def test_the_logged_lr_is_the_one_the_step_used(tmp_path):
+    # Linear warmup over 50 steps from lr 2e-3: step k (1, 2, 3) trains at 2e-3 * k / 50.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the warmup is longer than the run: warned about, on purpose here
+        train_sft(SFTConfig(**{**TINY, "steps": 3, "lr": 2e-3, "warmup_steps": 50, "log_every": 1,
+                               "eval_every": 0}, out=str(tmp_path / "run")))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx([4e-5, 8e-5, 1.2e-4], rel=1e-9)

@@ -96,8 +96,9 @@ def test_model_without_tokenizer_and_vocab_mismatch(tmp_path):
         load_model(tmp_path / "m")
     bigger = char_tokenizer()
     bigger.add_tokens([f"<extra{i}>" for i in range(5)])  # 104 tokens for a 99-row embedding
-    with pytest.raises(CheckpointError, match="vocabulary mismatch.*104.*99"):
+    with pytest.raises(CheckpointError, match="vocabulary mismatch.*104.*99") as err:
         load_model(tmp_path / "m", tokenizer=bigger)
+    assert f"mismatch of {tmp_path / 'm'}:" in str(err.value)  # which of a command's models is at fault
 
 
 def test_weights_holding_nan_are_refused_when_the_model_loads(tmp_path):

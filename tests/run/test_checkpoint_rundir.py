@@ -198,3 +198,21 @@ def test_what_a_killed_save_leaves_is_resumable_and_tidied(tmp_path):
     save_checkpoint(tmp_path, 4, {"x": torch.tensor([5.0])})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001", "step_00000002", "step_00000004"]
     assert load_checkpoint(tmp_path / "step_00000004")[1]["x"].item() == 5.0
+
+
+def test_too_few_steps_for_another_trainers_run_names_the_trainer(tmp_path):
+    # grpo --resume into an SFT run that did 8 steps, with steps=1: the run is an SFT run, which is the problem
+    # to report, not that 1 < 8.
+    from gradascent.algos.grpo import GRPOConfig
+    from gradascent.algos.sft import SFTConfig
+    from gradascent.run.rundir import check_not_past
+
+    run = tmp_path / "sft-run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "run.json").write_text('{"config_class": "gradascent.algos.sft:SFTConfig"}\n')
+    ckpt = save_checkpoint(run / "checkpoints", 8, {"x": torch.zeros(1)})
+    with pytest.raises(GradascentError, match="holds a run of SFTConfig \\(run.json\\), not of GRPOConfig"):
+        check_not_past(ckpt, 1, cfg=GRPOConfig())
+    with pytest.raises(GradascentError, match="steps=1 is fewer than the 8"):
+        check_not_past(ckpt, 1, cfg=SFTConfig())
+    check_not_past(ckpt, 8, cfg=SFTConfig())

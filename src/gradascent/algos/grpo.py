@@ -647,7 +647,7 @@ def train_grpo(
     step, elapsed, last_eval = 0, 0.0, {}
     resumed_metrics: dict[str, Any] = {}
     ckpt = latest_checkpoint(Path(out) / "checkpoints") if resume else None
-    check_not_past(ckpt, cfg.steps)
+    check_not_past(ckpt, cfg.steps, cfg=cfg)
     if run is not None:
         check_resume(run, recorded, ckpt is not None, resume, RESUMABLE_CHANGES)
         if ckpt is None and run.read_metrics():

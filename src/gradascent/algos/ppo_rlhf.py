@@ -554,7 +554,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     check_lengths(cfg, prompt_set, models.tokenizer, getattr(policy.config, "max_position_embeddings", None), source)
     run = RunDir(cfg.out, dirs=("policy", "value")) if is_main else None
     resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
-    check_not_past(resume_from, cfg.updates, "updates")
+    check_not_past(resume_from, cfg.updates, "updates", cfg=cfg)
     if run is not None:
         check_resume(run, cfg, resume_from is not None, cfg.resume, RESUMABLE_CHANGES)
     if run is not None:

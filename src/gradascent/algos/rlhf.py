@@ -49,7 +49,7 @@ from gradascent.run import distributed
 from gradascent.run.command import finish
 from gradascent.run.config import add_config_flags, check_fields, flag_values, load_config, read_yaml, require, save_yaml
 from gradascent.run.config import check_config, to_dict
-from gradascent.run.rundir import RunDir, require_path
+from gradascent.run.rundir import RunDir, check_run_kind, require_path
 
 # Fields of each section that the chain sets (section field -> where its value comes from).
 CHAIN_FIELDS: dict[str, tuple[str, ...]] = {
@@ -114,6 +114,7 @@ def check_inputs(cfg: RLHFConfig) -> None:
     The SFT model keeps the tokenizer and context of the model it starts from, so those of ``sft.model`` (or
     of the SFT stage's model, once it exists) hold for every stage; no weights are loaded."""
     require_path(cfg.out, "run directory")
+    check_run_kind(cfg.out, cfg)  # a directory holding another trainer's run is not taken over
     sft_cfg, rm_cfg, ppo_cfg = stage_configs(cfg)
     check_batch_split(ppo_cfg, distributed.info().world_size)  # PPO's batches split over the processes
     sft_model = rm_cfg.model if (Path(rm_cfg.model) / "config.json").is_file() else cfg.sft.model

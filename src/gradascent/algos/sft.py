@@ -436,7 +436,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     train_ex, eval_ex = check_examples(cfg, task, tokenizer, getattr(model.config, "max_position_embeddings", None))
     run = RunDir(cfg.out, dirs=("model",)) if dist_info.is_main else None
     ckpt = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
-    check_not_past(ckpt, cfg.steps)
+    check_not_past(ckpt, cfg.steps, cfg=cfg)
     if run is not None:
         check_resume(run, cfg, ckpt is not None, cfg.resume, RESUMABLE_CHANGES)
         if ckpt is None and run.read_metrics():
@@ -503,6 +503,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     with StopOnSignal() as stop:
         while step < cfg.steps and stopped_at is None:
             batch = next_batch(cfg, train_ex, order, pad_id)  # the global batch; sft_step takes this rank's rows
+            step_lr = sched.get_last_lr()[0]  # the learning rate this step uses (logged below)
             loss, grad_norm = sft_step(lm, opt, guard, batch, cfg.grad_clip, device, where=f"step {step + 1}")
             if grad_norm is not None:
                 acc["loss_sum"] += float(loss)
@@ -518,7 +519,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - t_start
                 loss_sum = distributed.reduce_metrics({"loss_sum": acc["loss_sum"]})["loss_sum"]  # over ranks
-                row = {"loss": loss_sum / max(acc["steps"], 1), "lr": sched.get_last_lr()[0],
+                row = {"loss": loss_sum / max(acc["steps"], 1), "lr": step_lr,
                        "grad_norm": acc.get("grad_norm", float("nan")), "tokens": tokens_seen,
                        "epoch": order.epoch, "skipped": guard.skipped,
                        "time_s": elapsed, "tokens_per_s": acc["tokens"] / max(elapsed, 1e-9)}

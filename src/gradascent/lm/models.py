@@ -202,12 +202,14 @@ def embedding_rows(model: nn.Module) -> int:
     return int(rows) if rows is not None else int(emb.weight.shape[0])
 
 
-def check_vocab(model: nn.Module, tokenizer: Any) -> None:
-    """Raise CheckpointError if the tokenizer can produce ids the model's embedding has no row for."""
+def check_vocab(model: nn.Module, tokenizer: Any, where: str | os.PathLike[str] | None = None) -> None:
+    """Raise CheckpointError if the tokenizer can produce ids the model's embedding has no row for; ``where``
+    (the model's directory or preset) is named in the message."""
     n_rows = embedding_rows(model)
     if len(tokenizer) > n_rows:
-        raise CheckpointError(f"tokenizer/model vocabulary mismatch: the tokenizer has {len(tokenizer)} tokens but "
-                              f"the model's embedding has only {n_rows} rows")
+        of = f" of {where}" if where is not None else ""
+        raise CheckpointError(f"tokenizer/model vocabulary mismatch{of}: the tokenizer has {len(tokenizer)} tokens "
+                              f"but the model's embedding has only {n_rows} rows")
 
 
 def _model_dir(spec: str | os.PathLike[str]) -> Path | None:
@@ -323,7 +325,7 @@ def load_model(
                                                          dtype=torch_dtype)
         except Exception as exc:  # noqa: BLE001 - whatever transformers raises, name the directory at fault
             raise CheckpointError(f"cannot load the model in {path}: {type(exc).__name__}: {exc}") from None
-    check_vocab(model, tokenizer)
+    check_vocab(model, tokenizer, path if path is not None else spec)
     if path is not None:
         check_finite_weights(model, path)
     if torch_dtype is not None:

@@ -162,10 +162,13 @@ class RunDir:
             self._tb = None
 
 
-def check_not_past(checkpoint: Path | None, steps: int, key: str = "steps") -> None:
+def check_not_past(checkpoint: Path | None, steps: int, key: str = "steps", cfg: Any = None) -> None:
     """A resumed run may be given more ``steps`` (or as many), not fewer than its newest checkpoint has done:
     it would end at the checkpoint anyway, with a config.yaml that no longer says what the run did. Called
-    before config.yaml is written."""
+    before config.yaml is written. With ``cfg``, the run directory of ``checkpoint`` must first hold a run of
+    ``cfg``'s class (``check_run_kind``): another trainer's run is named as that, not as too few steps."""
+    if checkpoint is not None and cfg is not None:
+        check_run_kind(Path(checkpoint).parent.parent, cfg)
     done = checkpoint_step(checkpoint) if checkpoint is not None else 0
     if done > steps:
         raise ConfigError(f"{key}={steps} is fewer than the {done} the run has done already (checkpoint "
@@ -179,6 +182,16 @@ def _config_class(path: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return made_by if isinstance(made_by, str) else None
+
+
+def check_run_kind(path: str | Path, cfg: Any) -> None:
+    """A ConfigError where the run directory ``path`` holds a run of another config class than ``cfg``'s
+    (run.json names it); nothing where it holds none or one of the same class."""
+    made_by, this = _config_class(Path(path)), f"{type(cfg).__module__}:{type(cfg).__qualname__}"
+    if made_by is not None and made_by != this:
+        raise ConfigError(f"{path} holds a run of {made_by.rsplit(':', 1)[-1]} (run.json), not of "
+                          f"{type(cfg).__name__}; continue it with `gradascent resume {path}`, or choose another "
+                          "'out'")
 
 
 def check_resume(run: RunDir, cfg: Any, resuming: bool, resume_requested: bool, may_change: frozenset[str]) -> None:
@@ -197,11 +210,7 @@ def check_resume(run: RunDir, cfg: Any, resuming: bool, resume_requested: bool, 
             raise ConfigError(f"{run.path} already holds a run (metrics.jsonl); pass --resume (resume=True from "
                               "Python) to continue it, or choose another run directory")
         return
-    made_by, this = _config_class(run.path), f"{type(cfg).__module__}:{type(cfg).__qualname__}"
-    if made_by is not None and made_by != this:
-        raise ConfigError(f"{run.path} holds a run of {made_by.rsplit(':', 1)[-1]} (run.json), not of "
-                          f"{type(cfg).__name__}; continue it with `gradascent resume {run.path}`, or choose another "
-                          "'out'")
+    check_run_kind(run.path, cfg)
     saved_path = run.path / "config.yaml"
     if not saved_path.is_file():
         return
