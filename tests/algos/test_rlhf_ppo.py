@@ -229,6 +229,7 @@ def test_cli_refuses_prompts_that_cannot_fit_the_context_before_training(sft_dir
     line = cli_error(capsys, "ppo", "--policy", str(sft_dir), "--reward-model", str(rm_dir), "--prompts",
                      str(prompts), "--max-new-tokens", "6", "--out", str(tmp_path / "o"))
     assert "prompts.jsonl" in line and "is 507 tokens long, more than the 506 that fit" in line
+    assert f"{prompts}:21 is 507 tokens long" in line  # named by its file and line, as the other trainers do
     assert not (tmp_path / "o").exists()  # checked before the run directory is made
 
 

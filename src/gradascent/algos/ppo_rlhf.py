@@ -279,6 +279,10 @@ class PromptSet:
     train: list[str]
     eval: list[str]
     hidden_score: HiddenScore | None = None
+    train_names: list[str] | None = None
+    """Where each training prompt came from ('file.jsonl:LINE'), for errors; None: 'prompt i'."""
+    eval_names: list[str] | None = None
+    """Likewise for the held-out prompts."""
 
     def __post_init__(self) -> None:
         for split, prompts in (("train", self.train), ("eval", self.eval)):
@@ -289,6 +293,9 @@ class PromptSet:
             for i, prompt in enumerate(prompts):
                 if not isinstance(prompt, str) or not prompt:
                     raise DataError(f"PromptSet.{split}[{i}] is {prompt!r}, not a non-empty string")
+            names = getattr(self, f"{split}_names")
+            if names is not None and len(names) != len(prompts):
+                raise DataError(f"PromptSet.{split}_names holds {len(names)} names for {len(prompts)} prompts")
 
 
 def load_prompt_set(spec: str, n_eval: int, seed: int) -> PromptSet:
@@ -526,9 +533,11 @@ def check_lengths(cfg: PPORLHFConfig, prompt_set: PromptSet, tokenizer: Any, con
                   source: str) -> None:
     """Every prompt plus ``max_new_tokens`` fits the policy's ``context``, or a ConfigError / DataError that
     names the first prompt that does not (``source`` says where the prompts came from)."""
-    for prompts, split in ((prompt_set.train, "training"), (prompt_set.eval, "held-out")):
+    for prompts, split, names in ((prompt_set.train, "training", prompt_set.train_names),
+                                  (prompt_set.eval, "held-out", prompt_set.eval_names)):
         check_fits_context(tokenizer, prompts, context, cfg.max_new_tokens, f"{source}, {split} prompts (policy "
-                           f"context {context}, max_new_tokens {cfg.max_new_tokens})", holder="policy")
+                           f"context {context}, max_new_tokens {cfg.max_new_tokens})",
+                           names[:len(prompts)] if names else None, holder="policy")
 
 
 def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,

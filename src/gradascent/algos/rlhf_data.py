@@ -97,7 +97,7 @@ def prompt_set(spec: str, n_eval: int, seed: int) -> Any:
     ``tasks.load_task`` splits them. The hidden score is the task's own reward functions (weighted), when
     it has some: for the built-in preference task, the hidden rule that played the human."""
     from gradascent.algos.ppo_rlhf import PromptSet
-    from gradascent.tasks import BUILTIN_TASKS, load_task
+    from gradascent.tasks import BUILTIN_TASKS, load_task, row_names
 
     if spec in BUILTIN_TASKS:
         task = load_task(spec, n_eval=n_eval, seed=seed)
@@ -108,7 +108,8 @@ def prompt_set(spec: str, n_eval: int, seed: int) -> Any:
     if not held:
         raise DataError(f"{spec} leaves no prompt for evaluation; give it more rows")
     hidden = weighted_rewards(task.reward_fns, task.reward_weights) if task.reward_fns and task.kind != "answer" else None
-    return PromptSet(train=train, eval=held, hidden_score=hidden)
+    return PromptSet(train=train, eval=held, hidden_score=hidden, train_names=row_names(task, "train"),
+                     eval_names=row_names(task, "eval")[:len(held)])
 
 
 def weighted_rewards(fns: Any, weights: Any) -> Any:
