@@ -122,3 +122,17 @@ def test_resume_takes_a_bool_as_the_config_flags_do(argv, capsys):
     with pytest.raises(SystemExit):
         main([*argv, "--resume", "maybe"])
     assert "argument --resume: 'maybe' is not a bool (true/false, yes/no, 1/0)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["sft", "--stpes", "3"], "gradascent sft: error: unrecognized arguments: --stpes 3 (--stpes: did you mean "
+                              "--steps?) (see gradascent sft --help)"),
+    (["rl", "ppo", "--totl-steps=3"], "gradascent rl ppo: error: unrecognized arguments: --totl-steps=3 "
+                                      "(--totl-steps: did you mean --total-steps?) (see gradascent rl ppo --help)"),
+    (["grpo", "--zzz"], "gradascent grpo: error: unrecognized arguments: --zzz (see gradascent grpo --help)"),
+])
+def test_a_misspelt_flag_is_named_with_the_closest_flag_of_its_command(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == expected

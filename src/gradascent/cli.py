@@ -8,6 +8,7 @@ line and exit 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -51,6 +52,27 @@ def _one_line_warnings(standard):  # type: ignore[no-untyped-def]
     return show
 
 
+def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str]) -> "NoReturn":
+    """argparse's 'unrecognized arguments' error, from the subcommand's parser (so that it points at that
+    command's --help) and with the closest of its flags for a misspelt one."""
+    sub, descended = parser, True
+    while descended:  # down to the (sub)subcommand's own parser: gradascent rl ppo
+        descended = False
+        for action in sub._actions:
+            chosen = getattr(args, action.dest, None) if isinstance(action, argparse._SubParsersAction) else None
+            if isinstance(chosen, str) and chosen in action.choices:
+                sub, descended = action.choices[chosen], True
+                break
+    flags = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for arg in unknown:
+        if arg.startswith("--"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], flags, n=1)
+            if close:
+                hints.append(f"{arg.split('=', 1)[0]}: did you mean {close[0]}?")
+    sub.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --debug before or after the command: the subcommands' copy sets it only when given (SUPPRESS), so it
     # does not overwrite the top-level value with its own default
@@ -74,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gradascent: interrupted", file=sys.stderr)
         return 130
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _refuse_unknown(parser, args, unknown)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
