@@ -89,9 +89,9 @@ def test_sigterm_writes_a_checkpoint_and_resume_is_identical(straight, tmp_path)
     # SIGTERM as soon as the first update is logged: the checkpoint lands off the save_every grid (most
     # likely at update 1 or 2), so the resume goes through the environments' action-log replay.
     out = tmp_path / "terminated"
-    rc, stdout, _ = _start_and_signal(out, signal.SIGTERM, lambda o: bool(RunDir(o).read_metrics()))
+    rc, _, stderr = _start_and_signal(out, signal.SIGTERM, lambda o: bool(RunDir(o).read_metrics()))
     assert rc == 128 + signal.SIGTERM
-    assert "stopped by SIGTERM" in stdout and f"continue with: gradascent resume {out}" in stdout
+    assert "gradascent rl ppo: stopped by SIGTERM" in stderr and f"continue with: gradascent resume {out}" in stderr
     step = int(latest_checkpoint(out / "checkpoints").name.split("_")[1])
     assert len(RunDir(out).read_metrics()) == step  # nothing logged after the checkpoint
     done = _run(out, "--resume")

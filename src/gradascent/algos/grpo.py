@@ -821,7 +821,7 @@ def _cmd(args: argparse.Namespace) -> int:
     shown.update({k: v for k, v in summary.items() if k.startswith("eval/")})
     print(summary_line(shown))
     if summary.get("stopped_by"):
-        print(f"stopped by {summary['stopped_by']} after step {summary['steps']}; continue with: gradascent "
+        print(f"gradascent grpo: stopped by {summary['stopped_by']} after step {summary['steps']}; continue with: gradascent "
               f"resume {args.out}",
               file=sys.stderr)
         return stop_status(summary)

@@ -7,6 +7,7 @@ A thin shell over ``gradascent.algos.presets.classic_config``, the trainers' ``t
 from __future__ import annotations
 
 import argparse
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -91,8 +92,8 @@ def _train(args: argparse.Namespace) -> int:
     try:
         summary = get_algo(args.algo).module.train(cfg, args.out, resume=args.resume,
                                                    progress=False if args.no_progress else None)
-    except TrainingInterrupted as exc:
-        print(f"gradascent: {exc}", flush=True)
+    except TrainingInterrupted as exc:  # on stderr with the command's name, as every trainer's stop message
+        print(f"gradascent rl {args.algo}: {exc}", file=sys.stderr, flush=True)
         return 128 + exc.signum
     out = args.out or f"runs/{args.algo}-{cfg.env}-seed{cfg.seed}"
     print(f"{args.algo} {cfg.env} seed {cfg.seed}: eval return {summary['eval_return_mean']:.2f} +/- "

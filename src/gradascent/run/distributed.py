@@ -218,7 +218,7 @@ def wrap(lm: nn.Module, fsdp: bool = False) -> nn.Module:
     """
     if not info().enabled:
         if fsdp:
-            print("fsdp: one process holds the whole model; training it unsharded", file=sys.stderr)
+            print("gradascent: note: fsdp: one process holds the whole model; training it unsharded", file=sys.stderr)
         return lm
     device = next(lm.parameters()).device
     if not fsdp:
