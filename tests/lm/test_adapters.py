@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from gradascent.errors import CheckpointError, ConfigError
 from gradascent.lm import build_model, char_tokenizer, encode_prompts, generate
@@ -88,6 +89,13 @@ def _damage(src, how):
         (src / "base.json").write_text("[1, 2]", encoding="utf-8")
     elif how == "no fingerprint":
         (src / "base.json").write_text(json.dumps({"adapter": "reward"}), encoding="utf-8")
+    elif how == "config targets fewer":  # weights saved for the 7 default targets, config edited to one
+        cfg = json.loads((saved / "adapter_config.json").read_text(encoding="utf-8"))
+        cfg["target_modules"] = ["q_proj"]
+        (saved / "adapter_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    elif how == "weights of a target missing":
+        weights = load_file(saved / "adapter_model.safetensors")
+        save_file({k: v for k, v in weights.items() if "down_proj" not in k}, saved / "adapter_model.safetensors")
 
 
 @pytest.mark.parametrize("how,message", [
@@ -97,6 +105,8 @@ def _damage(src, how):
     ("bad config", "is corrupt"),
     ("base.json a list", "base.json must be an object with the 'base_fingerprint'"),
     ("no fingerprint", "base.json must be an object with the 'base_fingerprint'"),
+    ("config targets fewer", r"does not match its adapter_config.json: 24 saved weights belong to no layer"),
+    ("weights of a target missing", r"does not match its adapter_config.json: 4 weights of its layers are missing"),
 ])
 def test_a_damaged_adapter_directory_is_a_checkpoint_error_naming_it(tok, tmp_path, how, message):
     src = _saved_adapter(tok, tmp_path)
@@ -109,3 +119,4 @@ def test_a_damaged_adapter_directory_is_a_checkpoint_error_naming_it(tok, tmp_pa
     with pytest.raises(CheckpointError, match=message) as err:
         adapters.load_adapter(handle, tmp_path, "reward", policy)
     assert str(tmp_path) in str(err.value)
+    assert "reward" not in handle.peft_config and handle.active_adapter == "policy"  # nothing half-loaded left

@@ -179,9 +179,27 @@ def load_adapter(handle: Any, path: str | Path, name: str, base: nn.Module) -> N
             raise CheckpointError(f"the LoRA adapter in {saved} is incomplete: {needed} is missing")
     previous = handle.active_adapter
     try:
-        handle.load_adapter(str(saved), adapter_name=name, is_trainable=False)
+        loaded = handle.load_adapter(str(saved), adapter_name=name, is_trainable=False)
     except Exception as exc:  # peft / safetensors / json raise their own types for a damaged adapter
+        _drop(handle, name, previous)
         raise CheckpointError(f"the LoRA adapter in {saved} is corrupt: {type(exc).__name__}: {exc}") from None
+    # peft only warns when the weights and the config's target_modules disagree, and leaves the layers it
+    # found no weights for at their fresh initial values: an adapter that is not the one trained.
+    unexpected = [k for k in loaded.unexpected_keys if "lora_" in k]
+    missing = [k for k in loaded.missing_keys if "lora_" in k]
+    if unexpected or missing:
+        _drop(handle, name, previous)
+        what = (f"{len(unexpected)} saved weights belong to no layer it adapts (first {unexpected[0]})" if unexpected
+                else f"{len(missing)} weights of its layers are missing from adapter_model.safetensors "
+                     f"(first {missing[0]})")
+        raise CheckpointError(f"the LoRA adapter in {saved} does not match its adapter_config.json: {what}")
+    set_active(handle, previous)
+
+
+def _drop(handle: Any, name: str, previous: str) -> None:
+    """Remove a half-loaded adapter ``name`` (if peft got as far as adding it) and reactivate ``previous``."""
+    if name in getattr(handle, "peft_config", {}) and name != previous:
+        handle.delete_adapter(name)
     set_active(handle, previous)
 
 
