@@ -14,9 +14,11 @@
 
 Writes ``out/`` with ``demo.json`` (seed and settings), ``data/``, the run directories ``sft/`` and ``grpo/``
 (each with its model/), plots of both in ``plots/``, and ``summary.json`` holding ``accuracy_before`` and
-``accuracy_after`` (fractions). A demo stopped by a signal (Ctrl-C, SIGTERM) continues where it stopped when
-it is run again with the same ``out`` and seed (or with ``gradascent resume OUT``): each phase resumes from
-its checkpoint, a finished phase is not run again.
+``accuracy_after`` (fractions), ``sft_seconds``, ``grpo_seconds`` and ``total_seconds``. A demo stopped by a
+signal (Ctrl-C, SIGTERM) continues where it stopped when it is run again with the same ``out`` and seed (or
+with ``gradascent resume OUT``): each phase resumes from its checkpoint, a finished phase is not run again,
+and the seconds are summed over the runs (kept in ``timing.json``; a process killed without a signal leaves
+its share out).
 The settings are those of ``bench/grpo_learning.py``, which measures the gain over several seeds.
 """
 
@@ -154,8 +156,26 @@ def _start_or_continue(out: Path, seed: int, settings: DemoSettings) -> bool:
     return False
 
 
-def _stopped(phase: str, run: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
+def _add_seconds(out: Path, **seconds: float) -> dict[str, float]:
+    """Add this run's seconds (by phase) to those of the earlier runs of the demo in ``out/timing.json``;
+    returns the sums."""
+    path = out / "timing.json"
+    try:
+        times = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        times = {}  # damaged: only this run's share is known
+    if not isinstance(times, dict):
+        times = {}
+    for phase, s in seconds.items():
+        prior = times.get(phase, 0.0)
+        times[phase] = (prior if isinstance(prior, (int, float)) else 0.0) + s
+    path.write_text(json.dumps(times, indent=1) + "\n", encoding="utf-8")
+    return times
+
+
+def _stopped(phase: str, run: dict[str, Any], out: Path, seed: int, seconds: dict[str, float]) -> dict[str, Any]:
     """The demo's summary when a phase was stopped by a signal: how it stopped and how to continue."""
+    _add_seconds(out, **seconds)
     message = (f"{phase} {stop_message(run)}; its checkpoint is kept; continue with: gradascent demo --out {out} "
                f"--seed {seed} (or gradascent resume {out})")
     return {"stopped_by": run.get("stopped_by"), "stopped": message, "phase": phase, "steps": run.get("steps")}
@@ -197,33 +217,37 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, settings: DemoSetting
         stop_at=settings.sft_target, stop_metric="eval/reward/exact_match", log_every=settings.sft_every,
         progress=progress, resume=continuing))
     if stop_message(sft) is not None:
-        return _stopped("SFT", sft, out, seed)
+        return _stopped("SFT", sft, out, seed, {"sft_seconds": time.perf_counter() - t0,
+                                                "total_seconds": time.perf_counter() - t0})
     steps, val_acc = sft["steps"], sft["eval/reward/exact_match"]
     start = Path(sft["model_dir"])  # what GRPO starts from, loadable as is
     model, tokenizer = load_model(start)
-    t_sft = time.perf_counter() - t0
+    t_sft = time.perf_counter() - t0  # this run's share (only the reloading where SFT had finished before)
     before = accuracy(model, tokenizer, task.eval, task.max_new_tokens)
     say(f"after {steps} SFT steps: validation {val_acc:.1%}, held-out test accuracy (greedy) {before:.1%}  "
-        f"[{t_sft:.0f} s]", flush=True)
+        f"[{t_sft:.0f} s{' this run' if continuing else ''}]", flush=True)
 
     # ---- GRPO from the SFT model on the exact-match reward
     cfg = replace(settings.grpo, model=str(start), seed=seed)
     say(f"GRPO for {cfg.steps} steps of {cfg.prompts_per_step} prompts x {cfg.group_size} completions ...", flush=True)
+    t_grpo = time.perf_counter()
     grpo = train_grpo(cfg, out / "grpo", model=model, tokenizer=tokenizer, task=rl_task, progress=progress,
                       resume=continuing)
     if stop_message(grpo) is not None:
-        return _stopped("GRPO", grpo, out, seed)
+        return _stopped("GRPO", grpo, out, seed, {"sft_seconds": t_sft, "grpo_seconds": time.perf_counter() - t_grpo,
+                                                  "total_seconds": time.perf_counter() - t0})
+    t_grpo = time.perf_counter() - t_grpo
     after = accuracy(model, tokenizer, task.eval, task.max_new_tokens)
-    elapsed = time.perf_counter() - t0
+    times = _add_seconds(out, sft_seconds=t_sft, grpo_seconds=t_grpo, total_seconds=time.perf_counter() - t0)
     say(f"held-out test accuracy after GRPO (greedy): {after:.1%}  ({100 * (after - before):+.1f} points)  "
-        f"[{elapsed:.0f} s in all]")
+        f"[{times['total_seconds']:.0f} s in all{', over the runs of this demo' if continuing else ''}]")
 
     plots = plot_runs([out / "sft", out / "grpo"], out / "plots")
     plots.append(plot_accuracy(out, steps, before))
     summary = {"accuracy_before": before, "accuracy_after": after, "gain": after - before, "seed": seed,
                "model": settings.model, "sft_steps": steps, "sft_val_accuracy": val_acc, "grpo_steps": cfg.steps,
-               "test_problems": len(task.eval), "max_new_tokens": task.max_new_tokens, "sft_seconds": t_sft,
-               "total_seconds": elapsed}
+               "test_problems": len(task.eval), "max_new_tokens": task.max_new_tokens,
+               **{k: times.get(k, 0.0) for k in ("sft_seconds", "grpo_seconds", "total_seconds")}}
     RunDir(out, tensorboard=False).write_summary(summary)
     say(f"run directory: {out} (summary.json, plots/, and the runs sft/ and grpo/, each with its model/)")
     say(f"try the model: gradascent generate {out / 'grpo' / 'model'} --prompt {json.dumps(task.eval[0]['prompt'])} "

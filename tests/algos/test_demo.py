@@ -50,6 +50,8 @@ def test_a_stopped_demo_continues_where_it_stopped(tmp_path, monkeypatch):
     stopped = run_demo(out, seed=0, settings=settings, progress=False, verbose=False)
     assert (stopped["phase"], stopped["stopped_by"], stopped["steps"]) == ("SFT", "SIGINT", 1)
     assert "continue with: gradascent demo --out" in stopped["stopped"] and not (out / "summary.json").exists()
+    first = json.loads((out / "timing.json").read_text())  # the stopped run's seconds are kept for the sums
+    assert set(first) == {"sft_seconds", "total_seconds"} and 0 < first["sft_seconds"] <= first["total_seconds"]
     with pytest.raises(ConfigError, match="started with other seed \\(seed 0\\)"):
         run_demo(out, seed=1, settings=settings, progress=False, verbose=False)
 
@@ -57,9 +59,15 @@ def test_a_stopped_demo_continues_where_it_stopped(tmp_path, monkeypatch):
     stopped = run_demo(out, seed=0, settings=settings, progress=False, verbose=False)  # SFT resumes, then GRPO
     assert (stopped["phase"], stopped["stopped_by"], stopped["steps"]) == ("GRPO", "SIGTERM", 1)
     assert not (out / "grpo" / "model").exists()
+    second = json.loads((out / "timing.json").read_text())
+    assert second["sft_seconds"] > first["sft_seconds"] and second["grpo_seconds"] > 0
 
     summary = resume_run(out)  # the same as running the demo command again
     assert summary["sft_steps"] == 4 and summary["grpo_steps"] == 3
+    times = json.loads((out / "timing.json").read_text())  # summed over the three runs, not this one's share
+    assert {k: summary[k] for k in times} == times and times["grpo_seconds"] > second["grpo_seconds"]
+    assert times["sft_seconds"] > second["sft_seconds"] and times["total_seconds"] > second["total_seconds"]
+    assert times["sft_seconds"] + times["grpo_seconds"] <= times["total_seconds"]
     assert [json.loads(line)["step"] for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert json.loads((out / "summary.json").read_text())["accuracy_after"] == summary["accuracy_after"]
     assert resume_run(out) == json.loads((out / "summary.json").read_text())  # finished: nothing more to do
