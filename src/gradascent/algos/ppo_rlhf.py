@@ -55,7 +55,6 @@ from gradascent.core import (
     categorical_kl,
     clipped_surrogate_loss,
     entropy_loss,
-    explained_variance,
     gae,
     kl_penalized_rewards,
     masked_mean,
@@ -719,7 +718,6 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
                 "reward_total": float(rewards.sum(-1).mean()),  # per completion: score - beta * its KL
                 "response_length": float(mask.sum(-1).float().mean()),
                 "eos_fraction": float(gen.finished.float().mean()),
-                "explained_variance": float(explained_variance(values_old, returns, mask)),
                 "value_mean": float(masked_mean(values_old, mask)),
             })
             if prompt_set.hidden_score is not None:
@@ -727,6 +725,8 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
                 metrics["hidden_score_sampled"] = float(torch.tensor(
                     list(prompt_set.hidden_score(prompts, texts)), dtype=torch.float64).mean())
             metrics = distributed.reduce_metrics(metrics)
+            # over all ranks' tokens at once (a mean of the ranks' own would weigh each rank's spread)
+            metrics["explained_variance"] = distributed.global_explained_variance(values_old, returns, mask)
             metrics["kl_coef"] = kl_coef
             metrics["skipped_updates"] = guard.skipped
             if done == cfg.updates or (cfg.eval_every and done % cfg.eval_every == 0):

@@ -173,6 +173,22 @@ def reduce_metrics(metrics: dict[str, Any], sums: Sequence[str] = ()) -> dict[st
     return out
 
 
+def global_explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """``core.explained_variance`` over the counted elements of every rank together, 1 - Var[G - V] / Var[G]
+    from the ranks' summed moments (a mean of per-rank values would weigh each rank's own spread instead);
+    NaN where the returns have no variance. One process: ``explained_variance`` itself."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        from gradascent.core import explained_variance
+        return float(explained_variance(values, returns, mask))
+    w = mask.to(torch.float64)
+    g, e = returns.to(torch.float64), (returns - values).to(torch.float64)
+    n, g1, g2, e1, e2 = global_count(torch.stack([w.sum(), (w * g).sum(), (w * g * g).sum(), (w * e).sum(),
+                                                  (w * e * e).sum()])).tolist()
+    n = max(n, 1.0)
+    var_ret, var_err = g2 / n - (g1 / n) ** 2, e2 / n - (e1 / n) ** 2
+    return 1.0 - var_err / var_ret if var_ret > 0 else float("nan")
+
+
 def gather_list(items: list[T]) -> list[T]:
     """Every rank's ``items`` concatenated in rank order (``items`` itself for one process). Items are
     pickled: move tensors to the CPU first."""

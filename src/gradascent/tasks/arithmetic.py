@@ -14,8 +14,6 @@ Rewards (the signature of ``gradascent.rewards``: ``(prompts, completions, **col
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from typing import Any
 
 from gradascent.rewards import exact_match, format_number
 
