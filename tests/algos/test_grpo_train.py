@@ -348,7 +348,7 @@ def test_a_resume_must_keep_the_config_and_the_task(tmp_path):
     train_grpo(cfg, tmp_path, model=model, tokenizer=tok, task=DIGITS, progress=False)
     assert "task: python:digits" in (tmp_path / "config.yaml").read_text()
     before = (tmp_path / "metrics.jsonl").read_text()
-    with pytest.raises(ConfigError, match=r"another config \(lr differ"):
+    with pytest.raises(ConfigError, match=r"another config \(lr 0\.01 there, 0\.5 here\)"):
         train_grpo(dataclasses.replace(cfg, lr=0.5, steps=3), tmp_path, model=model, tokenizer=tok, task=DIGITS,
                    resume=True, progress=False)
     assert (tmp_path / "metrics.jsonl").read_text() == before

@@ -93,7 +93,7 @@ def test_chain_writes_every_stage_and_a_summary(tmp_path, capsys):
     # A changed stage config with the same out directory is refused rather than mixed with the old run.
     before = {name: (out / name).read_text() for name in ("config.yaml", "metrics.jsonl", "summary.json")}
     line = cli_error(capsys, "rlhf", "--config", str(cfg), "--out", str(out), "--ppo.kl-coef", "0.5")
-    assert "holds a finished stage run with another config (kl_coef differ)" in line
+    assert "holds a finished stage run with another config (kl_coef 0.25 there, 0.5 here)" in line
     assert {name: (out / name).read_text() for name in before} == before  # refused before writing anything
 
 
@@ -197,7 +197,7 @@ def test_a_chain_spelt_another_way_or_moved_reruns_and_resumes(tmp_path, capsys,
     assert json.loads((tmp_path / "moved" / "summary.json").read_text())["policy_dir"] == "moved/ppo/policy"
     # A real change is still refused, after a move as before it.
     line = cli_error(capsys, "rlhf", "--config", str(cfg), "--out", str(tmp_path / "moved"), "--rm.lr", "0.5")
-    assert "holds a finished stage run with another config (lr differ)" in line
+    assert "holds a finished stage run with another config (lr 0.001 there, 0.5 here)" in line
 
 
 @pytest.mark.parametrize("flags, named", [

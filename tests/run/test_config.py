@@ -160,7 +160,7 @@ def test_configs_built_in_python_are_checked_like_loaded_ones():
         GRPOConfig(steps=2.5)
     with pytest.raises(ConfigError, match="'rewards': 'numeric_match' is not allowed; expected a list of str"):
         GRPOConfig(rewards="numeric_match")
-    with pytest.raises(ConfigError, match="'reward_weights': \\(nan,\\) is not allowed; expected a finite number"):
+    with pytest.raises(ConfigError, match="'reward_weights': \\(nan,\\) is not allowed; expected a finite value"):
         GRPOConfig(rewards=("numeric_match",), reward_weights=(float("nan"),))
     for key in ("clip_eps_low", "clip_eps_high"):  # an empty side of the clip range, refused as PPO's clip_eps 0
         with pytest.raises(ConfigError, match=f"'{key}': 0.0 is not allowed"):

@@ -48,7 +48,7 @@ from gradascent.lm.models import tokenizer_and_context
 from gradascent.run import distributed
 from gradascent.run.command import finish
 from gradascent.run.config import add_config_flags, check_fields, flag_values, load_config, read_yaml, require, save_yaml
-from gradascent.run.config import check_config, to_dict
+from gradascent.run.config import check_config, describe_changes, to_dict
 from gradascent.run.rundir import RunDir, check_run_kind, require_path
 
 # Fields of each section that the chain sets (section field -> where its value comes from).
@@ -153,7 +153,7 @@ def _check_same_config(section: str, stage_cfg: Any) -> None:
     saved, now = read_yaml(out / "config.yaml"), to_dict(stage_cfg)
     changed = sorted(k for k in set(saved) | set(now) if k not in PATH_FIELDS[section] and saved.get(k) != now.get(k))
     if changed:
-        raise ConfigError(f"{out} holds a finished stage run with another config ({', '.join(changed)} differ); "
+        raise ConfigError(f"{out} holds a finished stage run with another config ({describe_changes(changed, saved, now)}); "
                           "choose another 'out' for the chain (or remove that directory)")
 
 

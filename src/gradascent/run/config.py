@@ -22,6 +22,7 @@ import os
 import textwrap
 import types
 import typing
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -41,9 +42,17 @@ def require(ok: bool, key: str, value: Any, allowed: str) -> None:
     holds for inf, and a hyperparameter of inf would turn the weights to NaN at the first update."""
     items = value if isinstance(value, (list, tuple)) else (value,)
     if any(isinstance(v, float) and not math.isfinite(v) for v in items):
-        raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected a finite number, {allowed}")
+        raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected a finite value ({allowed})")
     if not ok:
         raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {allowed}")
+
+
+def describe_changes(keys: Sequence[str], saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """``keys`` that differ between two configs, each with both values: "lr 0.001 there, 0.002 here"."""
+    def short(v: Any) -> str:
+        text = "(none)" if v is None else repr(v)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return "; ".join(f"{k} {short(saved.get(k))} there, {short(now.get(k))} here" for k in keys)
 
 
 def check_config(cfg: Any, cls: type, fn: str) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from gradascent.errors import ConfigError, GradascentError
 from gradascent.run.checkpoint import checkpoint_step, latest_checkpoint
-from gradascent.run.config import read_yaml, save_yaml, to_dict
+from gradascent.run.config import describe_changes, read_yaml, save_yaml, to_dict
 
 
 _SINGLE = frozenset({"float32", "float16", "bfloat16", "torch.float32", "torch.float16", "torch.bfloat16"})
@@ -217,5 +217,5 @@ def check_resume(run: RunDir, cfg: Any, resuming: bool, resume_requested: bool, 
     saved, now = read_yaml(saved_path), to_dict(cfg)
     changed = sorted(k for k in now if k not in may_change and saved.get(k) != now[k])
     if changed:
-        raise ConfigError(f"{run.path} holds a run with another config ({', '.join(changed)} differ); resume it with "
+        raise ConfigError(f"{run.path} holds a run with another config ({describe_changes(changed, saved, now)}); resume it with "
                           "the same config, or choose another 'out'")
