@@ -146,6 +146,7 @@ def test_generate_temperature_zero_names_the_greedy_flag(model_dir, capsys):
     (["generate", "{model}", "--max-new-tokens", "2"], "no prompts"),
     (["generate", "{model}", "--prompt", "x", "--limit", "2"], "--limit applies to the prompts of --prompts-file"),
     (["generate", "{model}", "--prompt", "x", "-n", "0"], "num_samples must be >= 1"),
+    (["generate", "{model}", "--prompt", "x", "-n", "3", "--greedy"], "-n 3 would print it 3 times"),
     (["generate", "{model}", "--prompts-file", "{tmp}/missing.jsonl"], "does not exist"),
     (["generate", "{tmp}/no-model", "--prompt", "x"], "no-model"),
     (["eval", "{model}", "--task", "arithmetic", "--split", "all"], "split 'all' is for a file"),

@@ -127,6 +127,10 @@ def _generate_cmd(args: argparse.Namespace) -> int:
     _seed("--seed", args.seed)
     if not args.temperature > 0:  # the API's own message names its argument greedy=True, not the flag
         raise ConfigError(f"--temperature must be > 0 (use --greedy for argmax decoding), got {args.temperature}")
+    if args.greedy and args.num_samples > 1:  # argmax decoding is deterministic: -n copies of one completion
+        raise ConfigError(f"--greedy makes one completion per prompt (argmax decoding has no randomness), so "
+                          f"-n {args.num_samples} would print it {args.num_samples} times; drop -n, or sample "
+                          "without --greedy")
     if args.limit is not None and not args.prompts_file:
         raise ConfigError("--limit applies to the prompts of --prompts-file; none was given")
     prompts = list(args.prompt)
