@@ -136,3 +136,16 @@ def test_a_misspelt_flag_is_named_with_the_closest_flag_of_its_command(argv, exp
         main(argv)
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == expected
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["sft", "--lr", "-1e-3"], "-0.001"),  # argparse alone: "argument --lr: expected one argument"
+    (["rl", "ppo", "--lr", "-2.5E+1"], "-25.0"),
+    (["grpo", "--lr", "-inf"], "-inf"),
+    (["sft", "--lr", "-0.5"], "-0.5"),  # argparse's own pattern, as before
+])
+def test_a_negative_number_in_any_form_is_a_value_for_the_config_check(argv, shown, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"gradascent: error: config key 'lr': {shown} is not allowed; expected "), err
+    assert not (tmp_path / "run").exists()

@@ -11,9 +11,10 @@ import argparse
 import difflib
 import importlib
 import os
+import re
 import sys
 import warnings
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from gradascent import __version__
 from gradascent.errors import GradascentError, GradascentWarning
@@ -34,7 +35,17 @@ COMMAND_MODULES: list[str] = [
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line, like every other error of the command line (subcommands inherit it)."""
+    """Usage errors in one line, like every other error of the command line (subcommands inherit it).
+
+    A negative number in exponent form (``--lr -1e-3``) or ``-inf`` is a value, as ``-0.001`` is: argparse's own
+    pattern (``-1``, ``-.5``, ``-0.5``) takes it for a flag and says "expected one argument", so the config's
+    check, which says what is wrong with the value, never ran."""
+
+    _NEGATIVE = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf(inity)?$", re.IGNORECASE)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = self._NEGATIVE
 
     def error(self, message: str) -> "NoReturn":  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
