@@ -73,7 +73,7 @@ def run_ours(policy: Path, rm: Path, out: Path, a: argparse.Namespace) -> list[f
         policy=str(policy), reward_model=str(rm), value_init="reward_model", out=str(out), updates=a.updates,
         batch_size=a.batch, minibatch_size=a.minibatch, epochs=a.epochs, max_new_tokens=a.response_length,
         temperature=1.0, lr=1e-4, kl_coef=0.05, kl_control="fixed", eval_prompts=8, eval_every=0,
-        checkpoint_every=0, resume=False,
+        save_every=0, resume=False,
     )
     train_ppo_rlhf(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -130,6 +130,10 @@ def test_resume_takes_a_bool_as_the_config_flags_do(argv, capsys):
     (["rl", "ppo", "--totl-steps=3"], "gradascent rl ppo: error: unrecognized arguments: --totl-steps=3 "
                                       "(--totl-steps: did you mean --total-steps?) (see gradascent rl ppo --help)"),
     (["grpo", "--zzz"], "gradascent grpo: error: unrecognized arguments: --zzz (see gradascent grpo --help)"),
+    (["rlhf", "--ppo.checkpoint-every=3"], "gradascent rlhf: error: unrecognized arguments: --ppo.checkpoint-every=3 "
+                                           "(--ppo.checkpoint-every is now --ppo.save-every) (see gradascent rlhf --help)"),
+    (["sft", "--grad-clip", "1"], "gradascent sft: error: unrecognized arguments: --grad-clip 1 (--grad-clip is now "
+                                  "--max-grad-norm) (see gradascent sft --help)"),
 ])
 def test_a_misspelt_flag_is_named_with_the_closest_flag_of_its_command(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_:

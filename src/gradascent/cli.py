@@ -74,11 +74,19 @@ def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, u
             if isinstance(chosen, str) and chosen in action.choices:
                 sub, descended = action.choices[chosen], True
                 break
+    from gradascent.run.config import RENAMED
+
     flags = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
     hints = []
     for arg in unknown:
         if arg.startswith("--"):
-            close = difflib.get_close_matches(arg.split("=", 1)[0], flags, n=1)
+            name = arg.split("=", 1)[0]
+            head, _, last = name[2:].rpartition(".")
+            new = RENAMED.get(last.replace("-", "_"))
+            if new is not None and f"--{head + '.' if head else ''}{new.replace('_', '-')}" in flags:
+                hints.append(f"{name} is now --{head + '.' if head else ''}{new.replace('_', '-')}")
+                continue
+            close = difflib.get_close_matches(name, flags, n=1)
             if close:
                 hints.append(f"{arg.split('=', 1)[0]}: did you mean {close[0]}?")
     sub.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else ""))

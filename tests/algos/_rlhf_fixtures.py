@@ -44,7 +44,7 @@ def rm_dir(sft_dir, tmp_path_factory) -> Path:
 
 def ppo_config(sft: Path, rm: Path, out: Path, **kw) -> PPORLHFConfig:
     base = dict(policy=str(sft), reward_model=str(rm), out=str(out), updates=2, batch_size=8, minibatch_size=4,
-                epochs=2, max_new_tokens=6, eval_prompts=4, eval_every=0, checkpoint_every=1)
+                epochs=2, max_new_tokens=6, eval_prompts=4, eval_every=0, save_every=1)
     base.update(kw)
     return PPORLHFConfig(**base)
 

@@ -96,7 +96,7 @@ def test_resume_from_a_middle_checkpoint_equals_the_uninterrupted_run(sft_dir, t
     from safetensors.torch import load_file
 
     cfg = rm_config(sft_dir, tmp_path / "a", train_pairs=96, eval_pairs=16, batch_size=16, log_every=3,
-                    checkpoint_every=2, keep_checkpoints=5)
+                    save_every=2, keep_last=5)
     train_reward_model(cfg)
     # The state of a run killed right after its checkpoint at step 4 (of 6): later checkpoints, the model
     # and the summary are gone, and metrics.jsonl still holds the row of step 6.
@@ -104,8 +104,10 @@ def test_resume_from_a_middle_checkpoint_equals_the_uninterrupted_run(sft_dir, t
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "step_00000006")
     shutil.rmtree(tmp_path / "b" / "model")
     (tmp_path / "b" / "summary.json").unlink()
+    saved = tmp_path / "b" / "config.yaml"  # as an earlier version wrote it, with the keys' earlier names
+    saved.write_text(saved.read_text().replace("save_every:", "checkpoint_every:").replace("keep_last:", "keep_checkpoints:"))
     train_reward_model(rm_config(sft_dir, tmp_path / "b", train_pairs=96, eval_pairs=16, batch_size=16, log_every=3,
-                                 checkpoint_every=2, keep_checkpoints=5, resume=True))
+                                 save_every=2, keep_last=5, resume=True))
     for name in ("model.safetensors", "head.safetensors"):
         a, b = load_file(str(tmp_path / "a" / "model" / name)), load_file(str(tmp_path / "b" / "model" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

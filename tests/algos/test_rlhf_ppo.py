@@ -247,7 +247,7 @@ def test_exact_resume_after_sigkill(sft_dir, rm_dir, tmp_path):
 
     args = ["ppo", "--policy", str(sft_dir), "--reward-model", str(rm_dir), "--updates", "8", "--batch-size", "8",
             "--minibatch-size", "4", "--epochs", "2", "--max-new-tokens", "6", "--eval-prompts", "4",
-            "--eval-every", "3", "--checkpoint-every", "2", "--keep-checkpoints", "1"]
+            "--eval-every", "3", "--save-every", "2", "--keep-last", "1"]
     assert main([*args, "--out", str(tmp_path / "full")]) == 0
 
     out = tmp_path / "killed"

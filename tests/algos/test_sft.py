@@ -96,6 +96,9 @@ def test_existing_run_and_too_long_examples_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"steps=3 is fewer than the 5 the run has done already"):
         train_sft(SFTConfig(**{**TINY, "steps": 3}, out=str(tmp_path / "run"), resume=True))
     assert (tmp_path / "run" / "config.yaml").read_bytes() == config_before  # it used to say steps: 3
+    # A run directory of an earlier version, whose config.yaml calls max_grad_norm grad_clip, resumes.
+    (tmp_path / "run" / "config.yaml").write_bytes(config_before.replace(b"max_grad_norm:", b"grad_clip:"))
+    assert train_sft(SFTConfig(**{**TINY, "steps": 6}, out=str(tmp_path / "run"), resume=True))["steps"] == 6
     with pytest.raises(DataError, match="example 1 is 10 tokens long"):  # counted from 1, as file lines
         encode_examples(char_tokenizer(), [{"prompt": "12+34=", "answer": "46"} | {"answer": "460"}], max_length=9)
     with pytest.raises(ConfigError, match="steps"):

@@ -51,7 +51,7 @@ def _sft(fsdp: bool) -> tuple[list[torch.Tensor], list[float]]:
     weights, norms = [_flat(model, lm)], []
     batches = _batches()
     for batch, clip in [(b, 0.0) for b in batches] + [(batches[0], CLIP)]:
-        _, grad_norm = sft_step(lm, opt, guard, batch, grad_clip=clip, device=torch.device("cpu"))
+        _, grad_norm = sft_step(lm, opt, guard, batch, max_grad_norm=clip, device=torch.device("cpu"))
         assert grad_norm is not None
         weights.append(_flat(model, lm))
         norms.append(float(grad_norm))

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.xdist_group("dist")
 def _config(sft: str, rm: str, out: str) -> PPORLHFConfig:
     # 8 completions an update in minibatches of 4, 2 epochs: 4 optimizer steps an update, 8 in all
     return PPORLHFConfig(policy=sft, reward_model=rm, out=out, updates=2, batch_size=8, minibatch_size=4, epochs=2,
-                         max_new_tokens=4, eval_prompts=4, eval_every=0, checkpoint_every=0)
+                         max_new_tokens=4, eval_prompts=4, eval_every=0, save_every=0)
 
 
 def _count_steps() -> list[int]:

@@ -29,7 +29,7 @@ def _sgd(params, lr, **_):  # stands in for AdamW(params, lr=..., weight_decay=.
 
 def _config(sft: str, out: str) -> RewardModelConfig:
     return RewardModelConfig(model=sft, out=out, train_pairs=15, eval_pairs=5, batch_size=7, lr=0.1,
-                             max_grad_norm=1e9, log_every=1, checkpoint_every=2)
+                             max_grad_norm=1e9, log_every=1, save_every=2)
 
 
 def _rank(rank: int, world: int, port: int, sft: str, out: str, result: dict) -> None:

@@ -53,7 +53,7 @@ def _train(ddp: bool) -> list[torch.Tensor]:
     guard = NonFiniteGuard(1)
     out = [_flat(model)]
     for batch in _batches():
-        _, grad_norm = sft_step(lm, opt, guard, batch, grad_clip=0.0, device=torch.device("cpu"))
+        _, grad_norm = sft_step(lm, opt, guard, batch, max_grad_norm=0.0, device=torch.device("cpu"))
         assert grad_norm is not None
         out.append(_flat(model))
     return out

@@ -189,3 +189,25 @@ def test_configs_built_in_python_are_checked_like_loaded_ones():
     assert SFTConfig(out=Path("runs/x")).out == "runs/x"
     chained = RLHFConfig(sft={"steps": 2})
     assert chained.sft.steps == 2 and chained.sft.lr == RLHFConfig().sft.lr != SFTConfig().lr  # the section's default
+
+
+def test_keys_of_earlier_versions_are_read_under_their_new_names(tmp_path):
+    from gradascent.algos.reward_model import RewardModelConfig
+    from gradascent.algos.sft import SFTConfig
+    from gradascent.errors import GradascentWarning
+    from gradascent.run.config import renamed
+
+    path = tmp_path / "rm.yaml"
+    path.write_text("model: m\ncheckpoint_every: 3\nkeep-checkpoints: 4\n")
+    with pytest.warns(GradascentWarning) as caught:
+        cfg = load_config(RewardModelConfig, path)
+    assert [str(w.message) for w in caught] == ["config key 'checkpoint_every' is now called 'save_every'; read as that",
+                                                "config key 'keep-checkpoints' is now called 'keep_last'; read as that"]
+    assert (cfg.save_every, cfg.keep_last) == (3, 4)
+    with pytest.warns(GradascentWarning, match="'grad_clip' is now called 'max_grad_norm'"):
+        assert from_dict(SFTConfig, {"grad_clip": 0.25}).max_grad_norm == 0.25
+    with pytest.raises(ConfigError, match="'grad_clip' and 'max_grad_norm' are the same setting"):
+        from_dict(SFTConfig, {"grad_clip": 0.25, "max_grad_norm": 0.5})
+    # a saved config.yaml compared with a resumed run's config: old names read as the new ones
+    assert renamed({"checkpoint_every": 2, "ppo": {"keep_checkpoints": 1}, "lr": 0.1}) == \
+        {"save_every": 2, "ppo": {"keep_last": 1}, "lr": 0.1}

@@ -167,9 +167,9 @@ class PPORLHFConfig:
     """Updates between evaluations (and one at the start and at the end); 0: start and end only."""
     log_every: int = 1
     """Updates between rows of metrics.jsonl."""
-    checkpoint_every: int = 10
+    save_every: int = 10
     """Updates between checkpoints (and one at the end); 0: only at the end."""
-    keep_checkpoints: int = 2
+    keep_last: int = 2
     """How many of the newest checkpoints to keep."""
     max_nonfinite: int = 5
     """Consecutive non-finite losses or gradients tolerated (each skips its step) before the run stops."""
@@ -215,13 +215,13 @@ class PPORLHFConfig:
         require(self.eval_prompts >= 1, "eval_prompts", self.eval_prompts, "an int >= 1")
         require(self.eval_every >= 0, "eval_every", self.eval_every, "an int >= 0")
         require(self.log_every >= 1, "log_every", self.log_every, "an int >= 1")
-        require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "an int >= 0")
-        require(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an int >= 1")
+        require(self.save_every >= 0, "save_every", self.save_every, "an int >= 0")
+        require(self.keep_last >= 1, "keep_last", self.keep_last, "an int >= 1")
         require(self.max_nonfinite >= 1, "max_nonfinite", self.max_nonfinite, "an int >= 1")
 
 
 # Fields that may change between a run and its resumption without changing what is computed.
-RESUMABLE_CHANGES = frozenset({"out", "updates", "log_every", "checkpoint_every", "keep_checkpoints", "resume",
+RESUMABLE_CHANGES = frozenset({"out", "updates", "log_every", "save_every", "keep_last", "resume",
                                "eval_every"})
 
 
@@ -627,7 +627,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
             "sample_rng": sample_states, "shuffle_rng": shuffle_states,
             "rng": capture_rng(), "guard": guard.state_dict(), "kl_coef": kl_coef, "update": update,
             "samples": samples, "baseline": baseline,
-        }, keep_last=cfg.keep_checkpoints)
+        }, keep_last=cfg.keep_last)
 
     # Resumed from the final checkpoint (killed while saving the models): evaluate the trained policy again.
     last_eval = evaluate(models, prompt_set.eval, prompt_set.hidden_score, cfg, cfg.seed) if start >= cfg.updates \
@@ -736,7 +736,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
             if run is not None and (done % cfg.log_every == 0 or done == cfg.updates):
                 run.log(done, {"samples": samples, **metrics})
             bar.update(1)
-            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.updates:
+            if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.updates:
                 checkpoint(done)
             if distributed.any_rank(stop.requested is not None) and done < cfg.updates:  # agreed on by every rank
                 checkpoint(done)

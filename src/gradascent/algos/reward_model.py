@@ -95,9 +95,9 @@ class RewardModelConfig:
     """Steps between held-out evaluations (besides start and end); 0: start and end only."""
     log_every: int = 10
     """Steps between rows of metrics.jsonl."""
-    checkpoint_every: int = 0
+    save_every: int = 0
     """Steps between checkpoints (and one at the end); 0: only at the end."""
-    keep_checkpoints: int = 2
+    keep_last: int = 2
     """How many of the newest checkpoints to keep."""
     max_nonfinite: int = 5
     """Consecutive non-finite losses or gradients tolerated (each skips its step) before the run stops."""
@@ -122,12 +122,12 @@ class RewardModelConfig:
         require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "a float > 0")
         require(self.eval_every >= 0, "eval_every", self.eval_every, "an int >= 0")
         require(self.log_every >= 1, "log_every", self.log_every, "an int >= 1")
-        require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "an int >= 0")
-        require(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an int >= 1")
+        require(self.save_every >= 0, "save_every", self.save_every, "an int >= 0")
+        require(self.keep_last >= 1, "keep_last", self.keep_last, "an int >= 1")
         require(self.max_nonfinite >= 1, "max_nonfinite", self.max_nonfinite, "an int >= 1")
 
 
-RESUMABLE_CHANGES = frozenset({"out", "log_every", "checkpoint_every", "keep_checkpoints", "resume", "eval_every"})
+RESUMABLE_CHANGES = frozenset({"out", "log_every", "save_every", "keep_last", "resume", "eval_every"})
 
 
 def pair_batch(tokenizer: Any, pairs: list[PreferencePair], max_length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,7 +247,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": capture_rng(),
             "guard": guard.state_dict(), "step": step, "first_eval": first_eval, "window": window,
             "n_window": n_window,
-        }, keep_last=cfg.keep_checkpoints)
+        }, keep_last=cfg.keep_last)
 
     # Resumed from the final checkpoint (killed while saving the model): measure the trained model again.
     last_eval = evaluate(model, tok, held_out, cfg) if start >= total else first_eval
@@ -293,7 +293,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
                 if run is not None:
                     run.log(done, row)
                 window, n_window = {}, 0
-            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == total:
+            if (cfg.save_every and done % cfg.save_every == 0) or done == total:
                 checkpoint(done)
             if distributed.any_rank(stop.requested is not None) and done < total:  # agreed on by every rank
                 checkpoint(done)

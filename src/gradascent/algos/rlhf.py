@@ -48,7 +48,7 @@ from gradascent.lm.models import tokenizer_and_context
 from gradascent.run import distributed
 from gradascent.run.command import finish
 from gradascent.run.config import add_config_flags, check_fields, flag_values, load_config, read_yaml, require, save_yaml
-from gradascent.run.config import check_config, describe_changes, to_dict
+from gradascent.run.config import check_config, describe_changes, renamed, to_dict
 from gradascent.run.rundir import RunDir, check_run_kind, require_path
 
 # Fields of each section that the chain sets (section field -> where its value comes from).
@@ -78,7 +78,7 @@ class RLHFConfig:
                                warmup_steps=20, eval_every=0, eval_generate=64, save_every=100, log_every=20)
     """Stage 1, supervised fine-tuning on the chosen completions (`gradascent sft`)."""
     rm: RewardModelConfig = RewardModelConfig(train_pairs=6000, eval_pairs=256, epochs=1, batch_size=32, lr=1e-3,
-                                              checkpoint_every=50)
+                                              save_every=50)
     """Stage 2, the reward model on the preference pairs (`gradascent rm`)."""
     ppo: PPORLHFConfig = PPORLHFConfig()
     """Stage 3, PPO against the reward model with a KL penalty to the SFT model (`gradascent ppo`)."""
@@ -150,7 +150,7 @@ def _check_same_config(section: str, stage_cfg: Any) -> None:
     out = Path(stage_cfg.out)
     if not ((out / "summary.json").is_file() and (out / "config.yaml").is_file()):
         return
-    saved, now = read_yaml(out / "config.yaml"), to_dict(stage_cfg)
+    saved, now = renamed(read_yaml(out / "config.yaml")), to_dict(stage_cfg)
     changed = sorted(k for k in set(saved) | set(now) if k not in PATH_FIELDS[section] and saved.get(k) != now.get(k))
     if changed:
         raise ConfigError(f"{out} holds a finished stage run with another config ({describe_changes(changed, saved, now)}); "
@@ -163,7 +163,7 @@ def _follow_move(section: str, stage_cfg: Any) -> None:
     path = Path(stage_cfg.out) / "config.yaml"
     if not path.is_file():
         return
-    saved, now = read_yaml(path), to_dict(stage_cfg)
+    saved, now = renamed(read_yaml(path)), to_dict(stage_cfg)
     if any(saved.get(f) != now[f] for f in PATH_FIELDS[section]):
         save_yaml({**saved, **{f: now[f] for f in PATH_FIELDS[section]}}, path)
 

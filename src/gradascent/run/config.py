@@ -22,6 +22,7 @@ import os
 import textwrap
 import types
 import typing
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import numpy as np
 import yaml
 
-from gradascent.errors import ConfigError
+from gradascent.errors import ConfigError, GradascentWarning
 
 C = TypeVar("C")
 
@@ -218,6 +219,23 @@ def _coerce(key: str, value: Any, tp: Any, from_string: bool) -> Any:
     raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {_type_name(tp)}")
 
 
+# Keys of earlier versions, now named as in the other configs: read under their new name (a config file or a
+# run directory written before the change still loads and resumes).
+RENAMED: dict[str, str] = {"checkpoint_every": "save_every", "keep_checkpoints": "keep_last",
+                           "grad_clip": "max_grad_norm"}
+
+
+def renamed(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (nested mappings too) with the keys of ``RENAMED`` under their new names, where the new name is
+    not also there."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        new = RENAMED.get(str(key).replace("-", "_"))
+        key = new if new is not None and new not in data else key
+        out[key] = renamed(value) if isinstance(value, dict) else value
+    return out
+
+
 def from_dict(cls: type[C], data: dict[str, Any], *, prefix: str = "", from_string: bool = False) -> C:
     """Build ``cls`` from a mapping, rejecting unknown keys and wrong types (nested dataclasses too)."""
     if not isinstance(data, dict):
@@ -228,6 +246,13 @@ def from_dict(cls: type[C], data: dict[str, Any], *, prefix: str = "", from_stri
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
+        if name not in fields and RENAMED.get(name) in fields:
+            if RENAMED[name] in {str(k).replace("-", "_") for k in data}:
+                raise ConfigError(f"config keys '{prefix}{key}' and '{prefix}{RENAMED[name]}' are the same "
+                                  f"setting ('{key}' is its earlier name); keep '{RENAMED[name]}'")
+            warnings.warn(f"config key '{prefix}{key}' is now called '{prefix}{RENAMED[name]}'; read as that",
+                          GradascentWarning, stacklevel=2)
+            name = RENAMED[name]
         if name not in fields:
             hint = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.5)
             extra = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""

@@ -23,7 +23,7 @@ import numpy as np
 
 from gradascent.errors import ConfigError, GradascentError
 from gradascent.run.checkpoint import checkpoint_step, latest_checkpoint
-from gradascent.run.config import describe_changes, read_yaml, save_yaml, to_dict
+from gradascent.run.config import describe_changes, read_yaml, renamed, save_yaml, to_dict
 
 
 _SINGLE = frozenset({"float32", "float16", "bfloat16", "torch.float32", "torch.float16", "torch.bfloat16"})
@@ -214,7 +214,7 @@ def check_resume(run: RunDir, cfg: Any, resuming: bool, resume_requested: bool, 
     saved_path = run.path / "config.yaml"
     if not saved_path.is_file():
         return
-    saved, now = read_yaml(saved_path), to_dict(cfg)
+    saved, now = renamed(read_yaml(saved_path)), to_dict(cfg)
     changed = sorted(k for k in now if k not in may_change and saved.get(k) != now[k])
     if changed:
         raise ConfigError(f"{run.path} holds a run with another config ({describe_changes(changed, saved, now)}); resume it with "
