@@ -120,3 +120,12 @@ def test_a_damaged_adapter_directory_is_a_checkpoint_error_naming_it(tok, tmp_pa
         adapters.load_adapter(handle, tmp_path, "reward", policy)
     assert str(tmp_path) in str(err.value)
     assert "reward" not in handle.peft_config and handle.active_adapter == "policy"  # nothing half-loaded left
+
+
+def test_adding_and_loading_adapters_shows_no_deprecation_warning_of_peft(tok, tmp_path, recwarn):
+    # peft reads a property that transformers 5 deprecates; the user would see a FutureWarning per adapter
+    _saved_adapter(tok, tmp_path)
+    policy = build_model("qwen2-micro", tok, seed=0)
+    handle = adapters.add_lora(policy, "policy", 4, 8.0)
+    adapters.load_adapter(handle, tmp_path, "reward", policy)
+    assert [str(w.message) for w in recwarn if issubclass(w.category, FutureWarning)] == []

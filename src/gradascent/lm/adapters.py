@@ -25,6 +25,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,15 @@ def require_peft() -> Any:
         raise ConfigError("LoRA adapters need the optional dependency peft: pip install 'gradascent[lora]' "
                           "(or turn LoRA off)") from None
     return peft
+
+
+@contextlib.contextmanager
+def _peft_calls() -> Iterator[None]:
+    """peft reads ``model.is_gradient_checkpointing``, which transformers 5 deprecates with a FutureWarning at
+    every read: a warning about peft's code, not the user's, shown once for each adapter added or loaded."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def add_lora(
@@ -72,10 +82,11 @@ def add_lora(
     _check_lora_args(model if handle is None else handle.base_model.model, r, alpha, dropout, target_modules)
     lcfg = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
                            bias="none")
-    if handle is None:
-        handle = peft.get_peft_model(model, lcfg, adapter_name=name)
-    else:
-        handle.add_adapter(name, lcfg)
+    with _peft_calls():
+        if handle is None:
+            handle = peft.get_peft_model(model, lcfg, adapter_name=name)
+        else:
+            handle.add_adapter(name, lcfg)
     set_active(handle, name)
     return handle
 
@@ -179,7 +190,8 @@ def load_adapter(handle: Any, path: str | Path, name: str, base: nn.Module) -> N
             raise CheckpointError(f"the LoRA adapter in {saved} is incomplete: {needed} is missing")
     previous = handle.active_adapter
     try:
-        loaded = handle.load_adapter(str(saved), adapter_name=name, is_trainable=False)
+        with _peft_calls():
+            loaded = handle.load_adapter(str(saved), adapter_name=name, is_trainable=False)
     except Exception as exc:  # peft / safetensors / json raise their own types for a damaged adapter
         _drop(handle, name, previous)
         raise CheckpointError(f"the LoRA adapter in {saved} is corrupt: {type(exc).__name__}: {exc}") from None
