@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
@@ -39,7 +40,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from gradascent.errors import ConfigError
+from gradascent.errors import ConfigError, GradascentWarning
 
 T = TypeVar("T")
 
@@ -111,6 +112,8 @@ def init(device: str = "cpu") -> DistInfo:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        # and each of gradascent's warnings once: the ranks run the same checks on the same config and data
+        warnings.filterwarnings("ignore", category=GradascentWarning)
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local)
 
 
