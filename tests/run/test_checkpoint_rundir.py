@@ -216,3 +216,33 @@ def test_too_few_steps_for_another_trainers_run_names_the_trainer(tmp_path):
     with pytest.raises(GradascentError, match="steps=1 is fewer than the 8"):
         check_not_past(ckpt, 1, cfg=SFTConfig())
     check_not_past(ckpt, 8, cfg=SFTConfig())
+
+
+def _tb_steps(path, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(path / "tb"))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_a_resumed_run_leaves_tensorboard_one_curve_and_a_restarted_one_none_of_the_earlier(tmp_path):
+    first = RunDir(tmp_path)
+    for step in range(1, 6):  # a run killed after logging step 5, its newest checkpoint at step 3
+        first.log(step, {"loss": float(step)})
+    first.close()
+    resumed = RunDir(tmp_path)
+    resumed.truncate_metrics(3)
+    for step in (4, 5, 6):
+        resumed.log(step, {"loss": 10.0 * step})
+    resumed.close()
+    expected = [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0), (6, 60.0)]
+    assert [(r["step"], r["loss"]) for r in resumed.read_metrics()] == expected
+    assert _tb_steps(tmp_path, "loss") == expected  # the first process's steps 4 and 5 are purged
+
+    again = RunDir(tmp_path)  # started over (no checkpoint): nothing of the earlier attempts is kept
+    again.clear_metrics()
+    again.log(1, {"loss": -1.0})
+    again.close()
+    assert [(r["step"], r["loss"]) for r in again.read_metrics()] == [(1, -1.0)]
+    assert _tb_steps(tmp_path, "loss") == [(1, -1.0)]

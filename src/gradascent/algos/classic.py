@@ -250,7 +250,7 @@ class ClassicRun:
     def _restore(self) -> None:
         ckpt = latest_checkpoint(self.rundir.checkpoints)
         if ckpt is None:  # killed before its first checkpoint: start over
-            self.rundir.truncate_metrics(0)
+            self.rundir.clear_metrics()
             return
         step, state = load_checkpoint(ckpt)
         # The checkpoint's own config (since it records one) is the reference: config.yaml may have been edited.

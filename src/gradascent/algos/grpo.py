@@ -651,7 +651,7 @@ def train_grpo(
     if run is not None:
         check_resume(run, recorded, ckpt is not None, resume, RESUMABLE_CHANGES)
         if ckpt is None and run.read_metrics():
-            run.truncate_metrics(0)  # stopped before its first checkpoint: start over
+            run.clear_metrics()  # stopped before its first checkpoint: start over
     if ckpt is not None:
         step, state = load_checkpoint(ckpt)
         same_world = state["world_size"] == dist_info.world_size

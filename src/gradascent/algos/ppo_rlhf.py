@@ -611,8 +611,8 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
         baseline = dict(state["baseline"])
         if run is not None:
             run.truncate_metrics(start)
-    elif run is not None and run.metrics_path.exists():
-        run.metrics_path.unlink()  # a fresh start: no rows of an earlier run
+    elif run is not None:
+        run.clear_metrics()  # a fresh start: no rows of an earlier run
     if not baseline:  # the SFT model's figures, measured once before any update
         baseline = evaluate(models, prompt_set.eval, prompt_set.hidden_score, cfg, cfg.seed)
         if run is not None:

@@ -234,8 +234,8 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         if run is not None:
             run.truncate_metrics(start)
     else:
-        if run is not None and run.metrics_path.exists():
-            run.metrics_path.unlink()
+        if run is not None:
+            run.clear_metrics()
         first_eval = evaluate(model, tok, held_out, cfg)
         if run is not None:
             run.log(0, {"pairs": 0, **first_eval})

@@ -440,7 +440,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     if run is not None:
         check_resume(run, cfg, ckpt is not None, cfg.resume, RESUMABLE_CHANGES)
         if ckpt is None and run.read_metrics():
-            run.truncate_metrics(0)  # stopped before its first checkpoint: start over
+            run.clear_metrics()  # stopped before its first checkpoint: start over
     if run is not None:
         run.write_config(cfg)
 

@@ -8,7 +8,9 @@
     OUT/tb/              TensorBoard event files with the same scalars as metrics.jsonl
 
 On resume, ``truncate_metrics(step)`` drops the lines logged after the checkpoint, so that the resumed run's
-log is the log of a run that never stopped.
+log is the log of a run that never stopped; its TensorBoard writer starts with a purge at step + 1, so that
+TensorBoard also drops the earlier process's scalars after the checkpoint instead of drawing both. A run that
+starts over (``clear_metrics``) removes both logs of the earlier attempt.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class RunDir:
                                       "needed)")
         self._tb_enabled = tensorboard
         self._tb: Any = None
+        self._purge_step: int | None = None  # set by truncate_metrics: where the resumed log takes over
 
     @property
     def checkpoints(self) -> Path:
@@ -126,7 +129,7 @@ class RunDir:
             if self._tb is None:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(log_dir=str(self.path / "tb"))
+                self._tb = SummaryWriter(log_dir=str(self.path / "tb"), purge_step=self._purge_step)
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(k, v, int(step))
@@ -145,11 +148,22 @@ class RunDir:
         return rows
 
     def truncate_metrics(self, last_step: int) -> None:
-        """Keep only the rows with step <= last_step (and drop a half-written last line)."""
+        """Keep only the rows with step <= last_step (and drop a half-written last line); TensorBoard drops the
+        earlier scalars after last_step when this run writes its first."""
         rows = [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
         tmp = self.metrics_path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         os.replace(tmp, self.metrics_path)
+        self._purge_step = int(last_step) + 1
+
+    def clear_metrics(self) -> None:
+        """Remove metrics.jsonl and the TensorBoard event files of an earlier attempt: a run starting over."""
+        self.metrics_path.unlink(missing_ok=True)
+        tb = self.path / "tb"
+        if tb.is_dir():
+            for f in tb.glob("events.out.tfevents.*"):
+                f.unlink()
+        self._purge_step = None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         tmp = self.path / "summary.json.tmp"
