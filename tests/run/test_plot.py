@@ -59,3 +59,27 @@ def test_runs_of_one_name_and_directories_of_runs(tmp_path):
         plot_runs([a, b], tmp_path / "cmp")
     labels = {name for call in draw.call_args_list for name, *_ in call.args[2]}
     assert labels == {str(a), str(b)}  # both lines kept, told apart by their paths
+
+
+def test_an_sft_run_is_drawn_with_its_validation_reward_and_loss(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from unittest import mock
+
+    from gradascent.run.plot import plot_runs
+
+    sft = RunDir(tmp_path / "demo" / "sft", tensorboard=False)  # what SFT logs: no training reward
+    for step in range(1, 7):
+        row = {"loss": 1.0 / step, "lr": 1e-3, "tokens": 10 * step}
+        if step % 3 == 0:
+            row |= {"eval/loss": 1.5 / step, "eval/reward": 0.1 * step, "eval/reward/exact_match": 0.1 * step}
+        sft.log(step, row)
+    grpo = RunDir(tmp_path / "demo" / "grpo", tensorboard=False)
+    for step in range(1, 4):
+        grpo.log(step, {"reward": 0.5 + 0.1 * step, "loss": 0.1, "kl": 0.01 * step, "entropy": 0.5})
+    with mock.patch("gradascent.run.plot._draw") as draw:
+        plot_runs([tmp_path / "demo"], tmp_path / "plots")
+    drawn = {call.args[1]: [(name, key, xs) for name, key, xs, _ in call.args[2]] for call in draw.call_args_list}
+    assert drawn["return"] == [("grpo", "reward", [1, 2, 3]), ("sft", "eval/reward", [3, 6])]
+    assert drawn["loss"] == [("grpo", "loss", [1, 2, 3]), ("sft", "loss", [1, 2, 3, 4, 5, 6]), ("sft", "eval/loss", [3, 6])]

@@ -21,10 +21,11 @@ from gradascent.run.rundir import make_dir
 
 # Panel title -> metric names to draw, first present wins for each run (several per panel allowed).
 PANELS: dict[str, tuple[str, ...]] = {
-    "return": ("episode_return", "eval_return_mean", "reward", "reward_mean", "rm_score", "accuracy"),
+    # SFT logs no training reward: its validation reward (eval/reward, on the eval_every steps) stands for it
+    "return": ("episode_return", "eval_return_mean", "reward", "reward_mean", "rm_score", "accuracy", "eval/reward"),
     "kl": ("kl", "kl_to_reference", "approx_kl"),
     "entropy": ("entropy",),
-    "loss": ("policy_loss", "loss", "value_loss", "train_loss", "eval_loss"),
+    "loss": ("policy_loss", "loss", "value_loss", "train_loss", "eval_loss", "eval/loss"),
     "clip fraction": ("clipfrac", "clipfrac_high", "clipfrac_low"),
 }
 X_KEYS = ("env_steps", "samples", "step")
