@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pytest
+import yaml
 
 from gradascent.errors import ConfigError
 from gradascent.run.config import add_config_flags, field_docs, flag_values, from_dict, load_config, read_yaml, require
@@ -211,3 +212,16 @@ def test_keys_of_earlier_versions_are_read_under_their_new_names(tmp_path):
     # a saved config.yaml compared with a resumed run's config: old names read as the new ones
     assert renamed({"checkpoint_every": 2, "ppo": {"keep_checkpoints": 1}, "lr": 0.1}) == \
         {"save_every": 2, "ppo": {"keep_last": 1}, "lr": 0.1}
+
+
+@pytest.mark.parametrize("value, shown", [
+    (None, "null"), (True, "true"), (False, "false"), ((64, 64), "[64, 64]"), ([], "[]"), ("tanh", "tanh"),
+    ("CartPole-v1", "CartPole-v1"), ("3", "'3'"), ("null", "'null'"), ("", "''"), ("a: b", "'a: b'"),
+    (2.5e-4, "0.00025"), (100_000, "100000"), (("a", None), "[a, null]"),
+])
+def test_defaults_in_the_help_are_written_as_in_a_config_file(value, shown):
+    from gradascent.run.config import shown_value
+
+    assert shown_value(value) == shown
+    if isinstance(value, (str, type(None), bool, int, float)):  # what the help shows reads back as the value
+        assert yaml.safe_load(shown) == value

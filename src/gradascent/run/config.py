@@ -438,8 +438,27 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "
         group.add_argument(
             flag, dest=f"cfg:{prefix}{f.name}", default=None, metavar=_metavar(tp),
             help=argparse.SUPPRESS if f"{prefix}{f.name}" in hidden
-            else f"{docs.get(f.name, '')} [default: {default!r}]".replace("%", "%%"), **extra,
+            else f"{docs.get(f.name, '')} [default: {shown_value(default)}]".replace("%", "%%"), **extra,
         )
+
+
+def shown_value(value: Any) -> str:
+    """A value as it is written in a config file or after a flag (YAML): null, true, [64, 64], cpu."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(shown_value(v) for v in value) + "]"
+    if isinstance(value, str):  # quoted only where YAML would read it as something else (a number, null, ...)
+        try:
+            plain = bool(value) and value.strip() == value and yaml.safe_load(value) == value
+        except yaml.YAMLError:
+            plain = False
+        return value if plain else repr(value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
 
 
 def bool_flag(value: str) -> bool:
