@@ -153,6 +153,7 @@ def test_generate_temperature_zero_names_the_greedy_flag(model_dir, capsys):
     (["eval", "{model}", "--task", "arithmetic", "--limit", "0"], "limit must be >= 1, got 0"),
     (["eval", "{model}", "--task", "{tmp}/prefs.jsonl"], "fields chosen, prompt, rejected) has no reward"),
     (["eval", "{model}", "--task", "arithmetic", "--rewards", "no_such_reward"], "no_such_reward"),
+    (["eval", "{model}", "--task", "arithmetic", "--rewards", ","], "rewards is empty: name at least one"),
     (["generate", "{model}", "--prompt", "x", "--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
     (["eval", "{model}", "--task", "arithmetic", "--seed", "-1"], "seed must be an integer in [0, 2**32), got -1"),
 ])

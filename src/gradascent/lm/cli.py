@@ -220,7 +220,10 @@ def evaluate_model(
         raise ConfigError(f"task {task!r} has no {split!r} rows to score")
     if isinstance(rewards, str):
         rewards = [r for r in split_commas(rewards) if r != ""]
-    fns = [resolve_reward(r) for r in rewards] if rewards else list(loaded.reward_fns)
+    if rewards is not None and len(rewards) == 0:  # not the task's own in disguise: say which is meant
+        raise ConfigError("rewards is empty: name at least one reward function, or leave it out (None) to score "
+                          "with the task's own")
+    fns = [resolve_reward(r) for r in rewards] if rewards is not None else list(loaded.reward_fns)
     if not fns:
         raise ConfigError(f"task {task!r} ({describe_rows(loaded)}) has no reward functions of its own; "
                           "give some (--rewards, or rewards= in Python)")
