@@ -225,3 +225,16 @@ def test_defaults_in_the_help_are_written_as_in_a_config_file(value, shown):
     assert shown_value(value) == shown
     if isinstance(value, (str, type(None), bool, int, float)):  # what the help shows reads back as the value
         assert yaml.safe_load(shown) == value
+
+
+def test_a_quoted_integer_in_yaml_is_an_int_as_a_quoted_float_is_a_float(tmp_path):
+    from gradascent.algos.sft import SFTConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text('steps: "3"\nlr: "1e-3"\n')
+    cfg = load_config(SFTConfig, path)
+    assert (cfg.steps, cfg.lr) == (3, 0.001) and type(cfg.steps) is int
+    for text in ("3.0", "1e3", "three", ""):  # text that is no integer stays refused
+        path.write_text(f'steps: "{text}"\n')
+        with pytest.raises(ConfigError, match=f"config key 'steps': '{text}' is not allowed; expected int"):
+            load_config(SFTConfig, path)

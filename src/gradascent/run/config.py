@@ -19,6 +19,7 @@ import inspect
 import math
 import numbers
 import os
+import re
 import textwrap
 import types
 import typing
@@ -187,11 +188,9 @@ def _coerce(key: str, value: Any, tp: Any, from_string: bool) -> Any:
     elif tp is int:
         if isinstance(value, numbers.Integral) and not is_bool:
             return int(value)
-        if from_string and isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
+        # a flag's text, or a quoted YAML number ("3"), as float fields take "1e-5"; "3.0" and "1e3" are no ints
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+            return int(value)
         if isinstance(value, numbers.Real) and not is_bool and float(value).is_integer():
             return int(value)
     elif tp is float:
