@@ -279,6 +279,7 @@ class _FusedDecoder:
         if prefill_mask is None:  # decode: one query per row over the filled prefix, (N, 1, 1, end) additive bias
             bias = self.bias[:, None, None, :end]
         x = F.embedding(ids, self.embed).view(n * T, -1)  # (n T, H) residual stream
+        last_layer = len(self.layers) - 1
         for i, p in enumerate(self.layers):
             h = self._norm(x)
             qkv = self._linear(h, p["qkv"], p["qkv_b"]).view(n, T, Hq + 2 * Hkv, D)
@@ -297,6 +298,10 @@ class _FusedDecoder:
                 rows = slice(first * repeats, (first + n) * repeats)
                 self.k[i][rows, :, start:end].unflatten(0, (n, repeats)).copy_(k.unsqueeze(1))
                 self.v[i][rows, :, start:end].unflatten(0, (n, repeats)).copy_(v.unsqueeze(1))
+                if i == last_layer and T > 1:  # only the last position's output is read past the last layer's
+                    # keys and values: its attention, o_proj and MLP run for that one query per prompt
+                    q, prefill_mask = q[:, :, -1:], prefill_mask[:, :, -1:]
+                    x, T = x.view(n, T, -1)[:, -1].contiguous(), 1
                 att = F.scaled_dot_product_attention(q, k, v, attn_mask=prefill_mask, enable_gqa=Hq != Hkv,
                                                      scale=1.0)
                 att = att.transpose(1, 2).reshape(n * T, Hq * D)
