@@ -246,3 +246,28 @@ def test_a_resumed_run_leaves_tensorboard_one_curve_and_a_restarted_one_none_of_
     again.close()
     assert [(r["step"], r["loss"]) for r in again.read_metrics()] == [(1, -1.0)]
     assert _tb_steps(tmp_path, "loss") == [(1, -1.0)]
+
+
+def test_weight_files_get_the_mode_of_any_other_new_file(tmp_path):
+    # safetensors creates its files 0600 whatever the umask: weights unreadable beside readable configs
+    from gradascent.lm import RewardModel, build_model, char_tokenizer, save_model
+    from gradascent.rl.envs import ActionSpec, ObsNormalizer
+    from gradascent.rl.policy import ActorCritic
+    from gradascent.rl.saved import save_policy
+
+    previous = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "ckpt", 1, {"w": torch.zeros(2)})
+        tok = char_tokenizer()
+        model = build_model("qwen2-micro", tok, seed=0)
+        save_model(model, tok, tmp_path / "model")
+        RewardModel(model).save_pretrained(tmp_path / "rm", tok)
+        policy = ActorCritic(4, ActionSpec(kind="discrete", dim=2))
+        save_policy(tmp_path / "policy", policy, ObsNormalizer(4, enabled=False), "CartPole-v1")
+    finally:
+        os.umask(previous)
+    weights = sorted(tmp_path.rglob("*.safetensors"))
+    assert len(weights) == 5  # checkpoint, model, reward model's backbone and head, policy
+    assert {f.relative_to(tmp_path).as_posix(): oct(f.stat().st_mode & 0o777) for f in weights} == \
+        {f.relative_to(tmp_path).as_posix(): "0o644" for f in weights}
+    assert oct((tmp_path / "model" / "config.json").stat().st_mode & 0o777) == "0o644"

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from gradascent.errors import CheckpointError, ConfigError
+from gradascent.run.files import share_tensors
 
 # The attention and MLP projections of Qwen2 / Llama style decoders.
 DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -158,6 +159,7 @@ def save_adapter(handle: Any, name: str, path: str | Path, fingerprint: str) -> 
     """Write adapter ``name`` to ``path/lora`` (peft's format) with the fingerprint of its base."""
     out = Path(path) / LORA_DIR
     handle.save_pretrained(str(out), selected_adapters=[name])
+    share_tensors(out)  # safetensors wrote them 0600
     (out / "base.json").write_text(json.dumps({"adapter": name, "base_fingerprint": fingerprint}, indent=2) + "\n",
                                    encoding="utf-8")
     return out

@@ -25,12 +25,13 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from gradascent.errors import CheckpointError, DataError
 from gradascent.lm.models import load_model, position_ids_from_mask, previous_token_index, read_json, save_model
 from gradascent.lm.onednn import onednn_linears
+from gradascent.run.files import save_tensors
 
 HEAD_FORMAT = 1
 H = TypeVar("H", bound="ScalarHeadModel")
@@ -97,8 +98,8 @@ class ScalarHeadModel(nn.Module):
     def save_pretrained(self, path: str | os.PathLike[str], tokenizer: Any = None) -> Path:
         """Write backbone (+ tokenizer) with ``save_model`` and the head beside it."""
         p = save_model(self.backbone, tokenizer, path)
-        save_file({"weight": self.head.weight.detach().cpu().contiguous(),
-                   "bias": self.head.bias.detach().cpu().contiguous()}, str(p / "head.safetensors"))
+        save_tensors({"weight": self.head.weight.detach().cpu().contiguous(),
+                      "bias": self.head.bias.detach().cpu().contiguous()}, p / "head.safetensors")
         meta = {"format": HEAD_FORMAT, "kind": self.kind, "hidden_size": int(self.head.in_features)}
         (p / "head.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return p

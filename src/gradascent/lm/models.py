@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from gradascent.errors import CheckpointError, ConfigError, DataError, GradascentWarning
 from gradascent.lm.tokenizers import char_tokenizer, ensure_pad_token
+from gradascent.run.files import share_tensors
 
 PRESETS: dict[str, dict[str, Any]] = {
     "qwen2-micro": dict(arch="qwen2", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -354,6 +355,7 @@ def save_model(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
     p.mkdir(parents=True, exist_ok=True)
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar in a trainer's output
     model.save_pretrained(str(p), safe_serialization=True, state_dict=state_dict)  # type: ignore[operator]
+    share_tensors(p)  # safetensors wrote them 0600
     if tokenizer is not None:
         tokenizer.save_pretrained(str(p))
     return p

@@ -16,11 +16,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from gradascent.errors import CheckpointError, ConfigError, GradascentWarning
 from gradascent.rl.envs import ActionSpec, ObsNormalizer, make_vec_env, spaces_of
 from gradascent.rl.policy import ActorCritic
+from gradascent.run.files import save_tensors
 
 WEIGHTS, META = "policy.safetensors", "policy.json"
 
@@ -33,7 +34,7 @@ def save_policy(directory: str | Path, policy: ActorCritic, obs_norm: ObsNormali
     tensors = {f"policy.{k}": v.detach().contiguous().clone() for k, v in policy.state_dict().items()}
     tensors["obs_norm.mean"] = torch.from_numpy(obs_norm.rms.mean.copy())
     tensors["obs_norm.var"] = torch.from_numpy(obs_norm.rms.var.copy())
-    save_file(tensors, str(directory / WEIGHTS))
+    save_tensors(tensors, directory / WEIGHTS)
     norm = {k: v for k, v in obs_norm.state_dict().items() if k not in ("mean", "var")}
     meta = {"env": env_id, "network": policy.spec(), "obs_norm": norm, **(extra or {})}
     (directory / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from gradascent.errors import CheckpointError, NonFiniteError
+from gradascent.run.files import save_tensors
 
 PREFIX = "step_"
 
@@ -117,7 +118,7 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(tensors, str(tmp / "tensors.safetensors"))
+    save_tensors(tensors, tmp / "tensors.safetensors")
     with (tmp / "state.json").open("w", encoding="utf-8") as fh:
         json.dump({"step": step, "state": meta}, fh)
         fh.flush()
