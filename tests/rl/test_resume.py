@@ -97,3 +97,73 @@ def test_sigterm_writes_a_checkpoint_and_resume_is_identical(straight, tmp_path)
     done = _run(out, "--resume")
     assert done.returncode == 0, done.stderr
     _assert_identical(straight, out)
+
+
+def _damaged_copy(tmp_path, base, name, damage):
+    """A copy of the finished run ``base`` whose newest checkpoint was damaged by ``damage(state, tensors)``."""
+    import json as _json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    out = tmp_path / name
+    shutil.copytree(base, out)
+    ckpt = latest_checkpoint(out / "checkpoints")
+    state = _json.loads((ckpt / "state.json").read_text())
+    tensors = load_file(str(ckpt / "tensors.safetensors"))
+    damage(state, tensors)
+    (ckpt / "state.json").write_text(_json.dumps(state))
+    save_file(tensors, str(ckpt / "tensors.safetensors"))
+    return out
+
+
+def _tensor_key(tensors, part):
+    return next(k for k in tensors if part in k)
+
+
+@pytest.mark.parametrize("name, damage, message", [
+    ("counter", lambda s, t: s["state"].update(env_steps="lots"), "ValueError: invalid literal for int()"),
+    ("shape", lambda s, t: t.update({_tensor_key(t, "actor_head.weight"): torch.zeros(3, 64)}),
+     "size mismatch for actor_head.weight"),
+    ("nan", lambda s, t: t[_tensor_key(t, "actor_head.weight")].view(-1).__setitem__(0, float("nan")),
+     "holds NaN or inf, which save_checkpoint never writes"),
+])
+def test_a_damaged_checkpoint_is_a_checkpoint_error_naming_it(straight, tmp_path, name, damage, message):
+    from gradascent.algos.presets import classic_config, get_algo
+    from gradascent.errors import CheckpointError
+
+    out = _damaged_copy(tmp_path, straight, name, damage)
+    ckpt = latest_checkpoint(out / "checkpoints")
+    config_before = (out / "config.yaml").read_text()
+    cfg = classic_config("ppo", "CartPole-v1", path=out / "config.yaml",
+                         overrides={"total_steps": 2 * UPDATES * STEPS_PER_UPDATE})
+    with pytest.raises(CheckpointError, match=f"checkpoint {ckpt}") as err:
+        get_algo("ppo").module.train(cfg, out=out, resume=True, progress=False)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert (out / "config.yaml").read_text() == config_before  # refused before anything was written
+
+
+@pytest.mark.parametrize("damage", ["summary not json", "summary a list", "no policy"])
+def test_a_finished_run_with_damaged_outputs_writes_them_again(straight, tmp_path, damage):
+    import json as _json
+    import shutil
+    import warnings
+
+    from gradascent.algos.presets import classic_config, get_algo
+    from gradascent.errors import GradascentWarning
+
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    summary = _json.loads((out / "summary.json").read_text())
+    if damage == "no policy":
+        (out / "policy.safetensors").unlink()
+    else:
+        (out / "summary.json").write_text("{bad" if damage == "summary not json" else "[1, 2]")
+    cfg = classic_config("ppo", "CartPole-v1", path=out / "config.yaml")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = get_algo("ppo").module.train(cfg, out=out, resume=True, progress=False)
+    assert any(issubclass(w.category, GradascentWarning) and "outputs are damaged" in str(w.message) for w in caught)
+    same = ("eval_return_mean", "eval_return_std", "env_steps", "updates", "reached")
+    assert {k: again[k] for k in same} == {k: summary[k] for k in same}  # the final checkpoint's, evaluated again
+    _assert_identical(straight, out)

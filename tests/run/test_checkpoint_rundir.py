@@ -231,6 +231,12 @@ def test_a_resumed_run_leaves_tensorboard_one_curve_and_a_restarted_one_none_of_
     for step in range(1, 6):  # a run killed after logging step 5, its newest checkpoint at step 3
         first.log(step, {"loss": float(step)})
     first.close()
+    # TensorBoard reads event files in name order, named by the second their writer started: the killed
+    # process's file as a minute older than the resumed one's (in one test they may share a second)
+    for f in (tmp_path / "tb").glob("events.out.tfevents.*"):
+        parts = f.name.split(".")
+        parts[3] = f"{int(parts[3]) - 60:010d}"
+        f.rename(f.with_name(".".join(parts)))
     resumed = RunDir(tmp_path)
     resumed.truncate_metrics(3)
     for step in (4, 5, 6):

@@ -28,16 +28,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradascent.errors import ConfigError, GradascentError, GradascentWarning, NonFiniteError
+from gradascent.errors import CheckpointError, ConfigError, GradascentError, GradascentWarning, NonFiniteError
 from gradascent.rl.envs import ObsNormalizer, RewardScaler, make_vec_env, spaces_of
 from gradascent.rl.policy import ActorCritic
 from gradascent.rl.rollout import Batch, Collector
-from gradascent.rl.saved import META, WEIGHTS, run_episodes, save_policy
+from gradascent.rl.saved import META, WEIGHTS, load_policy, run_episodes, save_policy
 from gradascent.run.checkpoint import (
     capture_rng,
     latest_checkpoint,
     load_checkpoint,
     restore_rng,
+    restoring,
     save_checkpoint,
     seed_everything,
 )
@@ -252,30 +253,47 @@ class ClassicRun:
         if ckpt is None:  # killed before its first checkpoint: start over
             self.rundir.clear_metrics()
             return
-        step, state = load_checkpoint(ckpt)
-        # The checkpoint's own config (since it records one) is the reference: config.yaml may have been edited.
-        if state.get("config") is not None:
-            self._refuse_changes(state["config"], self.rundir.path, "differ from its checkpoint's")
-        # The last rollout may overshoot total_steps: a finished run resumed with its own budget is finished,
-        # not refused; a budget lowered below the steps taken is.
-        saved_budget = (state.get("config") or {}).get("total_steps")
-        if self.cfg.total_steps < int(state["env_steps"]) and self.cfg.total_steps != saved_budget:
-            raise ConfigError(f"total_steps={self.cfg.total_steps} is below the {int(state['env_steps'])} env steps "
-                              f"{self.rundir.path} has already taken; a resume can only extend the budget")
-        self.collector.load_state_dict(state["collector"])
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.update, self.env_steps = int(state["update"]), int(state["env_steps"])
-        self.algo_state = dict(state["algo_state"])
-        self.reached = state["reached"]
-        self._nonfinite_streak = int(state["nonfinite_streak"])
-        self._wall0, self._eval_seconds = float(state["wall_seconds"]), float(state["eval_seconds"])
-        restore_rng(state["rng"])
+        with restoring(ckpt):
+            step, state = load_checkpoint(ckpt)
+            # The checkpoint's own config (since it records one) is the reference: config.yaml may have been
+            # edited.
+            if state.get("config") is not None:
+                self._refuse_changes(state["config"], self.rundir.path, "differ from its checkpoint's")
+            # The last rollout may overshoot total_steps: a finished run resumed with its own budget is finished,
+            # not refused; a budget lowered below the steps taken is.
+            saved_budget = (state.get("config") or {}).get("total_steps")
+            if self.cfg.total_steps < int(state["env_steps"]) and self.cfg.total_steps != saved_budget:
+                raise ConfigError(f"total_steps={self.cfg.total_steps} is below the {int(state['env_steps'])} env "
+                                  f"steps {self.rundir.path} has already taken; a resume can only extend the budget")
+            self.collector.load_state_dict(state["collector"])
+            self.policy.load_state_dict(state["policy"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.update, self.env_steps = int(state["update"]), int(state["env_steps"])
+            self.algo_state = dict(state["algo_state"])
+            self.reached = state["reached"]
+            self._nonfinite_streak = int(state["nonfinite_streak"])
+            self._wall0, self._eval_seconds = float(state["wall_seconds"]), float(state["eval_seconds"])
+            restore_rng(state["rng"])
         self.rundir.truncate_metrics(step)
         self._saved_at = self.update  # the checkpoint just read is this update's
         summary = self.rundir.path / "summary.json"
         if self.done and summary.is_file():  # finished before: finish() hands back its summary as it was
-            self._finished_summary = json.loads(summary.read_text(encoding="utf-8"))
+            self._finished_summary = self._intact_outputs(summary)
+
+    def _intact_outputs(self, summary: Path) -> dict[str, Any] | None:
+        """A finished run's summary, where it and the saved policy are intact; None (finish() writes both again
+        from the final checkpoint, with a warning) where either is damaged or missing."""
+        try:
+            saved = json.loads(summary.read_text(encoding="utf-8"))
+            if not isinstance(saved, dict):
+                raise ValueError(f"it holds a {type(saved).__name__}, not an object")
+            load_policy(self.rundir.path)
+            return saved
+        except (OSError, UnicodeDecodeError, ValueError, CheckpointError) as exc:
+            warnings.warn(f"{self.rundir.path} finished, but its outputs are damaged ({exc}); the saved policy "
+                          "and summary.json are written again from the final checkpoint", GradascentWarning,
+                          stacklevel=2)
+            return None
 
     def save(self) -> Path:
         """Checkpoint at the current update boundary."""

@@ -86,6 +86,7 @@ from gradascent.run.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     restore_rng,
+    restoring,
     save_checkpoint,
     seed_everything,
 )
@@ -653,22 +654,23 @@ def train_grpo(
         if ckpt is None and run.read_metrics():
             run.clear_metrics()  # stopped before its first checkpoint: start over
     if ckpt is not None:
-        step, state = load_checkpoint(ckpt)
-        same_world = state["world_size"] == dist_info.world_size
-        distributed.load_full_state(model, optimizer, state["model"], state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        guard.load_state_dict(state["guard"])
-        restore_rng(state["rng"])
-        if same_world:  # bit for bit: every rank continues its own sampling stream
-            gen.set_state(state["sampler_rng"][dist_info.rank])
-        else:  # another number of processes: the weights, optimizer, schedule and data position carry over,
-            # the sampling streams start afresh (seeded by the step), so the run goes on but not bit for bit
-            gen.manual_seed(cfg.seed * 7919 + 104729 * dist_info.rank + 1 + 1_000_003 * step)
-            if dist_info.is_main:
-                print(f"resuming a checkpoint of {state['world_size']} processes on {dist_info.world_size}: "
-                      "sampling streams restart from the step (not bit-identical to an uninterrupted run)",
-                      file=sys.stderr)
-        elapsed, last_eval = float(state["elapsed_s"]), dict(state["last_eval"])
+        with restoring(ckpt):
+            step, state = load_checkpoint(ckpt)
+            same_world = state["world_size"] == dist_info.world_size
+            distributed.load_full_state(model, optimizer, state["model"], state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            guard.load_state_dict(state["guard"])
+            restore_rng(state["rng"])
+            if same_world:  # bit for bit: every rank continues its own sampling stream
+                gen.set_state(state["sampler_rng"][dist_info.rank])
+            else:  # another number of processes: the weights, optimizer, schedule and data position carry over,
+                # the sampling streams start afresh (seeded by the step), so the run goes on but not bit for bit
+                gen.manual_seed(cfg.seed * 7919 + 104729 * dist_info.rank + 1 + 1_000_003 * step)
+                if dist_info.is_main:
+                    print(f"resuming a checkpoint of {state['world_size']} processes on {dist_info.world_size}: "
+                          "sampling streams restart from the step (not bit-identical to an uninterrupted run)",
+                          file=sys.stderr)
+            elapsed, last_eval = float(state["elapsed_s"]), dict(state["last_eval"])
         if run is not None:
             run.truncate_metrics(step)
             logged = [r for r in run.read_metrics() if r.get("step") == step]  # the summary of a finished run

@@ -65,7 +65,7 @@ from gradascent.core import (
 from gradascent.errors import ConfigError, DataError, NonFiniteError
 from gradascent.lm.tokenizers import check_fits_context
 from gradascent.run import distributed
-from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, restoring, save_checkpoint
 from gradascent.run.command import finish
 from gradascent.run.config import add_config_flags, check_config, check_fields, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
@@ -590,25 +590,26 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     start, samples = 0, 0
     baseline: dict[str, float] = {}
     if resume_from is not None:
-        _, state = load_checkpoint(resume_from)
-        policy.load_state_dict(state["policy"])
-        critic.load_state_dict(state["critic"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng(state["rng"])
-        if len(state["sample_rng"]) == world:  # bit for bit: every rank continues its own streams
-            sample_rng.set_state(state["sample_rng"][dist_info.rank])
-            shuffle_rng.set_state(state["shuffle_rng"][dist_info.rank])
-        else:  # another number of processes: everything but the per-rank streams carries over
-            at = int(state["update"])
-            sample_rng.manual_seed(cfg.seed * 7919 + dist_info.rank + 1_000_003 * at)
-            shuffle_rng.manual_seed(cfg.seed * 104729 + dist_info.rank + 1_000_003 * at)
-            if is_main:
-                print(f"resuming a checkpoint of {len(state['sample_rng'])} processes on {world}: sampling and "
-                      "shuffling streams restart from the update (not bit-identical to an uninterrupted run)",
-                      file=sys.stderr)
-        guard.load_state_dict(state["guard"])
-        kl_coef, start, samples = float(state["kl_coef"]), int(state["update"]), int(state["samples"])
-        baseline = dict(state["baseline"])
+        with restoring(resume_from):
+            _, state = load_checkpoint(resume_from)
+            policy.load_state_dict(state["policy"])
+            critic.load_state_dict(state["critic"])
+            optimizer.load_state_dict(state["optimizer"])
+            restore_rng(state["rng"])
+            if len(state["sample_rng"]) == world:  # bit for bit: every rank continues its own streams
+                sample_rng.set_state(state["sample_rng"][dist_info.rank])
+                shuffle_rng.set_state(state["shuffle_rng"][dist_info.rank])
+            else:  # another number of processes: everything but the per-rank streams carries over
+                at = int(state["update"])
+                sample_rng.manual_seed(cfg.seed * 7919 + dist_info.rank + 1_000_003 * at)
+                shuffle_rng.manual_seed(cfg.seed * 104729 + dist_info.rank + 1_000_003 * at)
+                if is_main:
+                    print(f"resuming a checkpoint of {len(state['sample_rng'])} processes on {world}: sampling and "
+                          "shuffling streams restart from the update (not bit-identical to an uninterrupted run)",
+                          file=sys.stderr)
+            guard.load_state_dict(state["guard"])
+            kl_coef, start, samples = float(state["kl_coef"]), int(state["update"]), int(state["samples"])
+            baseline = dict(state["baseline"])
         if run is not None:
             run.truncate_metrics(start)
     elif run is not None:

@@ -43,7 +43,7 @@ from gradascent.algos.rlhf_data import PreferencePair, encode_sequences, prefere
 from gradascent.core import bradley_terry_loss
 from gradascent.errors import ConfigError
 from gradascent.run import distributed
-from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, restoring, save_checkpoint
 from gradascent.run.command import finish
 from gradascent.run.config import add_config_flags, check_config, check_fields, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
@@ -224,13 +224,14 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     window: dict[str, float] = {}  # metric sums since the last metrics row
     n_window = 0
     if resume_from is not None:
-        _, state = load_checkpoint(resume_from)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng(state["rng"])
-        guard.load_state_dict(state["guard"])
-        start, first_eval = int(state["step"]), dict(state["first_eval"])
-        window, n_window = dict(state["window"]), int(state["n_window"])
+        with restoring(resume_from):
+            _, state = load_checkpoint(resume_from)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            restore_rng(state["rng"])
+            guard.load_state_dict(state["guard"])
+            start, first_eval = int(state["step"]), dict(state["first_eval"])
+            window, n_window = dict(state["window"]), int(state["n_window"])
         if run is not None:
             run.truncate_metrics(start)
     else:

@@ -50,7 +50,7 @@ from gradascent.lm.tokenizers import check_prompt_lengths, decode_completions, e
 from gradascent.lm.tokenizers import warn_unknown
 from gradascent.rewards import check_columns, metric_names, score
 from gradascent.run import distributed
-from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, restoring, save_checkpoint
 from gradascent.run.checkpoint import seed_everything
 from gradascent.run.command import stop_message, stop_status
 from gradascent.run.config import add_config_flags, check_config, check_fields, flag_values, load_config, require
@@ -459,15 +459,16 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     last_eval: dict[str, float] = {}
 
     if ckpt is not None:
-        step, state = load_checkpoint(ckpt)
-        distributed.load_full_state(model, opt, state["model"], state["optim"])
-        sched.load_state_dict(state["sched"])
-        order.load_state_dict(state["data"])
-        guard.load_state_dict(state["guard"])
-        acc, tokens_seen = dict(state["acc"]), int(state["tokens_seen"])
-        if state.get("stopped_at") is not None:  # it had reached stop_at: nothing is left to train
-            stopped_at, last_eval = int(state["stopped_at"]), dict(state["last_eval"])
-        restore_rng(state["rng"])
+        with restoring(ckpt):
+            step, state = load_checkpoint(ckpt)
+            distributed.load_full_state(model, opt, state["model"], state["optim"])
+            sched.load_state_dict(state["sched"])
+            order.load_state_dict(state["data"])
+            guard.load_state_dict(state["guard"])
+            acc, tokens_seen = dict(state["acc"]), int(state["tokens_seen"])
+            if state.get("stopped_at") is not None:  # it had reached stop_at: nothing is left to train
+                stopped_at, last_eval = int(state["stopped_at"]), dict(state["last_eval"])
+            restore_rng(state["rng"])
         if run is not None:
             run.truncate_metrics(step)
 

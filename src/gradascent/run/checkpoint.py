@@ -17,10 +17,12 @@ another process) is removed by the next save into the directory, after its own c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from gradascent.errors import CheckpointError, NonFiniteError
+from gradascent.errors import CheckpointError, GradascentError, NonFiniteError
 from gradascent.run.files import save_tensors
 
 PREFIX = "step_"
@@ -200,6 +202,10 @@ def load_checkpoint(path: str | Path) -> tuple[int, dict[str, Any]]:
         with (path / "state.json").open(encoding="utf-8") as fh:
             meta = json.load(fh)
         tensors = load_file(str(path / "tensors.safetensors"))
+        for key, t in tensors.items():  # never written so by save_checkpoint: damaged since
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise CheckpointError(f"checkpoint {path} is corrupt: tensor '{key}' holds NaN or inf, which "
+                                      "save_checkpoint never writes")
         state = _decode(meta["state"], tensors)
         if not isinstance(state, dict):
             raise TypeError(f"its state is a {type(state).__name__}, not an object")
@@ -210,6 +216,22 @@ def load_checkpoint(path: str | Path) -> tuple[int, dict[str, Any]]:
         raise CheckpointError(f"checkpoint {path} is corrupt: {type(exc).__name__}: {exc}") from None
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {exc}") from None
+
+
+@contextlib.contextmanager
+def restoring(path: str | Path) -> Iterator[None]:
+    """Around a trainer's use of a checkpoint's state: a value that is not what the trainer saved (a counter
+    that is no number, a tensor of another shape for the model's load_state_dict) is a CheckpointError naming
+    the checkpoint, not a traceback from the middle of the restore. The library's own errors pass through."""
+    try:
+        yield
+    except GradascentError:
+        raise
+    except (ValueError, TypeError, RuntimeError, KeyError, IndexError, AttributeError) as exc:
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise CheckpointError(f"checkpoint {path} is corrupt or not this run's: {type(exc).__name__}: "
+                              f"{detail}") from None
 
 
 class CheckpointState(dict):  # type: ignore[type-arg]
