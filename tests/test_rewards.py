@@ -53,7 +53,16 @@ def test_bad_reward_functions_are_named():
     def one_number(prompts, completions, **kw):
         return 0.5
 
+    def by_index(prompts, completions, **kw):  # iterated, a dict gives its keys: rewards 0 and 1, silently
+        return {i: 1.0 for i in range(len(completions))}
+
+    def as_set(prompts, completions, **kw):  # members in no fixed order: rewards assigned to the wrong samples
+        return {2.0, 1.0}
+
     for fn, message in [(raises, "'raises' raised KeyError"), (short, "'short' returned 1 values for 2"),
+                        (by_index, "'by_index' returned a dict, not a list of 2 numbers in the order of the "
+                                   "completions"),
+                        (as_set, "'as_set' returned a set, not a list of 2 numbers"),
                         (nan, "'nan' returned nan for sample 1"),
                         (forgot_return, r"'forgot_return' returned None, not a list of 2 numbers"),
                         (one_number, r"'one_number' returned 0.5, not a list of 2 numbers")]:

@@ -31,7 +31,8 @@ import numbers
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +292,9 @@ def score(
         if values is None or isinstance(values, numbers.Number):  # forgot to return, or returned one number
             raise RewardError(f"reward function '{name}' returned {values!r}, not a list of {n} numbers (one per "
                               "completion)")
+        if isinstance(values, (Mapping, AbstractSet)):  # iterating gives keys, or members in no fixed order
+            raise RewardError(f"reward function '{name}' returned a {type(values).__name__}, not a list of {n} "
+                              "numbers in the order of the completions")
         values = [_as_number(v) for v in values]
         if len(values) != n:
             raise RewardError(f"reward function '{name}' returned {len(values)} values for {n} completions")
