@@ -382,3 +382,19 @@ def test_resuming_a_finished_run_keeps_its_summary(tmp_path):
         train_grpo(dataclasses.replace(cfg, steps=1), tmp_path, model=model, tokenizer=tok, task=DIGITS,
                    resume=True, progress=False)
     assert (tmp_path / "config.yaml").read_text() == config
+
+
+def test_a_finished_run_without_periodic_checkpoints_can_be_extended(tmp_path):
+    # save_every 0: a checkpoint at the end only, as for the other trainers; it was none, so the finished run
+    # read as one stopped before its first checkpoint, and --resume trained it again from step 1
+    torch.set_num_threads(1)
+    cfg = GRPOConfig(steps=2, prompts_per_step=2, group_size=4, lr=1e-2, save_every=0)
+    model, tok = load_model("qwen2-micro", seed=0)
+    train_grpo(cfg, tmp_path, model=model, tokenizer=tok, task=DIGITS, progress=False)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000002"]
+    first_rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    model, tok = load_model("qwen2-micro", seed=0)
+    more = train_grpo(dataclasses.replace(cfg, steps=3), tmp_path, model=model, tokenizer=tok, task=DIGITS,
+                      resume=True, progress=False)
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert more["steps"] == 3 and rows[:2] == first_rows and [json.loads(r)["step"] for r in rows] == [1, 2, 3]

@@ -194,8 +194,9 @@ class GRPOConfig:
     eval_prompts: int = 64
     """Held-out prompts per evaluation, when the task has a held-out split."""
     save_every: int = 50
-    """Write a checkpoint every this many steps and at the end; 0: none (only on SIGTERM / Ctrl-C). The final
-    model is saved either way."""
+    """Write a checkpoint every this many steps and at the end; 0: only at the end (and on SIGTERM / Ctrl-C),
+    as for the other trainers, so that a finished run can be extended with --resume. The final model is saved
+    either way."""
     keep_last: int = 2
     """Checkpoints kept on disk (older ones are deleted)."""
     log_every: int = 1
@@ -754,7 +755,7 @@ def train_grpo(
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward']:.3f}")
             stopping = distributed.any_rank(stop.requested is not None)  # a signal may reach the ranks a step apart
-            if (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps)) or stopping:
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stopping:
                 checkpoint(step)
             if stopping:
                 stopped_by = stop.requested or "a signal to another process"
