@@ -296,3 +296,25 @@ def test_seq_mean_token_sum_norm_divides_by_max_new_tokens_whatever_the_minibatc
         m[0, :3] = True
         kwargs = ppo_rlhf._agg_kwargs(cfg, m, ddp) or {}
         assert float(aggregate(torch.ones(1, width), m, cfg.agg, **kwargs)) == pytest.approx(3 / 32)
+
+
+def test_every_model_that_reads_the_sequences_must_hold_them(sft_dir, rm_dir, tmp_path):
+    # A reference (or reward model) of a shorter context than the policy's: an IndexError deep in its forward
+    # (learned positions) or positions past its training (RoPE), where the policy's context alone was checked.
+    from _rlhf_fixtures import rm_config
+    from gradascent.algos.reward_model import train_reward_model
+    from gradascent.errors import ConfigError
+    from gradascent.lm import load_model, save_model
+
+    model, tok = load_model(str(sft_dir))
+    model.config.max_position_embeddings = 16
+    short = tmp_path / "short"
+    save_model(model, tok, short)
+    with pytest.raises(ConfigError, match="max_new_tokens=16 leaves no room for a prompt in the reference's "
+                                          "context of 16 tokens"):
+        train_ppo_rlhf(ppo_config(sft_dir, rm_dir, tmp_path / "ppo", reference=str(short), max_new_tokens=16))
+    assert not (tmp_path / "ppo").exists()
+    with pytest.raises(ConfigError, match=r"max_length=256 is more than the context of the model .*short \(16 "
+                                          r"tokens, its max_position_embeddings\); set max_length <= 16"):
+        train_reward_model(rm_config(short, tmp_path / "rm"))
+    assert not (tmp_path / "rm").exists()

@@ -528,15 +528,30 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def shortest_context(models: Models) -> tuple[int | None, str]:
+    """The smallest context (max_position_embeddings) of the models that read a prompt and its completion
+    (policy, reference, reward model, critic) and the role that has it; (None, "policy") where none says."""
+    roles = [("policy", models.policy), ("reference", models.reference), ("reward model", models.reward),
+             ("critic", models.critic)]
+    found = []
+    for role, m in roles:
+        config = getattr(m, "config", None) or getattr(getattr(m, "backbone", None), "config", None)
+        context = getattr(config, "max_position_embeddings", None)
+        if isinstance(context, int):
+            found.append((context, role))
+    return min(found, key=lambda c: c[0]) if found else (None, "policy")
+
+
 def check_lengths(cfg: PPORLHFConfig, prompt_set: PromptSet, tokenizer: Any, context: int | None,
-                  source: str) -> None:
-    """Every prompt plus ``max_new_tokens`` fits the policy's ``context``, or a ConfigError / DataError that
-    names the first prompt that does not (``source`` says where the prompts came from)."""
+                  source: str, holder: str = "policy") -> None:
+    """Every prompt plus ``max_new_tokens`` fits ``context`` (the ``holder``'s: the shortest of the models'),
+    or a ConfigError / DataError that names the first prompt that does not (``source`` says where the prompts
+    came from)."""
     for prompts, split, names in ((prompt_set.train, "training", prompt_set.train_names),
                                   (prompt_set.eval, "held-out", prompt_set.eval_names)):
-        check_fits_context(tokenizer, prompts, context, cfg.max_new_tokens, f"{source}, {split} prompts (policy "
+        check_fits_context(tokenizer, prompts, context, cfg.max_new_tokens, f"{source}, {split} prompts ({holder} "
                            f"context {context}, max_new_tokens {cfg.max_new_tokens})",
-                           names[:len(prompts)] if names else None, holder="policy")
+                           names[:len(prompts)] if names else None, holder=holder)
 
 
 def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
@@ -559,7 +574,8 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     prompt_set = prompt_set or load_prompt_set(cfg.prompts, cfg.eval_prompts, cfg.seed)
     models = models or load_models(cfg)
     policy, critic = models.policy, models.critic
-    check_lengths(cfg, prompt_set, models.tokenizer, getattr(policy.config, "max_position_embeddings", None), source)
+    context, holder = shortest_context(models)
+    check_lengths(cfg, prompt_set, models.tokenizer, context, source, holder=holder)
     run = RunDir(cfg.out, dirs=("policy", "value")) if is_main else None
     resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
     check_not_past(resume_from, cfg.updates, "updates", cfg=cfg)

@@ -203,6 +203,10 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         fingerprint = adapters.base_fingerprint(model.backbone)
         lora = adapters.add_lora(model.backbone, "reward", cfg.lora_r, cfg.lora_alpha)
     model.freeze_lm_head()  # never used by the reward (and DDP wants every trained weight used)
+    context = getattr(model.backbone.config, "max_position_embeddings", None)
+    if context is not None and cfg.max_length > context:  # longer pairs would index past its positions
+        raise ConfigError(f"max_length={cfg.max_length} is more than the context of the model {cfg.model} "
+                          f"({context} tokens, its max_position_embeddings); set max_length <= {context}")
     check_lengths(tok, train + held_out, cfg.max_length)
     # the run directory is made only once the data and the model have loaded and the pairs fit
     run = RunDir(cfg.out, dirs=("model",)) if dist_info.is_main else None
