@@ -114,3 +114,18 @@ def test_resume_from_a_middle_checkpoint_equals_the_uninterrupted_run(sft_dir, t
     rows = lambda d: [{k: v for k, v in json.loads(line).items() if k != "wall_s"}
                       for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
     assert rows("a") == rows("b") and [r["step"] for r in rows("b")] == [0, 3, 6]
+
+
+def test_pairs_the_tokenizer_cannot_tell_apart_are_refused_and_unknown_text_is_warned_about():
+    from gradascent.algos.reward_model import check_lengths
+    from gradascent.algos.rlhf_data import PreferencePair
+    from gradascent.errors import DataError, GradascentWarning
+    from gradascent.lm import char_tokenizer
+
+    tok = char_tokenizer()  # printable ASCII: é, ü and ï are <unk>
+    same = [PreferencePair("c:", "ok", "no", where="p.jsonl:1"), PreferencePair("a:", "é", "ü", where="p.jsonl:2")]
+    with pytest.raises(DataError, match=r"p.jsonl:2: chosen 'é' and rejected 'ü' encode to the same tokens"):
+        check_lengths(tok, same, 64)
+    with pytest.warns(GradascentWarning, match=r"reward model pairs: 1 of 4 texts hold characters .* "
+                                                r"\(the first: p.jsonl:2 \(chosen\), 'b:naïve'\)"):
+        check_lengths(tok, [same[0], PreferencePair("b:", "naïve", "nai", where="p.jsonl:2")], 64)

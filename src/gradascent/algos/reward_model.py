@@ -41,7 +41,7 @@ from torch import nn
 
 from gradascent.algos.rlhf_data import PreferencePair, encode_sequences, preference_data
 from gradascent.core import bradley_terry_loss
-from gradascent.errors import ConfigError
+from gradascent.errors import ConfigError, DataError
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, restoring, save_checkpoint
 from gradascent.run.command import finish
@@ -140,9 +140,23 @@ def pair_batch(tokenizer: Any, pairs: list[PreferencePair], max_length: int, dev
 
 
 def check_lengths(tokenizer: Any, pairs: list[PreferencePair], max_length: int) -> None:
-    """A DataError naming the first pair whose prompt plus chosen or rejected completion exceeds ``max_length``."""
+    """A DataError naming the first pair whose prompt plus chosen or rejected completion exceeds ``max_length``,
+    or whose two completions encode to the same tokens (what tells them apart is text the tokenizer can only
+    read as its unknown token: no preference is left); a warning for pairs that hold such text."""
+    from gradascent.lm.tokenizers import warn_unknown
+
     for k in range(0, len(pairs), 256):
-        pair_batch(tokenizer, pairs[k:k + 256], max_length, torch.device("cpu"))
+        chunk = pairs[k:k + 256]
+        ids, mask = pair_batch(tokenizer, chunk, max_length, torch.device("cpu"))
+        n = len(chunk)
+        for i, p in enumerate(chunk):
+            if torch.equal(ids[i][mask[i]], ids[n + i][mask[n + i]]):
+                raise DataError(f"{p.where}: chosen {p.chosen!r:.40} and rejected {p.rejected!r:.40} encode to the "
+                                f"same tokens (the tokenizer reads what differs as {tokenizer.unk_token}); the "
+                                "pair expresses no preference")
+    texts = [p.prompt + c for p in pairs for c in (p.chosen, p.rejected)]
+    names = [f"{p.where} ({which})" for p in pairs for which in ("chosen", "rejected")]
+    warn_unknown(tokenizer, texts, names, "reward model pairs")
 
 
 def pair_rewards(model: nn.Module, tokenizer: Any, pairs: list[PreferencePair], max_length: int,
