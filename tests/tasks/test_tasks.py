@@ -276,3 +276,10 @@ def test_a_line_ends_at_newline_only(tmp_path):
     rows = [{"prompt": f"a{sep}b", "answer": "1"} for sep in ("\u2028", "\u2029", "\u0085")]
     f.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n", encoding="utf-8")
     assert read_jsonl(f) == rows
+
+
+def test_a_jsonl_file_with_a_byte_order_mark_reads_as_without(tmp_path):
+    # Some editors write one at the start of a UTF-8 file; json refused the first line ("Unexpected UTF-8 BOM")
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + '{"prompt": "1+1=", "answer": "2"}\n{"prompt": "é", "answer": "3"}\n'.encode())
+    assert read_jsonl(f, ("prompt", "answer")) == [{"prompt": "1+1=", "answer": "2"}, {"prompt": "é", "answer": "3"}]

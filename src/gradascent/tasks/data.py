@@ -84,6 +84,7 @@ def read_jsonl_lines(path: str | Path, required: Sequence[str] = ("prompt",),
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{p}:{line}: not UTF-8 text ({exc.reason}); is this a JSONL file?") from None
+    text = text.removeprefix("\ufeff")  # a byte order mark, as some editors on Windows write: not JSON
     rows: list[Row] = []
     lines: list[int] = []
     # Lines end at "\n" alone (and a "\r" before it): str.splitlines would also split inside a JSON string
