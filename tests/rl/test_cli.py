@@ -26,6 +26,11 @@ from gradascent.cli import main
     (["ppo-penalty", "--kl-target", "-0.01"], "'kl_target'", "a float > 0"),
     (["ppo-penalty", "--kl-threshold", "1"], "'kl_threshold'", "a float > 1"),
     (["ppo", "--loss", "kl_penalty"], "'loss'", "expected 'clip'"),
+    (["ppo-penalty", "--loss", "clip"], "'loss'", "expected 'kl_penalty'"),  # parsed, though not in --help
+    (["ppo", "--num-envs", "1", "--num-steps", "1", "--num-minibatches", "1"], "'num_steps'",
+     "at least 2 transitions a batch with norm_adv (num_envs * num_steps = 1"),  # it said "at most 0"
+    (["ppo", "--stop-at-return", "nan", "--eval-every", "1"], "'stop_at_return'", "a number or null"),
+    (["a2c", "--stop-at-return", "inf", "--eval-every", "1"], "'stop_at_return'", "a number or null"),
     (["ppo-penalty", "--kl-coef", "0"], "'kl_coef'", "a float > 0 with loss kl_penalty (beta adapts by halving"),
     (["ppo-penalty", "--target-kl", "0.01"], "'target_kl'", "null with loss kl_penalty"),
     (["ppo", "--env", ":"], "'env'", "module '' cannot be imported"),
@@ -197,3 +202,12 @@ def test_an_environment_module_is_found_in_the_current_directory(tmp_path, monke
     assert main(["rl", "ppo", "--env", "my_cwd_envs:CwdTest/Short-v0", "--total-steps", "64", "--num-envs", "2",
                  "--num-steps", "32", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert (tmp_path / "run" / "policy.json").is_file()
+
+
+def test_a_variants_own_fields_are_not_offered_in_its_help(capsys):
+    # ppo-penalty's help showed --loss {clip,kl_penalty} [default: clip], a value it refuses
+    for algo in ("ppo", "ppo-penalty"):
+        with pytest.raises(SystemExit):
+            main(["rl", algo, "--help"])
+        text = capsys.readouterr().out
+        assert "--loss" not in text and "--clip-eps" in text and "--num-minibatches" in text

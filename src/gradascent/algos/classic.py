@@ -136,6 +136,8 @@ class ClassicConfig:
                 "a finite float in [-20, 5] (a starting std of e^-20 to e^5)")
         require(self.eval_every >= 0, "eval_every", self.eval_every, "an integer >= 0")
         require(self.eval_episodes >= 1, "eval_episodes", self.eval_episodes, "an integer >= 1")
+        require(self.stop_at_return is None or math.isfinite(self.stop_at_return), "stop_at_return",
+                self.stop_at_return, "a number or null")
         require(self.stop_at_return is None or self.eval_every > 0, "eval_every", self.eval_every,
                 "an integer > 0 when stop_at_return is set")
         require(self.save_every >= 1, "save_every", self.save_every, "an integer >= 1")

@@ -51,8 +51,9 @@ class PPOConfig(ClassicConfig):
     update_epochs: int = 4
     """Passes over each batch (K in the PPO paper)."""
     num_minibatches: int = 4
-    """Minibatches per epoch, of sizes within one of each other over the batch's transitions (the autoreset
-    steps left out); fewer where one would hold a single sample and norm_adv whitens it."""
+    """Minibatches per epoch: a divisor of the batch num_envs * num_steps, and with norm_adv at most half of it
+    (a minibatch of one sample whitens its advantage to 0). They split the batch's transitions (the autoreset
+    steps left out) into sizes within one of each other, fewer where one would hold a single sample."""
     lam: float = 0.95
     """GAE lambda (eq. 5): 0 one-step TD, 1 Monte Carlo."""
     clip_eps: float = 0.2
@@ -77,6 +78,10 @@ class PPOConfig(ClassicConfig):
         require(self.num_steps >= 1, "num_steps", self.num_steps, "an integer >= 1")
         require(self.update_epochs >= 1, "update_epochs", self.update_epochs, "an integer >= 1")
         batch = self.num_envs * self.num_steps
+        require(not self.norm_adv or batch >= 2, "num_steps", self.num_steps,
+                f"at least 2 transitions a batch with norm_adv (num_envs * num_steps = {batch}: one sample, whose "
+                "whitened advantage is 0, so the policy never learns); raise num_envs or num_steps, or set "
+                "norm_adv false")
         require(1 <= self.num_minibatches <= batch and batch % self.num_minibatches == 0, "num_minibatches",
                 self.num_minibatches, f"a divisor of the batch num_envs * num_steps = {batch} (equal minibatches)")
         require(not self.norm_adv or batch // self.num_minibatches >= 2, "num_minibatches", self.num_minibatches,

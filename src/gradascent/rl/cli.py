@@ -35,7 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         p.add_argument("--resume", nargs="?", const=True, default=False, type=bool_flag, metavar="BOOL",
                        help="continue the run in --out from its newest complete checkpoint")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        add_config_flags(p, spec.config)
+        # the variant's own fields (ppo-penalty's loss) are set by the command: parsed, so that the config's
+        # check names a value given anyway, but not offered in the help with the other variant's default
+        add_config_flags(p, spec.config, hidden=frozenset(spec.variant))
         p.set_defaults(func=_train, algo=name)
     ev = sub.add_parser("eval", parents=[common], help="evaluate a saved policy deterministically",
                         description="Play episodes with the saved policy's deterministic actions and print "
