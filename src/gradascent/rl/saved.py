@@ -99,22 +99,42 @@ def _bounds(values: tuple[float, ...]) -> str:
     return f"{values[0]:g}" if len(set(values)) == 1 else "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
+EVAL_BATCH = 64  # copies of the environment alive at once: memory grows with them, not with ``episodes``
+
+
 @torch.no_grad()
 def run_episodes(policy: ActorCritic, obs_norm: ObsNormalizer, env_id: str, episodes: int, seed: int,
                  deterministic: bool = True, max_steps: int = 100_000) -> np.ndarray:
-    """Undiscounted returns of ``episodes`` episodes, one per copy of the environment, played in parallel.
+    """Undiscounted returns of ``episodes`` episodes, one per copy of the environment, played in parallel
+    ``EVAL_BATCH`` copies at a time.
 
     Deterministic: the policy's mode (argmax or Gaussian mean, clipped to the bounds). The normaliser's
     statistics are used, never updated. Copy i is its own environment, reset with seed + i, so that episode i
     is the same whatever ``episodes`` is. An episode still running after ``max_steps`` steps is cut there,
     with a warning.
     """
-    envs = make_vec_env(env_id, episodes, separate=True)
+    returns, cut = np.zeros(episodes, np.float64), 0
+    for start in range(0, episodes, EVAL_BATCH):
+        n = min(EVAL_BATCH, episodes - start)
+        returns[start:start + n], unfinished = _play(policy, obs_norm, env_id, n, seed + start, deterministic,
+                                                     max_steps)
+        cut += unfinished
+    if cut:
+        warnings.warn(f"{cut} of {episodes} evaluation episodes were cut at {max_steps} steps without ending (does "
+                      "the environment set no time limit?); their returns are partial", GradascentWarning,
+                      stacklevel=3)  # 3: past torch.no_grad's wrapper
+    return returns
+
+
+def _play(policy: ActorCritic, obs_norm: ObsNormalizer, env_id: str, n: int, seed: int, deterministic: bool,
+          max_steps: int) -> tuple[np.ndarray, int]:
+    """Returns of n copies reset with seed, seed + 1, ...; and how many were cut at max_steps."""
+    envs = make_vec_env(env_id, n, separate=True)
     try:
         check_env_fits(policy, envs, env_id)
         raw, _ = envs.reset(seed=seed)
-        returns = np.zeros(episodes, np.float64)
-        finished = np.zeros(episodes, bool)
+        returns = np.zeros(n, np.float64)
+        finished = np.zeros(n, bool)
         for _ in range(max_steps):
             params = policy.dist_params(torch.from_numpy(obs_norm(raw, update=False)))
             action = policy.mode(params) if deterministic else policy.distribution(params).sample()
@@ -126,13 +146,9 @@ def run_episodes(policy: ActorCritic, obs_norm: ObsNormalizer, env_id: str, epis
             finished |= term | trunc
             if finished.all():
                 break
-        else:
-            warnings.warn(f"{int((~finished).sum())} of {episodes} evaluation episodes were cut at {max_steps} steps "
-                          "without ending (does the environment set no time limit?); their returns are partial",
-                          GradascentWarning, stacklevel=3)  # 3: past torch.no_grad's wrapper
     finally:
         envs.close()
-    return returns
+    return returns, int((~finished).sum())
 
 
 def evaluate(path: str | Path, episodes: int | None = None, seed: int | None = None) -> dict[str, Any]:
