@@ -99,7 +99,8 @@ class ClassicConfig:
     norm_clip: float = 10.0
     """Clip range of normalised observations and rewards."""
     eval_every: int = 0
-    """Deterministic evaluation every this many updates (0: only at the end); logged as eval_return_*."""
+    """Deterministic evaluation every this many updates, logged in metrics.jsonl as eval_return_*; the final
+    evaluation, which always runs, goes to summary.json (0: only that one)."""
     eval_episodes: int = 10
     """Episodes of each deterministic evaluation, played in parallel."""
     stop_at_return: float | None = None
