@@ -211,3 +211,16 @@ def test_a_variants_own_fields_are_not_offered_in_its_help(capsys):
             main(["rl", algo, "--help"])
         text = capsys.readouterr().out
         assert "--loss" not in text and "--clip-eps" in text and "--num-minibatches" in text
+
+
+def test_resuming_another_trainers_run_from_python_names_the_trainer(tmp_path):
+    from gradascent.algos import a2c, ppo
+    from gradascent.algos.presets import classic_config
+    from gradascent.errors import ConfigError
+
+    out = tmp_path / "run"
+    ppo.train(classic_config("ppo", "CartPole-v1", overrides={"total_steps": 512, "tensorboard": False}), out=out,
+              progress=False)
+    cfg = classic_config("a2c", "CartPole-v1", overrides={"total_steps": 1024, "tensorboard": False})
+    with pytest.raises(ConfigError, match=r"holds a run of PPOConfig \(run.json\), not of A2CConfig"):  # was:
+        a2c.train(cfg, out=out, resume=True, progress=False)  # "unknown config key 'loss' for A2CConfig"

@@ -46,7 +46,7 @@ from gradascent.run import distributed
 from gradascent.run.config import check_fields, load_config, require, to_dict
 from gradascent.run.guard import StopOnSignal
 from gradascent.run.progress import progress_bar
-from gradascent.run.rundir import RunDir, require_path
+from gradascent.run.rundir import RunDir, check_run_kind, require_path
 
 # Metrics that measure the machine, not the run: the only fields allowed to differ between two runs with
 # the same seed (and between a resumed run and the one that never stopped).
@@ -240,6 +240,8 @@ class ClassicRun:
         if not resume and (rundir.metrics_path.exists() or latest_checkpoint(rundir.checkpoints) is not None):
             raise GradascentError(f"run directory {out} already holds a run: pass --resume to continue it, "
                                   f"or choose another --out")
+        if resume:  # another trainer's run is named as that, not by the first key its config lacks
+            check_run_kind(out, self.cfg)
         if resume and (out / "config.yaml").exists():
             self._refuse_changes(to_dict(load_config(type(self.cfg), out / "config.yaml")), out, "changed")
         return rundir
