@@ -30,6 +30,7 @@ from gradascent.cli import main
     (["ppo", "--num-envs", "1", "--num-steps", "1", "--num-minibatches", "1"], "'num_steps'",
      "at least 2 transitions a batch with norm_adv (num_envs * num_steps = 1"),  # it said "at most 0"
     (["ppo", "--stop-at-return", "nan", "--eval-every", "1"], "'stop_at_return'", "a number or null"),
+    (["a2c", "--advantage", "gae", "--n-step", "3"], "'n_step'", "null with advantage gae"),
     (["a2c", "--stop-at-return", "inf", "--eval-every", "1"], "'stop_at_return'", "a number or null"),
     (["ppo-penalty", "--kl-coef", "0"], "'kl_coef'", "a float > 0 with loss kl_penalty (beta adapts by halving"),
     (["ppo-penalty", "--target-kl", "0.01"], "'target_kl'", "null with loss kl_penalty"),
@@ -224,3 +225,13 @@ def test_resuming_another_trainers_run_from_python_names_the_trainer(tmp_path):
     cfg = classic_config("a2c", "CartPole-v1", overrides={"total_steps": 1024, "tensorboard": False})
     with pytest.raises(ConfigError, match=r"holds a run of PPOConfig \(run.json\), not of A2CConfig"):  # was:
         a2c.train(cfg, out=out, resume=True, progress=False)  # "unknown config key 'loss' for A2CConfig"
+
+
+def test_a_directory_holding_a_finished_runs_outputs_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")  # outputs of a run whose metrics and checkpoints were removed
+    (out / "policy.safetensors").write_bytes(b"weights")
+    assert main(["rl", "ppo", "--total-steps", "256", "--out", str(out), "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "policy.safetensors").read_bytes() == b"weights"

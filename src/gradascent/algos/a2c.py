@@ -57,6 +57,8 @@ class A2CConfig(ClassicConfig):
         super().__post_init__()
         require(self.num_steps >= 1, "num_steps", self.num_steps, "an integer >= 1")
         require(self.n_step is None or self.n_step >= 1, "n_step", self.n_step, "an integer >= 1 or null")
+        require(self.n_step is None or self.advantage == "nstep", "n_step", self.n_step,
+                "null with advantage gae (GAE weighs every n by lambda; n_step would be ignored)")
         require(0.0 <= self.lam <= 1.0, "lam", self.lam, "in [0, 1]")
 
 

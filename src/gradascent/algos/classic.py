@@ -237,7 +237,8 @@ class ClassicRun:
 
     def _open_rundir(self, out: Path, resume: bool) -> RunDir:
         rundir = RunDir(out, tensorboard=self.cfg.tensorboard, files=(WEIGHTS, META))
-        if not resume and (rundir.metrics_path.exists() or latest_checkpoint(rundir.checkpoints) is not None):
+        outputs = (rundir.metrics_path, out / "summary.json", out / WEIGHTS, out / META)
+        if not resume and (any(p.exists() for p in outputs) or latest_checkpoint(rundir.checkpoints) is not None):
             raise GradascentError(f"run directory {out} already holds a run: pass --resume to continue it, "
                                   f"or choose another --out")
         if resume:  # another trainer's run is named as that, not by the first key its config lacks
