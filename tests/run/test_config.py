@@ -238,3 +238,18 @@ def test_a_quoted_integer_in_yaml_is_an_int_as_a_quoted_float_is_a_float(tmp_pat
         path.write_text(f'steps: "{text}"\n')
         with pytest.raises(ConfigError, match=f"config key 'steps': '{text}' is not allowed; expected int"):
             load_config(SFTConfig, path)
+
+
+@pytest.mark.parametrize("cls", ["sft:SFTConfig", "reward_model:RewardModelConfig", "ppo_rlhf:PPORLHFConfig",
+                                 "grpo:GRPOConfig", "ppo:PPOConfig", "a2c:A2CConfig", "reinforce:ReinforceConfig"])
+def test_every_trainer_turns_gradient_clipping_off_with_0_or_null(cls):
+    # it was 0 in sft, null in grpo and the classic trainers, and neither in rm and ppo
+    import importlib
+
+    module, name = cls.split(":")
+    config = getattr(importlib.import_module(f"gradascent.algos.{module}"), name)
+    extra = {"policy": "p", "reward_model": "r"} if name == "PPORLHFConfig" else {}
+    for off in (0, 0.0, None):
+        assert config(max_grad_norm=off, **extra).max_grad_norm == off
+    with pytest.raises(ConfigError, match="'max_grad_norm': -1.0 is not allowed"):
+        config(max_grad_norm=-1.0, **extra)

@@ -75,7 +75,7 @@ class ClassicConfig:
     optimizer_eps: float = 1e-5
     """Epsilon of Adam/RMSprop: 1e-5 as in the baselines implementations, rather than torch's 1e-8."""
     max_grad_norm: float | None = 0.5
-    """Clip the global gradient norm to this (0.5 in baselines/CleanRL); null: no clipping."""
+    """Clip the global gradient norm to this (0.5 in baselines/CleanRL); 0 or null: no clipping."""
     gamma: float = 0.99
     """Discount factor in [0, 1]."""
     ent_coef: float = 0.0
@@ -125,8 +125,8 @@ class ClassicConfig:
         require(self.num_envs >= 1, "num_envs", self.num_envs, "an integer >= 1")
         require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite float > 0")
         require(self.optimizer_eps > 0, "optimizer_eps", self.optimizer_eps, "a float > 0")
-        require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm,
-                "a float > 0 or null")
+        require(self.max_grad_norm is None or self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm,
+                "a float >= 0 (0: no clipping) or null")
         require(0.0 <= self.gamma <= 1.0, "gamma", self.gamma, "in [0, 1]")
         require(self.ent_coef >= 0, "ent_coef", self.ent_coef, "a float >= 0")
         require(self.vf_coef >= 0, "vf_coef", self.vf_coef, "a float >= 0")
@@ -378,7 +378,7 @@ class ClassicRun:
         if not bool(torch.isfinite(loss)):
             return self._skip("loss")
         loss.backward()
-        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm is not None else float("inf")
+        max_norm = self.cfg.max_grad_norm or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
         if not bool(torch.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)

@@ -155,7 +155,8 @@ class GRPOConfig:
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     """Learning-rate decay after warm-up, over all optimizer updates of the run (to 0 for linear and cosine)."""
     max_grad_norm: float | None = 1.0
-    """Clip the global gradient norm to this value; None does not clip (the norm is still logged). Typical 1.0."""
+    """Clip the global gradient norm to this value; 0 or null: no clipping (the norm is still logged). Typical
+    1.0."""
     num_iterations: int = 1
     """mu: passes over each rollout (GRPO paper, Algorithm 1). 1 is strictly on-policy and needs no old log-probs."""
     num_minibatches: int = 1
@@ -224,8 +225,8 @@ class GRPOConfig:
         require(self.lr > 0, "lr", self.lr, "> 0")
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
         require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0")
-        require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm,
-                "> 0 or null")
+        require(self.max_grad_norm is None or self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm,
+                ">= 0 (0: no clipping) or null")
         require(self.num_iterations >= 1, "num_iterations", self.num_iterations, ">= 1")
         require(self.num_minibatches >= 1, "num_minibatches", self.num_minibatches, ">= 1")
         require(self.micro_batch_prompts is None or self.micro_batch_prompts >= 1, "micro_batch_prompts",
@@ -533,7 +534,7 @@ def grpo_update(
             stats = _merge_pass_stats(parts) if parts else {"loss": loss.clone(), "policy_loss": loss.clone()}
             stats["lr"] = torch.tensor(scheduler.get_last_lr()[0], dtype=torch.float64)  # 1e-4, not float32's
             if guard.check(loss, model.parameters(), where=where):
-                max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+                max_norm = cfg.max_grad_norm or float("inf")
                 stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -112,8 +112,8 @@ class PPORLHFConfig:
     """Learning rate of the critic; null: `lr`."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient norm clip over all trained parameters (PPO implementations: 0.5-1)."""
+    max_grad_norm: float | None = 1.0
+    """Gradient norm clip over all trained parameters (PPO implementations: 0.5-1); 0 or null: no clipping."""
     max_new_tokens: int = 32
     """The most tokens sampled per completion."""
     temperature: float = 1.0
@@ -190,7 +190,8 @@ class PPORLHFConfig:
         require(self.lr > 0, "lr", self.lr, "a float > 0")
         require(self.vf_lr is None or self.vf_lr > 0, "vf_lr", self.vf_lr, "a float > 0 or null")
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a float >= 0")
-        require(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "a float > 0")
+        require(self.max_grad_norm is None or self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm,
+                "a float >= 0 (0: no clipping) or null")
         require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "an int >= 1")
         require(self.temperature > 0, "temperature", self.temperature, "a float > 0")
         require(self.top_k >= 0, "top_k", self.top_k, "an int >= 0")
@@ -708,7 +709,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if guard.check(loss, params, where=f"update {update + 1}"):
-                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
                         optimizer.step()
                     else:
                         optimizer.zero_grad(set_to_none=True)

@@ -79,8 +79,8 @@ class RewardModelConfig:
     """AdamW learning rate (Ouyang et al.: 9e-6 for 6B; tiny models from scratch take larger ones)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient norm clip."""
+    max_grad_norm: float | None = 1.0
+    """Gradient norm clip; 0 or null: no clipping."""
     use_margin: bool = False
     """Use each pair's 'margin' as m in -log sigmoid(r_c - r_r - m) (Llama 2); pairs without one get 0."""
     center_coef: float = 0.0
@@ -115,7 +115,8 @@ class RewardModelConfig:
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
         require(self.lr > 0, "lr", self.lr, "a float > 0")
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a float >= 0")
-        require(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "a float > 0")
+        require(self.max_grad_norm is None or self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm,
+                "a float >= 0 (0: no clipping) or null")
         require(self.center_coef >= 0, "center_coef", self.center_coef, "a float >= 0")
         require(self.max_length >= 2, "max_length", self.max_length, "an int >= 2")
         require(self.lora_r >= 0, "lora_r", self.lora_r, "an int >= 0")
@@ -292,7 +293,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if guard.check(loss, params, where=f"step {step + 1}"):
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
                 optimizer.step()
             else:
                 optimizer.zero_grad(set_to_none=True)

@@ -94,8 +94,8 @@ class SFTConfig:
     """Linear warm-up steps."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay (Loshchilov & Hutter 2019)."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this value (0 = off)."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this value; 0 or null: no clipping (the norm is still logged)."""
     max_length: int = 128
     """Most tokens of one example (prompt + completion + EOS), and the row length with packing; a longer
     example is an error, never silently cut."""
@@ -140,7 +140,8 @@ class SFTConfig:
         require(self.lr > 0, "lr", self.lr, "> 0")
         require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0")
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
-        require(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, ">= 0")
+        require(self.max_grad_norm is None or self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm,
+                "a float >= 0 (0: no clipping) or null")
         require(self.max_length >= 2, "max_length", self.max_length, ">= 2")
         require(self.n_train >= 1, "n_train", self.n_train, ">= 1")
         require(self.n_eval >= 0, "n_eval", self.n_eval, ">= 0")
@@ -352,7 +353,7 @@ def watched(metrics: dict[str, float], cfg: SFTConfig) -> float:
 
 
 def sft_step(lm: nn.Module, optimizer: torch.optim.Optimizer, guard: NonFiniteGuard,
-             batch: tuple[Tensor, Tensor, Tensor, Tensor | None], max_grad_norm: float, device: torch.device,
+             batch: tuple[Tensor, Tensor, Tensor, Tensor | None], max_grad_norm: float | None, device: torch.device,
              where: str = "") -> tuple[Tensor, Tensor | None]:
     """One optimizer update of L^SFT on this rank's rows of a global batch (``next_batch``'s output, the same
     on every rank).
@@ -361,7 +362,7 @@ def sft_step(lm: nn.Module, optimizer: torch.optim.Optimizer, guard: NonFiniteGu
     is its completion tokens' negative log-likelihood sum over (global completion tokens / world size), so
     that DDP's mean of the ranks' gradients is the gradient of the global token mean: one process holding
     the whole batch and N holding a share each make the same update (FSDP2 averages gradients as DDP does).
-    ``max_grad_norm`` 0 does not clip.
+    ``max_grad_norm`` 0 or None does not clip.
 
     Returns (this rank's loss, the gradient norm before clipping, or None if the guard skipped the update).
     """
@@ -378,7 +379,7 @@ def sft_step(lm: nn.Module, optimizer: torch.optim.Optimizer, guard: NonFiniteGu
     if not guard.check(loss, params, where=where):
         optimizer.zero_grad(set_to_none=True)
         return loss.detach(), None
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or math.inf)
     optimizer.step()
     return loss.detach(), grad_norm
 
