@@ -28,6 +28,7 @@ KIND = {
     ("lm.md", 5): "run",            # oneDNN linears
     ("lm.md", 6): "imports",        # 1000 SFT steps
     ("rlhf.md", 1): "imports",      # the whole RLHF chain
+    ("rlhf.md", 2): "run",          # stage fields changed with the chain's other defaults kept
 }
 
 
