@@ -398,3 +398,14 @@ def test_a_finished_run_without_periodic_checkpoints_can_be_extended(tmp_path):
                       resume=True, progress=False)
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert more["steps"] == 3 and rows[:2] == first_rows and [json.loads(r)["step"] for r in rows] == [1, 2, 3]
+
+
+def test_a_resume_with_other_training_rows_is_refused(tmp_path):
+    torch.set_num_threads(1)
+    cfg = GRPOConfig(steps=1, prompts_per_step=2, group_size=4, lr=1e-2, save_every=1)
+    model, tok = load_model("qwen2-micro", seed=0)
+    train_grpo(cfg, tmp_path, model=model, tokenizer=tok, task=DIGITS, progress=False)
+    other = dataclasses.replace(DIGITS, train=[{**r, "prompt": r["prompt"] + "!"} for r in DIGITS.train])
+    with pytest.raises(ConfigError, match="the training rows of task 'digits' differ from the data"):
+        train_grpo(dataclasses.replace(cfg, steps=2), tmp_path, model=model, tokenizer=tok, task=other,
+                   resume=True, progress=False)

@@ -1,5 +1,6 @@
 """Reward-model trainer: it learns the built-in preference task, saves a loadable model, refuses bad pairs."""
 
+import dataclasses
 import json
 import math
 
@@ -9,7 +10,7 @@ import torch
 from _rlhf_fixtures import cli_error, rm_config, sft_dir, state_of  # noqa: F401  (fixtures)
 from gradascent.algos.reward_model import pair_rewards, train_reward_model
 from gradascent.algos.rlhf_data import PreferencePair, check_pairs, encode_sequences
-from gradascent.errors import DataError
+from gradascent.errors import ConfigError, DataError
 from gradascent.lm import RewardModel, char_tokenizer, load_model
 
 
@@ -129,3 +130,16 @@ def test_pairs_the_tokenizer_cannot_tell_apart_are_refused_and_unknown_text_is_w
     with pytest.warns(GradascentWarning, match=r"reward model pairs: 1 of 4 texts hold characters .* "
                                                 r"\(the first: p.jsonl:2 \(chosen\), 'b:naïve'\)"):
         check_lengths(tok, [same[0], PreferencePair("b:", "naïve", "nai", where="p.jsonl:2")], 64)
+
+
+def test_a_resume_on_an_edited_pairs_file_is_refused(sft_dir, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"q{i}:", "chosen": "good " * (i % 3 + 1), "rejected": "bad"} for i in range(24)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = rm_config(sft_dir, tmp_path / "run", data=str(data), train_pairs=16, eval_pairs=8, batch_size=8,
+                    save_every=1)
+    train_reward_model(cfg)
+    data.write_text("".join(json.dumps({**r, "rejected": "worse"}) + "\n" for r in rows))
+    with pytest.raises(ConfigError, match=r"the training pairs of .*pairs.jsonl differ from the data the run was "
+                                          "trained on"):
+        train_reward_model(dataclasses.replace(cfg, resume=True))

@@ -1,5 +1,6 @@
 """PPO-RLHF: the reward assembly by hand, a few real updates, frozen models, NaN rewards, bad inputs, resume."""
 
+import dataclasses
 import json
 import math
 import os
@@ -318,3 +319,15 @@ def test_every_model_that_reads_the_sequences_must_hold_them(sft_dir, rm_dir, tm
                                           r"tokens, its max_position_embeddings\); set max_length <= 16"):
         train_reward_model(rm_config(short, tmp_path / "rm"))
     assert not (tmp_path / "rm").exists()
+
+
+def test_a_resume_on_other_prompts_is_refused(sft_dir, rm_dir, tmp_path):
+    from gradascent.algos.ppo_rlhf import PromptSet
+    from gradascent.errors import ConfigError
+
+    cfg = ppo_config(sft_dir, rm_dir, tmp_path / "ppo", updates=1, epochs=1)
+    prompts = PromptSet(train=[f"Describe item {i}:" for i in range(8)], eval=["Describe the sea:"] * 4)
+    train_ppo_rlhf(cfg, prompt_set=prompts)
+    other = PromptSet(train=[f"Praise item {i}:" for i in range(8)], eval=prompts.eval)
+    with pytest.raises(ConfigError, match="the training prompts of the prompt set passed from Python differ"):
+        train_ppo_rlhf(dataclasses.replace(cfg, resume=True), prompt_set=other)

@@ -284,3 +284,16 @@ def test_the_logged_lr_is_the_one_the_step_used(tmp_path):
                                "eval_every": 0}, out=str(tmp_path / "run")))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in rows] == pytest.approx([4e-5, 8e-5, 1.2e-4], rel=1e-9)
+
+
+def test_a_resume_on_an_edited_task_file_is_refused(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{a}+1=", "answer": str(a + 1)}) + "\n" for a in range(40)))
+    cfg = SFTConfig(**{**TINY, "task": str(data), "steps": 2, "save_every": 1}, out=str(tmp_path / "run"))
+    train_sft(cfg)
+    data.write_text("".join(json.dumps({"prompt": f"{a}*2=", "answer": str(a * 2)}) + "\n" for a in range(40)))
+    with pytest.raises(ConfigError, match=r"the training examples of .*train.jsonl differ from the data the run "
+                                          r"was trained on up to checkpoint .*step_00000002"):
+        train_sft(dataclasses.replace(cfg, steps=3, resume=True))
+    data.write_text("".join(json.dumps({"prompt": f"{a}+1=", "answer": str(a + 1)}) + "\n" for a in range(40)))
+    assert train_sft(dataclasses.replace(cfg, steps=3, resume=True))["steps"] == 3  # the same data again: resumes

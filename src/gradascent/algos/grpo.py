@@ -83,6 +83,8 @@ from gradascent.tasks import Task, describe_rows, load_task, row_names
 from gradascent.run import distributed
 from gradascent.run.checkpoint import (
     capture_rng,
+    check_data_fingerprint,
+    data_fingerprint,
     latest_checkpoint,
     load_checkpoint,
     restore_rng,
@@ -611,6 +613,7 @@ def train_grpo(
                               "resume it from Python with the same task: train_grpo(cfg, out, task=..., resume=True)")
         task = load_task(cfg.task, n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed)
     train_rows, eval_rows = list(task.train), list(task.eval)[:cfg.eval_prompts]
+    data_fp = data_fingerprint(train_rows)  # of what it trains on: a resume refuses other data
     if not train_rows:
         raise DataError(f"task {task.name!r} has no training prompts")
     if cfg.rewards is not None:
@@ -658,6 +661,7 @@ def train_grpo(
     if ckpt is not None:
         with restoring(ckpt):
             step, state = load_checkpoint(ckpt)
+            check_data_fingerprint(state, data_fp, f"the training rows of task {task.name!r}", ckpt)
             same_world = state["world_size"] == dist_info.world_size
             distributed.load_full_state(model, optimizer, state["model"], state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -691,7 +695,7 @@ def train_grpo(
                 "model": model_state, "optimizer": optim_state,
                 "scheduler": scheduler.state_dict(), "guard": guard.state_dict(), "sampler_rng": gens,
                 "rng": capture_rng(), "elapsed_s": elapsed, "world_size": dist_info.world_size,
-                "last_eval": last_eval, "data_position": at * cfg.prompts_per_step,
+                "last_eval": last_eval, "data_position": at * cfg.prompts_per_step, "data_fingerprint": data_fp,
             }, keep_last=cfg.keep_last)
 
     G = cfg.group_size

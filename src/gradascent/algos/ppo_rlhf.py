@@ -65,7 +65,8 @@ from gradascent.core import (
 from gradascent.errors import ConfigError, DataError, NonFiniteError
 from gradascent.lm.tokenizers import check_fits_context
 from gradascent.run import distributed
-from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, restoring, save_checkpoint
+from gradascent.run.checkpoint import capture_rng, check_data_fingerprint, data_fingerprint, latest_checkpoint
+from gradascent.run.checkpoint import load_checkpoint, restore_rng, restoring, save_checkpoint
 from gradascent.run.command import finish
 from gradascent.run.config import add_config_flags, check_config, check_fields, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
@@ -609,6 +610,8 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     if resume_from is not None:
         with restoring(resume_from):
             _, state = load_checkpoint(resume_from)
+            check_data_fingerprint(state, data_fingerprint(prompt_set.train), f"the training prompts of {source}",
+                                   resume_from)
             policy.load_state_dict(state["policy"])
             critic.load_state_dict(state["critic"])
             optimizer.load_state_dict(state["optimizer"])
@@ -644,7 +647,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
             "policy": policy.state_dict(), "critic": critic.state_dict(), "optimizer": optimizer.state_dict(),
             "sample_rng": sample_states, "shuffle_rng": shuffle_states,
             "rng": capture_rng(), "guard": guard.state_dict(), "kl_coef": kl_coef, "update": update,
-            "samples": samples, "baseline": baseline,
+            "samples": samples, "baseline": baseline, "data_fingerprint": data_fingerprint(prompt_set.train),
         }, keep_last=cfg.keep_last)
 
     # Resumed from the final checkpoint (killed while saving the models): evaluate the trained policy again.

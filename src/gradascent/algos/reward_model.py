@@ -43,7 +43,8 @@ from gradascent.algos.rlhf_data import PreferencePair, encode_sequences, prefere
 from gradascent.core import bradley_terry_loss
 from gradascent.errors import ConfigError, DataError
 from gradascent.run import distributed
-from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, restoring, save_checkpoint
+from gradascent.run.checkpoint import capture_rng, check_data_fingerprint, data_fingerprint, latest_checkpoint
+from gradascent.run.checkpoint import load_checkpoint, restore_rng, restoring, save_checkpoint
 from gradascent.run.command import finish
 from gradascent.run.config import add_config_flags, check_config, check_fields, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
@@ -223,6 +224,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         raise ConfigError(f"max_length={cfg.max_length} is more than the context of the model {cfg.model} "
                           f"({context} tokens, its max_position_embeddings); set max_length <= {context}")
     check_lengths(tok, train + held_out, cfg.max_length)
+    data_fp = data_fingerprint([(p.prompt, p.chosen, p.rejected, p.margin) for p in train])
     # the run directory is made only once the data and the model have loaded and the pairs fit
     run = RunDir(cfg.out, dirs=("model",)) if dist_info.is_main else None
     resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
@@ -245,6 +247,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     if resume_from is not None:
         with restoring(resume_from):
             _, state = load_checkpoint(resume_from)
+            check_data_fingerprint(state, data_fp, f"the training pairs of {cfg.data}", resume_from)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             restore_rng(state["rng"])
@@ -266,7 +269,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         save_checkpoint(run.checkpoints, step, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": capture_rng(),
             "guard": guard.state_dict(), "step": step, "first_eval": first_eval, "window": window,
-            "n_window": n_window,
+            "n_window": n_window, "data_fingerprint": data_fp,
         }, keep_last=cfg.keep_last)
 
     # Resumed from the final checkpoint (killed while saving the model): measure the trained model again.

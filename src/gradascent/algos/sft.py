@@ -51,7 +51,7 @@ from gradascent.lm.tokenizers import warn_unknown
 from gradascent.rewards import check_columns, metric_names, score
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, restoring, save_checkpoint
-from gradascent.run.checkpoint import seed_everything
+from gradascent.run.checkpoint import check_data_fingerprint, data_fingerprint, seed_everything
 from gradascent.run.command import stop_message, stop_status
 from gradascent.run.config import add_config_flags, check_config, check_fields, flag_values, load_config, require
 from gradascent.run.guard import NonFiniteGuard, StopOnSignal
@@ -435,6 +435,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     model, tokenizer = load_model(cfg.model, seed=cfg.seed, dtype=cfg.dtype, device=device)
     pad_id = tokenizer.pad_token_id
     train_ex, eval_ex = check_examples(cfg, task, tokenizer, getattr(model.config, "max_position_embeddings", None))
+    data_fp = data_fingerprint(list(task.train))  # of what it trains on: a resume refuses other data
     run = RunDir(cfg.out, dirs=("model",)) if dist_info.is_main else None
     ckpt = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
     check_not_past(ckpt, cfg.steps, cfg=cfg)
@@ -462,6 +463,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     if ckpt is not None:
         with restoring(ckpt):
             step, state = load_checkpoint(ckpt)
+            check_data_fingerprint(state, data_fp, f"the training examples of {cfg.task}", ckpt)
             distributed.load_full_state(model, opt, state["model"], state["optim"])
             sched.load_state_dict(state["sched"])
             order.load_state_dict(state["data"])
@@ -484,6 +486,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
                 "data": order.state_dict(), "guard": guard.state_dict(), "acc": mean_acc,
                 "tokens_seen": tokens_seen, "rng": capture_rng(),
                 "stopped_at": stopped_at, "last_eval": last_eval,  # a run that reached stop_at is finished
+                "data_fingerprint": data_fp,
             }, keep_last=cfg.keep_last)
 
     def evaluate() -> dict[str, float]:

@@ -18,6 +18,7 @@ another process) is removed by the next save into the directory, after its own c
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -31,7 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from gradascent.errors import CheckpointError, GradascentError, NonFiniteError
+from gradascent.errors import CheckpointError, ConfigError, GradascentError, NonFiniteError
 from gradascent.run.files import save_tensors
 
 PREFIX = "step_"
@@ -216,6 +217,22 @@ def load_checkpoint(path: str | Path) -> tuple[int, dict[str, Any]]:
         raise CheckpointError(f"checkpoint {path} is corrupt: {type(exc).__name__}: {exc}") from None
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {exc}") from None
+
+
+def data_fingerprint(rows: Any) -> str:
+    """A short hash of a run's data (rows, as JSON), kept in its checkpoints so that a resume on other data
+    (a task file edited since the run started) is refused rather than trained on without a word."""
+    text = json.dumps(rows, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def check_data_fingerprint(state: dict[str, Any], fingerprint: str, what: str, checkpoint: str | Path) -> None:
+    """A ConfigError where ``state`` (a checkpoint's) records other data than ``fingerprint``; nothing for a
+    checkpoint written before fingerprints were kept."""
+    saved = state.get("data_fingerprint")
+    if saved is not None and saved != fingerprint:
+        raise ConfigError(f"{what} differ from the data the run was trained on up to checkpoint {checkpoint} (the "
+                          "file changed since); resume on the same data, or start a new run in another directory")
 
 
 @contextlib.contextmanager
