@@ -409,3 +409,18 @@ def test_a_resume_with_other_training_rows_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="the training rows of task 'digits' differ from the data"):
         train_grpo(dataclasses.replace(cfg, steps=2), tmp_path, model=model, tokenizer=tok, task=other,
                    resume=True, progress=False)
+
+
+def test_a_resume_whose_reference_has_other_weights_is_refused(tmp_path):
+    # beta > 0: pi_ref is the policy as loaded, at every resume too; another model there changed pi_ref silently
+    torch.set_num_threads(1)
+    cfg = GRPOConfig(steps=1, prompts_per_step=2, group_size=4, lr=1e-2, save_every=1, beta=0.04)
+    model, tok = load_model("qwen2-micro", seed=0)
+    train_grpo(cfg, tmp_path, model=model, tokenizer=tok, task=DIGITS, progress=False)
+    other, _ = load_model("qwen2-micro", seed=1)
+    with pytest.raises(ConfigError, match="the reference pi_ref, the policy's weights as loaded for this resume, differs from the one"):
+        train_grpo(dataclasses.replace(cfg, steps=2), tmp_path, model=other, tokenizer=tok, task=DIGITS,
+                   resume=True, progress=False)
+    same, _ = load_model("qwen2-micro", seed=0)
+    assert train_grpo(dataclasses.replace(cfg, steps=2), tmp_path, model=same, tokenizer=tok, task=DIGITS,
+                      resume=True, progress=False)["steps"] == 2

@@ -75,6 +75,7 @@ from gradascent.lm import (
     load_model,
     save_model,
 )
+from gradascent.lm.adapters import base_fingerprint
 from gradascent.lm.grouped import GroupedLogprobs
 from gradascent.lm.models import check_vocab, eval_mode
 from gradascent.lm.tokenizers import check_fits_context, warn_unknown
@@ -602,6 +603,8 @@ def train_grpo(
     # forward with it would make the first ratio dropout noise, not 1.
     model.to(device).eval()
     ref_model = load_reference(cfg, model) if cfg.beta > 0 else None  # beta = 0: no reference at all
+    # pi_ref is the policy as loaded from cfg.model, again at every resume: a model changed since is refused
+    ref_fp = None if ref_model is None else base_fingerprint(ref_model)
     # config.yaml records what the run trains on: a Task passed from Python is named as such, so that a resume
     # that does not pass it again is refused rather than continued on cfg.task
     recorded = cfg if task is None else dataclasses.replace(cfg, task=f"{PYTHON_TASK}{task.name}")
@@ -662,6 +665,10 @@ def train_grpo(
         with restoring(ckpt):
             step, state = load_checkpoint(ckpt)
             check_data_fingerprint(state, data_fp, f"the training rows of task {task.name!r}", ckpt)
+            if ref_fp is not None and state.get("reference_fingerprint", ref_fp) != ref_fp:
+                raise ConfigError(f"the reference pi_ref, the policy's weights as loaded for this resume, differs "
+                                  f"from the one the run trained against up to checkpoint {ckpt} (the model "
+                                  "changed since); resume from the model the run started from")
             same_world = state["world_size"] == dist_info.world_size
             distributed.load_full_state(model, optimizer, state["model"], state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -696,6 +703,7 @@ def train_grpo(
                 "scheduler": scheduler.state_dict(), "guard": guard.state_dict(), "sampler_rng": gens,
                 "rng": capture_rng(), "elapsed_s": elapsed, "world_size": dist_info.world_size,
                 "last_eval": last_eval, "data_position": at * cfg.prompts_per_step, "data_fingerprint": data_fp,
+                "reference_fingerprint": ref_fp,
             }, keep_last=cfg.keep_last)
 
     G = cfg.group_size
