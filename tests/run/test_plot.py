@@ -31,6 +31,10 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "bad" / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 3}\n')
     assert main(["plot", str(tmp_path / "bad")]) == 2
     assert "metrics.jsonl:2 is not a JSON object" in capsys.readouterr().err
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "metrics.jsonl").write_text('[1, 2]\n[3, 4]\n')  # JSON, but no rows of a run
+    assert main(["plot", str(tmp_path / "lists")]) == 2
+    assert "metrics.jsonl:1 is not a JSON object (it holds a list)" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
     assert main(["plot", str(tmp_path / "empty")]) == 2

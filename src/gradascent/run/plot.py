@@ -63,8 +63,9 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             if lineno == len(text.splitlines()):
                 break
             raise GradascentError(f"{path}:{lineno} is not a JSON object") from None
-        if isinstance(row, dict):
-            rows.append(row)
+        if not isinstance(row, dict):  # a row of a run is an object {"step": ..., metric: value}
+            raise GradascentError(f"{path}:{lineno} is not a JSON object (it holds a {type(row).__name__})")
+        rows.append(row)
     return rows
 
 
