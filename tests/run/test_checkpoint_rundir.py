@@ -277,3 +277,12 @@ def test_weight_files_get_the_mode_of_any_other_new_file(tmp_path):
     assert {f.relative_to(tmp_path).as_posix(): oct(f.stat().st_mode & 0o777) for f in weights} == \
         {f.relative_to(tmp_path).as_posix(): "0o644" for f in weights}
     assert oct((tmp_path / "model" / "config.json").stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_metrics_line_that_is_json_but_no_object_ends_the_log_as_a_cut_line_does(tmp_path):
+    run = RunDir(tmp_path, tensorboard=False)
+    run.log(1, {"loss": 1.0})
+    with run.metrics_path.open("a") as f:
+        f.write("[2, 3]\n")  # a line no trainer writes (truncate_metrics called .get on it: AttributeError)
+    run.truncate_metrics(5)
+    assert [r["step"] for r in run.read_metrics()] == [1]

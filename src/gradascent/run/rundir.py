@@ -142,9 +142,12 @@ class RunDir:
         for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError:
                     break  # a line cut by a kill: everything after it is lost with it
+                if not isinstance(row, dict):  # not a row this library wrote: damaged from there on, as above
+                    break
+                rows.append(row)
         return rows
 
     def truncate_metrics(self, last_step: int) -> None:
