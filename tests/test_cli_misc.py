@@ -153,3 +153,29 @@ def test_a_negative_number_in_any_form_is_a_value_for_the_config_check(argv, sho
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"gradascent: error: config key 'lr': {shown} is not allowed; expected "), err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv", [["sft"], ["rm"], ["ppo"], ["grpo"], ["rl", "ppo"], ["demo"]])
+def test_every_training_command_takes_progress_false(argv, monkeypatch):
+    # sft had a progress field, rl --no-progress only, and rm, ppo, grpo and demo no way at all
+    from gradascent.cli import build_parser
+    from gradascent.run.config import flag_values
+
+    args = build_parser().parse_args([*argv, "--progress", "false"])
+    value = args.progress if hasattr(args, "progress") else flag_values(args)["progress"]
+    assert value in (False, "false")
+
+
+def test_progress_true_reaches_the_bar_of_rm_and_grpo(tmp_path, monkeypatch):
+    from gradascent.algos import grpo, reward_model
+
+    seen = []
+    for module in (grpo, reward_model):
+        real = module.progress_bar
+        monkeypatch.setattr(module, "progress_bar",
+                            lambda *a, real=real, **k: seen.append(k.get("enabled")) or real(*a, **k))
+    assert main(["rm", "--model", "qwen2-micro", "--train-pairs", "8", "--eval-pairs", "4", "--batch-size", "4",
+                 "--progress", "true", "--out", str(tmp_path / "rm")]) == 0
+    assert main(["grpo", "--model", "qwen2-micro", "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",
+                 "--progress", "--out", str(tmp_path / "grpo")]) == 0
+    assert seen == [True, True]  # shown although the test's stderr is no terminal

@@ -39,7 +39,7 @@ from gradascent.errors import ConfigError
 from gradascent.lm import load_model
 from gradascent.run import distributed
 from gradascent.run.command import stop_message, stop_status
-from gradascent.run.config import to_dict
+from gradascent.run.config import bool_flag, to_dict
 from gradascent.run.plot import plot_runs
 from gradascent.run.rundir import RunDir, make_dir, require_path
 from gradascent.tasks import Task, arithmetic_task, exact_match
@@ -263,11 +263,13 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                                    "accuracy before and after and writes the run directory with plots.")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory [default: runs/demo]")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the model and the sampling [default: 0]")
+    p.add_argument("--progress", nargs="?", const=True, default=None, type=bool_flag, metavar="BOOL",
+                   help="show progress bars [default: only on a terminal]")
     p.set_defaults(func=_command)
 
 
 def _command(args: argparse.Namespace) -> int:
-    summary = run_demo(args.out, args.seed)
+    summary = run_demo(args.out, args.seed, progress=args.progress)
     if "stopped" in summary:
         print(f"gradascent demo: {summary['stopped']}", file=sys.stderr)
         return stop_status(summary)

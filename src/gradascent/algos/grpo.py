@@ -824,13 +824,15 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", default="runs/grpo", help="run directory [default: runs/grpo]")
     p.add_argument("--resume", nargs="?", const=True, default=False, type=bool_flag, metavar="BOOL",
                    help="continue from the newest checkpoint in DIR/checkpoints")
+    p.add_argument("--progress", nargs="?", const=True, default=None, type=bool_flag, metavar="BOOL",
+                   help="show a progress bar [default: only on a terminal]")
     add_config_flags(p, GRPOConfig)
     p.set_defaults(func=_cmd)
 
 
 def _cmd(args: argparse.Namespace) -> int:
     cfg = load_config(GRPOConfig, args.config, flag_overrides=flag_values(args))
-    summary = train_grpo(cfg, args.out, resume=args.resume)
+    summary = train_grpo(cfg, args.out, resume=args.resume, progress=args.progress)
     if not distributed.info().is_main:
         return 0
     shown = {k: summary[k] for k in ("steps", "reward") if k in summary}

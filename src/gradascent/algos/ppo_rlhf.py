@@ -177,6 +177,8 @@ class PPORLHFConfig:
     resume: bool = False
     """Continue the run in `out` from its newest checkpoint (same config; the result equals a run that never
     stopped). Without it, an `out` that already holds a run is an error."""
+    progress: bool | None = None
+    """Show a progress bar (None: only on a terminal)."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -224,7 +226,7 @@ class PPORLHFConfig:
 
 # Fields that may change between a run and its resumption without changing what is computed.
 RESUMABLE_CHANGES = frozenset({"out", "updates", "log_every", "save_every", "keep_last", "resume",
-                               "eval_every"})
+                               "eval_every", "progress"})
 
 
 # --- the per-token reward and advantages (pure; the trainer's reward assembly) -------------------------
@@ -653,7 +655,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     # Resumed from the final checkpoint (killed while saving the models): evaluate the trained policy again.
     last_eval = evaluate(models, prompt_set.eval, prompt_set.hidden_score, cfg, cfg.seed) if start >= cfg.updates \
         else dict(baseline)
-    bar = progress_bar(cfg.updates, "ppo", unit="update", enabled=None if is_main else False)
+    bar = progress_bar(cfg.updates, "ppo", unit="update", enabled=cfg.progress if is_main else False)
     bar.update(start)
     with StopOnSignal() as stop:
         for update in range(start, cfg.updates):

@@ -105,6 +105,8 @@ class RewardModelConfig:
     resume: bool = False
     """Continue the run in `out` from its newest checkpoint (same config). Without it, an `out` that already
     holds a run is an error."""
+    progress: bool | None = None
+    """Show a progress bar (None: only on a terminal)."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -129,7 +131,7 @@ class RewardModelConfig:
         require(self.max_nonfinite >= 1, "max_nonfinite", self.max_nonfinite, "an int >= 1")
 
 
-RESUMABLE_CHANGES = frozenset({"out", "log_every", "save_every", "keep_last", "resume", "eval_every"})
+RESUMABLE_CHANGES = frozenset({"out", "log_every", "save_every", "keep_last", "resume", "eval_every", "progress"})
 
 
 def pair_batch(tokenizer: Any, pairs: list[PreferencePair], max_length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,7 +276,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
 
     # Resumed from the final checkpoint (killed while saving the model): measure the trained model again.
     last_eval = evaluate(model, tok, held_out, cfg) if start >= total else first_eval
-    bar = progress_bar(total, "rm", enabled=None if dist_info.is_main else False)
+    bar = progress_bar(total, "rm", enabled=cfg.progress if dist_info.is_main else False)
     bar.update(start)
     with StopOnSignal() as stop:
         for step in range(start, total):

@@ -151,7 +151,9 @@ def _check_same_config(section: str, stage_cfg: Any) -> None:
     if not ((out / "summary.json").is_file() and (out / "config.yaml").is_file()):
         return
     saved, now = renamed(read_yaml(out / "config.yaml")), to_dict(stage_cfg)
-    changed = sorted(k for k in set(saved) | set(now) if k not in PATH_FIELDS[section] and saved.get(k) != now.get(k))
+    shown = {"progress"}  # how a run shows itself, not what it trains
+    changed = sorted(k for k in set(saved) | set(now)
+                     if k not in PATH_FIELDS[section] and k not in shown and saved.get(k) != now.get(k))
     if changed:
         raise ConfigError(f"{out} holds a finished stage run with another config ({describe_changes(changed, saved, now)}); "
                           "choose another 'out' for the chain (or remove that directory)")

@@ -34,7 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields (replaces the preset)")
         p.add_argument("--resume", nargs="?", const=True, default=False, type=bool_flag, metavar="BOOL",
                        help="continue the run in --out from its newest complete checkpoint")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--progress", nargs="?", const=True, default=None, type=bool_flag, metavar="BOOL",
+                       help="show a progress bar [default: only on a terminal]")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar (--progress false)")
         # the variant's own fields (ppo-penalty's loss) are set by the command: parsed, so that the config's
         # check names a value given anyway, but not offered in the help with the other variant's default
         add_config_flags(p, spec.config, hidden=frozenset(spec.variant))
@@ -93,7 +95,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = classic_config(args.algo, path=args.config, flag_overrides=flags)
     try:
         summary = get_algo(args.algo).module.train(cfg, args.out, resume=args.resume,
-                                                   progress=False if args.no_progress else None)
+                                                   progress=False if args.no_progress else args.progress)
     except TrainingInterrupted as exc:  # on stderr with the command's name, as every trainer's stop message
         print(f"gradascent rl {args.algo}: {exc}", file=sys.stderr, flush=True)
         return 128 + exc.signum
