@@ -331,3 +331,14 @@ def test_a_resume_on_other_prompts_is_refused(sft_dir, rm_dir, tmp_path):
     other = PromptSet(train=[f"Praise item {i}:" for i in range(8)], eval=prompts.eval)
     with pytest.raises(ConfigError, match="the training prompts of the prompt set passed from Python differ"):
         train_ppo_rlhf(dataclasses.replace(cfg, resume=True), prompt_set=other)
+
+
+def test_prompts_the_tokenizer_cannot_read_are_warned_about(sft_dir, rm_dir, tmp_path):
+    from gradascent.algos.ppo_rlhf import PromptSet
+    from gradascent.errors import GradascentWarning
+
+    cfg = ppo_config(sft_dir, rm_dir, tmp_path / "ppo", updates=1, epochs=1)
+    prompts = PromptSet(train=[f"Describe item {i}:" for i in range(7)] + ["Décris la mer:"], eval=["Sea:"] * 4)
+    with pytest.warns(GradascentWarning, match=r"PPO on the prompt set passed from Python: 1 of 12 texts hold "
+                                               r"characters .* \(the first: training prompt 8, 'Décris la mer:'\)"):
+        train_ppo_rlhf(cfg, prompt_set=prompts)

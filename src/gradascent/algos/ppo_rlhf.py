@@ -63,7 +63,7 @@ from gradascent.core import (
     whiten,
 )
 from gradascent.errors import ConfigError, DataError, NonFiniteError
-from gradascent.lm.tokenizers import check_fits_context
+from gradascent.lm.tokenizers import check_fits_context, warn_unknown
 from gradascent.run import distributed
 from gradascent.run.checkpoint import capture_rng, check_data_fingerprint, data_fingerprint, latest_checkpoint
 from gradascent.run.checkpoint import load_checkpoint, restore_rng, restoring, save_checkpoint
@@ -580,6 +580,9 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     policy, critic = models.policy, models.critic
     context, holder = shortest_context(models)
     check_lengths(cfg, prompt_set, models.tokenizer, context, source, holder=holder)
+    names = (prompt_set.train_names or [f"training prompt {i + 1}" for i in range(len(prompt_set.train))]) + \
+        (prompt_set.eval_names or [f"held-out prompt {i + 1}" for i in range(len(prompt_set.eval))])
+    warn_unknown(models.tokenizer, prompt_set.train + prompt_set.eval, names, f"PPO on {source}")
     run = RunDir(cfg.out, dirs=("policy", "value")) if is_main else None
     resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
     check_not_past(resume_from, cfg.updates, "updates", cfg=cfg)
