@@ -32,8 +32,9 @@ Figures per model size:
                before each model size's runs and again after them, and the higher one is used. Our grouped
                forward runs each prompt once per group, so our step does fewer FLOPs than the floor counts.
 
-Ours runs with ``save_every=0`` (no checkpoint; TRL runs with ``save_strategy="no"``) and still saves its
-final model, which TRL does not. Before each run the heap is collected and trimmed (``gc.collect``, glibc ``malloc_trim``), so that neither
+Ours runs with ``save_every=0`` (since 2026-12-04 a checkpoint at the end only, as every trainer of ours
+writes; before, none) and saves its final model; TRL runs with ``save_strategy="no"`` and saves neither. The
+final checkpoint and model come after the last step's time is taken, so they count in ours' peak RSS only. Before each run the heap is collected and trimmed (``gc.collect``, glibc ``malloc_trim``), so that neither
 run starts with free memory the allocator kept from the other.
 The last line is one JSON object with ``speedup`` (TRL s/step / ours) per model size.
 
