@@ -83,8 +83,9 @@ def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, u
             name = arg.split("=", 1)[0]
             head, _, last = name[2:].rpartition(".")
             new = RENAMED.get(last.replace("-", "_"))
-            if new is not None and f"--{head + '.' if head else ''}{new.replace('_', '-')}" in flags:
-                hints.append(f"{name} is now --{head + '.' if head else ''}{new.replace('_', '-')}")
+            now = f"--{head + '.' if head else ''}{new.replace('_', '-')}" if new else None
+            if now in flags:
+                hints.append(f"{name} is now {now}")
                 continue
             close = difflib.get_close_matches(name, flags, n=1)
             if close:

@@ -583,6 +583,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     names = (prompt_set.train_names or [f"training prompt {i + 1}" for i in range(len(prompt_set.train))]) + \
         (prompt_set.eval_names or [f"held-out prompt {i + 1}" for i in range(len(prompt_set.eval))])
     warn_unknown(models.tokenizer, prompt_set.train + prompt_set.eval, names, f"PPO on {source}")
+    data_fp = data_fingerprint(prompt_set.train)  # of what it trains on: a resume refuses other data
     run = RunDir(cfg.out, dirs=("policy", "value")) if is_main else None
     resume_from = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume else None
     check_not_past(resume_from, cfg.updates, "updates", cfg=cfg)
@@ -615,8 +616,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
     if resume_from is not None:
         with restoring(resume_from):
             _, state = load_checkpoint(resume_from)
-            check_data_fingerprint(state, data_fingerprint(prompt_set.train), f"the training prompts of {source}",
-                                   resume_from)
+            check_data_fingerprint(state, data_fp, f"the training prompts of {source}", resume_from)
             policy.load_state_dict(state["policy"])
             critic.load_state_dict(state["critic"])
             optimizer.load_state_dict(state["optimizer"])
@@ -652,7 +652,7 @@ def train_ppo_rlhf(cfg: PPORLHFConfig, prompt_set: PromptSet | None = None,
             "policy": policy.state_dict(), "critic": critic.state_dict(), "optimizer": optimizer.state_dict(),
             "sample_rng": sample_states, "shuffle_rng": shuffle_states,
             "rng": capture_rng(), "guard": guard.state_dict(), "kl_coef": kl_coef, "update": update,
-            "samples": samples, "baseline": baseline, "data_fingerprint": data_fingerprint(prompt_set.train),
+            "samples": samples, "baseline": baseline, "data_fingerprint": data_fp,
         }, keep_last=cfg.keep_last)
 
     # Resumed from the final checkpoint (killed while saving the models): evaluate the trained policy again.

@@ -113,9 +113,9 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     meta = _encode(state, tensors, "")
-    for key, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise NonFiniteError(f"refusing to checkpoint step {step}: tensor '{key}' holds NaN or inf")
+    key = _nonfinite(tensors)
+    if key is not None:
+        raise NonFiniteError(f"refusing to checkpoint step {step}: tensor '{key}' holds NaN or inf")
     final = directory / checkpoint_name(step)
     tmp = directory / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
     if tmp.exists():
@@ -203,10 +203,10 @@ def load_checkpoint(path: str | Path) -> tuple[int, dict[str, Any]]:
         with (path / "state.json").open(encoding="utf-8") as fh:
             meta = json.load(fh)
         tensors = load_file(str(path / "tensors.safetensors"))
-        for key, t in tensors.items():  # never written so by save_checkpoint: damaged since
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise CheckpointError(f"checkpoint {path} is corrupt: tensor '{key}' holds NaN or inf, which "
-                                      "save_checkpoint never writes")
+        key = _nonfinite(tensors)
+        if key is not None:  # never written so by save_checkpoint: damaged since
+            raise CheckpointError(f"checkpoint {path} is corrupt: tensor '{key}' holds NaN or inf, which "
+                                  "save_checkpoint never writes")
         state = _decode(meta["state"], tensors)
         if not isinstance(state, dict):
             raise TypeError(f"its state is a {type(state).__name__}, not an object")
@@ -217,6 +217,11 @@ def load_checkpoint(path: str | Path) -> tuple[int, dict[str, Any]]:
         raise CheckpointError(f"checkpoint {path} is corrupt: {type(exc).__name__}: {exc}") from None
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {exc}") from None
+
+
+def _nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first float tensor holding NaN or inf, or None."""
+    return next((k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
 
 
 def data_fingerprint(rows: Any) -> str:
